@@ -1,0 +1,256 @@
+//! The command-line contract: summaries, accounting, resumption, and clear errors for bad
+//! invocations.
+
+use integration_tests::{generate, root, rows, run, summary};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn schemas() -> String {
+    root().join("schemas").to_string_lossy().to_string()
+}
+
+fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[test]
+fn every_line_is_accounted_for_and_a_rerun_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    generate(&input, 5_000, 3, "0.05");
+    let out = dir.path().join("out");
+    let a = [
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        out.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ];
+    let first = run(&a);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let s = summary(&first);
+    let dead: u64 =
+        s["dead_lettered"].as_object().unwrap().values().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(s["lines"], 5_000);
+    assert_eq!(s["accepted"].as_u64().unwrap() + s["duplicates"].as_u64().unwrap() + dead, 5_000);
+    assert_eq!(rows(&out, "dead-letter/").len() as u64, dead);
+    assert_eq!(rows(&out, "sessions/").len() as u64, s["sessions"].as_u64().unwrap());
+    assert!(out.join("_state").is_dir(), "default state lives under the output");
+    assert!(out.join("_SUCCESS").is_file());
+
+    let again = run(&a);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(summary(&again), s);
+    let again_info =
+        Command::new(integration_tests::bin()).args(a).env("RUST_LOG", "info").output().unwrap();
+    assert!(stderr(&again_info).contains("already complete"), "{}", stderr(&again_info));
+}
+
+#[test]
+fn stdin_plain_and_gzip_inputs_give_the_same_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    generate(&input, 3_000, 5, "0.02");
+    let gz = dir.path().join("in.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(
+        std::fs::File::create(&gz).unwrap(),
+        flate2::Compression::fast(),
+    );
+    std::io::copy(&mut std::fs::File::open(&input).unwrap(), &mut enc).unwrap();
+    enc.finish().unwrap();
+
+    let plain_out = dir.path().join("plain");
+    let plain = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        plain_out.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(plain.status.success(), "{}", stderr(&plain));
+    let gz_out = dir.path().join("gz");
+    let gzr = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        gz_out.to_str().unwrap(),
+        gz.to_str().unwrap(),
+    ]);
+    assert!(gzr.status.success(), "{}", stderr(&gzr));
+    let stdin_out = dir.path().join("stdin");
+    let st = Command::new(integration_tests::bin())
+        .args(["replay", "--schemas", &schemas(), "--output", stdin_out.to_str().unwrap(), "-"])
+        .stdin(Stdio::from(std::fs::File::open(&input).unwrap()))
+        .output()
+        .unwrap();
+    assert!(st.status.success(), "{}", stderr(&st));
+    assert_eq!(summary(&plain), summary(&gzr));
+    assert_eq!(summary(&plain), summary(&st));
+    let want = rows(&plain_out, "sessions/");
+    assert!(!want.is_empty());
+    assert_eq!(rows(&gz_out, "sessions/"), want);
+    assert_eq!(rows(&stdin_out, "sessions/"), want);
+}
+
+#[test]
+fn missing_input_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        dir.path().join("o").to_str().unwrap(),
+        "/nonexistent/clicks.jsonl",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("/nonexistent/clicks.jsonl"), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("panicked"));
+    assert!(o.stdout.is_empty(), "no summary on failure");
+}
+
+#[test]
+fn bad_duration_is_named() {
+    let o = run(&["replay", "--gap", "30 parsecs", "x.jsonl"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("--gap"), "{}", stderr(&o));
+}
+
+#[test]
+fn invalid_schema_fails_with_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = dir.path().join("schemas");
+    std::fs::create_dir(&s).unwrap();
+    std::fs::write(
+        s.join("bad.toml"),
+        "name = \"bad\"\nversion = 1\n\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.user[']\nevent_time = [{ path = '$.ts', format = \"epoch\" }]\n",
+    )
+    .unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let out = dir.path().join("out");
+    let o = run(&[
+        "replay",
+        "--schemas",
+        s.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("bad.toml:6:"), "{e}");
+    assert!(e.contains("fields.customer_id[0]"), "{e}");
+    assert!(!out.join("sessions").exists(), "no output before the schemas are known good");
+}
+
+#[test]
+fn unwritable_output_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{}\n").unwrap();
+    let blocker = dir.path().join("file");
+    std::fs::write(&blocker, "").unwrap();
+    let out = blocker.join("out");
+    let o = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        out.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains(out.to_str().unwrap()), "{}", stderr(&o));
+}
+
+#[test]
+fn state_of_another_replay_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("a.jsonl"), dir.path().join("b.jsonl"));
+    std::fs::write(&a, "{}\n").unwrap();
+    std::fs::write(&b, "{}\n{}\n").unwrap();
+    let out = dir.path().join("out");
+    let first = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        out.to_str().unwrap(),
+        a.to_str().unwrap(),
+    ]);
+    assert!(first.status.success(), "{}", stderr(&first));
+    let second = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        out.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    assert_eq!(second.status.code(), Some(1));
+    assert!(stderr(&second).contains("belongs to a replay of"), "{}", stderr(&second));
+    let third = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--gap",
+        "10m",
+        "--output",
+        out.to_str().unwrap(),
+        a.to_str().unwrap(),
+    ]);
+    assert_eq!(third.status.code(), Some(1));
+    assert!(stderr(&third).contains("other settings"), "{}", stderr(&third));
+}
+
+#[test]
+fn garbage_of_every_kind_is_dead_lettered_never_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let mut data: Vec<u8> = Vec::new();
+    for l in [
+        &b""[..],
+        b"\x00\x01\x02",
+        b"\xff\xfe\xfd",
+        b"{\"a\":",
+        b"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[",
+        b"{\"messageId\":\"m\",\"userId\":\"1\",\"timestamp\":\"2024-03-05T10:15:30.123Z\",\"type\":\"page\"}",
+        b"{\"messageId\":\"m\",\"userId\":\"1\",\"timestamp\":\"2024-03-05T10:15:30.123Z\",\"type\":\"page\"}",
+        b"\"\\ud800\"",
+        b"{\"id\":1e999,\"uid\":1,\"ts\":1}",
+        b"{\"id\":99999999999999999999999999,\"uid\":-0,\"ts\":\"1709633730\"}",
+    ] {
+        data.extend_from_slice(l);
+        data.push(b'\n');
+    }
+    data.extend_from_slice(b"{\"id\":\"last\",\"uid\":\"7\",\"ts\":1709633730}"); // no final newline
+    std::fs::write(&input, &data).unwrap();
+    let out = dir.path().join("out");
+    let o = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        out.to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["lines"], 11);
+    assert_eq!(s["duplicates"], 1);
+    assert_eq!(s["accepted"], 3, "{s}");
+    assert_eq!(s["dead_lettered"]["empty_line"], 1);
+    assert_eq!(s["dead_lettered"]["invalid_utf8"], 1);
+    assert_eq!(s["dead_lettered"]["too_deep"], 1);
+    let dead = rows(&out, "dead-letter/");
+    assert_eq!(dead.len(), 7);
+    let first: serde_json::Value =
+        serde_json::from_str(dead.iter().find(|d| d.contains("raw_base64")).unwrap()).unwrap();
+    assert_eq!(first["reason"], "invalid_utf8");
+    assert_eq!(first["source"]["line"], 3);
+    assert!(Path::new(&out.join("_SUCCESS")).exists());
+}

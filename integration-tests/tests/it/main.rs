@@ -1,0 +1,7 @@
+//! System tests of the `clickstream` binary. One test binary (ripgrep's layout).
+#![allow(clippy::unwrap_used, missing_docs)]
+
+mod cli;
+mod conformance;
+mod golden;
+mod recovery;

@@ -1,0 +1,89 @@
+//! Kill/restart: SIGKILL at many moments, re-run the same command, and the output must be
+//! byte-for-byte the output of an uninterrupted run.
+
+use integration_tests::{bin, generate, run, summary, tree};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+fn args(input: &str, out: &str, state: &str) -> Vec<String> {
+    let schemas = integration_tests::root().join("schemas").to_string_lossy().to_string();
+    [
+        "replay",
+        "--schemas",
+        &schemas,
+        "--output",
+        out,
+        "--state",
+        state,
+        "--checkpoint-every",
+        "1500",
+        "--allowed-lateness",
+        "20m",
+        input,
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+fn spawn_and_kill(a: &[String], after: Duration) -> bool {
+    let mut child = Command::new(bin())
+        .args(a)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(after);
+    let finished = child.try_wait().unwrap().is_some();
+    let _ = child.kill(); // SIGKILL on Unix
+    let _ = child.wait();
+    !finished
+}
+
+#[test]
+fn sigkill_at_any_moment_then_rerun_gives_identical_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_string_lossy().to_string();
+    let input = d("in.jsonl");
+    generate(Path::new(&input), 60_000, 11, "0.02");
+
+    let reference = run(&args(&input, &d("ref"), &d("ref-state"))
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(reference.status.success(), "{}", String::from_utf8_lossy(&reference.stderr));
+    let want = tree(Path::new(&d("ref")));
+    assert!(want.keys().any(|k| k.starts_with("dead-letter/")));
+    assert!(want.keys().filter(|k| k.starts_with("sessions/")).count() > 10);
+
+    let mut killed_mid_run = 0;
+    for (i, ms) in [3u64, 15, 40, 80, 140, 220, 350].into_iter().enumerate() {
+        let (out, state) = (d(&format!("out{i}")), d(&format!("state{i}")));
+        let a = args(&input, &out, &state);
+        // Kill it twice at different moments before letting it finish.
+        for delay in [ms, ms / 2 + 1] {
+            if spawn_and_kill(&a, Duration::from_millis(delay))
+                && !Path::new(&out).join("_SUCCESS").exists()
+            {
+                killed_mid_run += 1;
+            }
+        }
+        let fin = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(fin.status.success(), "{}", String::from_utf8_lossy(&fin.stderr));
+        assert_eq!(summary(&fin), summary(&reference), "summary after kills at {ms} ms");
+        let got = tree(Path::new(&out));
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            want.keys().collect::<Vec<_>>(),
+            "file names after kills at {ms} ms"
+        );
+        for (k, v) in &want {
+            assert!(got[k] == *v, "{k} differs after kills at {ms} ms");
+        }
+    }
+    assert!(
+        killed_mid_run >= 3,
+        "only {killed_mid_run} kills landed mid-run: the test did not test recovery"
+    );
+}

@@ -1,0 +1,231 @@
+//! Wiring: builds the stages from settings, runs them, and reports.
+
+use crate::checkpoint::Coordinator;
+use crate::extract::Extractor;
+use crate::processor::{MetaBase, Processor, Rules};
+use crate::sink::file::FileSink;
+use crate::source::Message;
+use crate::source::replay::{BarrierPolicy, Input, ReplaySource};
+use crate::state::rocksdb::RocksDbStore;
+use crate::state::{Counters, StateStore};
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// Everything `clickstream replay` needs, resolved from config and flags.
+#[derive(Debug, Clone)]
+pub struct ReplaySettings {
+    /// Inputs in order (`-` for stdin).
+    pub inputs: Vec<String>,
+    /// Schema directory or file.
+    pub schemas: PathBuf,
+    /// State directory.
+    pub state: PathBuf,
+    /// Output directory.
+    pub output: PathBuf,
+    /// Sessionization rules.
+    pub rules: Rules,
+    /// Barrier policy.
+    pub barriers: BarrierPolicy,
+}
+
+/// How a replay ended.
+#[derive(Debug)]
+pub enum Outcome {
+    /// Every input was processed; the totals.
+    Completed(Counters),
+    /// The state says this replay had already completed; the totals it recorded.
+    AlreadyComplete(Counters),
+    /// Stopped by a signal after committing a checkpoint.
+    Interrupted(u64),
+}
+
+/// The summary line printed at the end.
+#[must_use]
+pub fn summary_json(c: &Counters) -> String {
+    serde_json::json!({
+        "lines": c.lines,
+        "accepted": c.accepted,
+        "duplicates": c.duplicates,
+        "dead_lettered": c.dead_lettered,
+        "sessions": c.sessions,
+    })
+    .to_string()
+}
+
+fn settings_fingerprint(rules: &Rules, extractor: &Extractor) -> String {
+    format!(
+        "gap_ms={} lateness_ms={} dedup_horizon_ms={} schemas={}",
+        rules.gap_ms,
+        rules.lateness_ms,
+        rules.dedup_horizon_ms,
+        extractor.versions()
+    )
+}
+
+fn progress_bar(inputs: &[Input]) -> ProgressBar {
+    if !std::io::stderr().is_terminal() {
+        return ProgressBar::hidden();
+    }
+    let total: Option<u64> = inputs.iter().map(Input::size).sum();
+    let pb = match total {
+        Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
+        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+    };
+    let style = ProgressStyle::with_template(
+        "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar());
+    pb.set_style(style);
+    pb
+}
+
+/// Runs a replay to its end, or until `cancel` fires.
+///
+/// # Errors
+/// Bad inputs, schemas, output or state directories, or an I/O failure mid-run (the last
+/// committed checkpoint stays in force).
+pub fn replay(s: &ReplaySettings, cancel: &CancellationToken) -> Result<Outcome> {
+    if s.inputs.is_empty() {
+        bail!("no input given: name one or more .jsonl or .jsonl.gz files, or - for stdin");
+    }
+    if s.inputs.iter().filter(|i| *i == "-").count() > 1 {
+        bail!("stdin (-) can be read only once");
+    }
+    let inputs: Vec<Input> = s.inputs.iter().map(|i| Input::new(i)).collect::<Result<_, _>>()?;
+    let extractor = Arc::new(Extractor::load(&s.schemas)?);
+    info!(schemas = %extractor.versions(), "Loaded schemas.");
+    let sink = FileSink::open(&s.output)
+        .with_context(|| format!("output directory {}", s.output.display()))?;
+    std::fs::create_dir_all(&s.state)
+        .with_context(|| format!("state directory {}", s.state.display()))?;
+    let store = RocksDbStore::open(&s.state)?;
+    let snapshot = store.load()?;
+
+    let base = MetaBase {
+        inputs: inputs.iter().map(Input::fingerprint).collect(),
+        settings: settings_fingerprint(&s.rules, &extractor),
+    };
+    let (start, last) = match &snapshot.meta {
+        None => (Default::default(), 0),
+        Some(m) => {
+            if m.inputs != base.inputs {
+                bail!(
+                    "state {} belongs to a replay of [{}], not of [{}]: give another --state (or remove it) to start over",
+                    s.state.display(),
+                    m.inputs.join(", "),
+                    base.inputs.join(", ")
+                );
+            }
+            if m.settings != base.settings {
+                bail!(
+                    "state {} was written with other settings ({}), not ({}): resuming would mix two results; give another --state (or remove it) to start over",
+                    s.state.display(),
+                    m.settings,
+                    base.settings
+                );
+            }
+            if m.finished {
+                info!(checkpoint = m.checkpoint, state = %s.state.display(), "Replay already complete; nothing to do.");
+                return Ok(Outcome::AlreadyComplete(m.counters.clone()));
+            }
+            info!(
+                checkpoint = m.checkpoint,
+                input = m.position.input,
+                line = m.position.line,
+                "Resuming from checkpoint."
+            );
+            (m.position, m.checkpoint)
+        }
+    };
+    let removed = sink.recover(last)?;
+    if removed > 0 {
+        warn!(
+            removed,
+            checkpoint = last,
+            "Removed output written after the last committed checkpoint."
+        );
+    }
+
+    let names = inputs.iter().map(|i| Arc::clone(&i.name)).collect();
+    let mut processor = Processor::new(Arc::clone(&extractor), s.rules, names);
+    processor.restore(snapshot);
+    let mut coord = Coordinator::new(store, sink, last);
+
+    let progress = progress_bar(&inputs);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(4);
+    let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let source = ReplaySource::new(inputs, start, s.barriers);
+    let reader_cancel = cancel.clone();
+    let reader_progress = progress.clone();
+    let reader = std::thread::Builder::new()
+        .name("replay-source".into())
+        .spawn(move || source.run(&tx, &pool_rx, &reader_cancel, &reader_progress))
+        .context("starting the reader thread")?;
+
+    let started = Instant::now();
+    let mut finished = false;
+    for msg in &rx {
+        match msg {
+            Message::Lines(chunk) => {
+                processor.process_chunk(&chunk);
+                let _ = pool_tx.send(chunk.data);
+            }
+            Message::Barrier(pos) | Message::End(pos) => {
+                let end = matches!(msg, Message::End(_));
+                let t = Instant::now();
+                let (out, batch) = processor.checkpoint(pos, end, base.clone());
+                let id = coord.commit(&out, batch)?;
+                info!(
+                    checkpoint = id,
+                    lines = processor.counters().lines,
+                    rows = out.rows.len(),
+                    dead_letters = out.dead.len(),
+                    took_ms = t.elapsed().as_millis() as u64,
+                    "Committed checkpoint."
+                );
+                if end {
+                    finished = true;
+                    break;
+                }
+            }
+        }
+    }
+    drop(rx);
+    progress.finish_and_clear();
+    match reader.join() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(e).context(format!(
+                "replay stopped at checkpoint {}; fix the input and re-run to resume",
+                coord.last()
+            ));
+        }
+        Err(_) => bail!("the reader thread panicked"),
+    }
+    if !finished {
+        if cancel.is_cancelled() {
+            return Ok(Outcome::Interrupted(coord.last()));
+        }
+        bail!("the input ended without an end marker");
+    }
+    let counters = processor.counters().clone();
+    coord.sink().write_success(&summary_json(&counters))?;
+    let secs = started.elapsed().as_secs_f64().max(f64::EPSILON);
+    info!(lines = counters.lines, secs = %format!("{secs:.2}"), lines_per_sec = (counters.lines as f64 / secs) as u64, "Replay complete.");
+    Ok(Outcome::Completed(counters))
+}
+
+/// Parses a duration flag (`30m`, `7h`, `1day`).
+///
+/// # Errors
+/// Not a duration.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s)
+        .map_err(|e| format!("`{s}` is not a duration like 30s, 30m or 7h ({e})"))
+}

@@ -1,0 +1,156 @@
+//! Configuration: `config/default.toml` (built in) ← `--config FILE` ← `CLICKSTREAM__…` env ←
+//! command-line flags. Unknown keys are errors; cross-field rules are checked in
+//! [`RawConfig::validate`].
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use thiserror::Error;
+
+/// The built-in defaults.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// A configuration problem.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Unreadable file, unknown key, wrong type.
+    #[error("{0}")]
+    Load(String),
+    /// A rule across fields is broken.
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Everything configurable, as read.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Sessionization.
+    pub session: SessionConfig,
+    /// Checkpoints.
+    pub checkpoint: CheckpointConfig,
+    /// Replay defaults.
+    pub replay: ReplayConfig,
+}
+
+/// `[session]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Inactivity gap that ends a session.
+    #[serde(with = "humantime_serde")]
+    pub gap: Duration,
+    /// How late an event may arrive.
+    #[serde(with = "humantime_serde")]
+    pub allowed_lateness: Duration,
+    /// How long message ids are remembered.
+    #[serde(with = "humantime_serde")]
+    pub dedup_horizon: Duration,
+}
+
+/// `[checkpoint]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Lines between checkpoints (0: never by count).
+    pub every_lines: u64,
+    /// Wall time between checkpoints (0: never by time).
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+}
+
+/// `[replay]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReplayConfig {
+    /// Schema directory or file.
+    pub schemas: PathBuf,
+    /// Output directory.
+    pub output: PathBuf,
+    /// State directory (empty: `OUTPUT/_state`).
+    pub state: PathBuf,
+}
+
+impl RawConfig {
+    /// Loads defaults, then `file`, then the environment.
+    ///
+    /// # Errors
+    /// The file is missing or invalid, or a key is unknown or of the wrong type.
+    pub fn load(file: Option<&Path>) -> Result<RawConfig, ConfigError> {
+        let mut fig = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(f) = file {
+            if !f.is_file() {
+                return Err(ConfigError::Load(format!(
+                    "config file {} does not exist",
+                    f.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        fig = fig.merge(Env::prefixed("CLICKSTREAM__").split("__"));
+        fig.extract().map_err(|e| ConfigError::Load(format!("configuration: {e}")))
+    }
+
+    /// Checks rules across fields.
+    ///
+    /// # Errors
+    /// A broken rule, named.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.session;
+        if s.gap.is_zero() {
+            return Err(ConfigError::Invalid("session.gap must be above zero".into()));
+        }
+        if s.dedup_horizon < s.allowed_lateness {
+            return Err(ConfigError::Invalid(format!(
+                "session.dedup_horizon ({}) must be at least session.allowed_lateness ({}), or duplicates could slip through",
+                humantime::format_duration(s.dedup_horizon),
+                humantime::format_duration(s.allowed_lateness)
+            )));
+        }
+        for (name, d) in [
+            ("gap", s.gap),
+            ("allowed_lateness", s.allowed_lateness),
+            ("dedup_horizon", s.dedup_horizon),
+        ] {
+            if d > Duration::from_secs(10 * 365 * 86_400) {
+                return Err(ConfigError::Invalid(format!("session.{name} is over ten years")));
+            }
+        }
+        if self.checkpoint.every_lines == 0 && self.checkpoint.interval.is_zero() {
+            return Err(ConfigError::Invalid("checkpoint.every_lines and checkpoint.interval are both 0: no checkpoint would ever be taken".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_validate() {
+        let c = RawConfig::load(None).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.session.gap, Duration::from_secs(1800));
+        assert_eq!(c.checkpoint.every_lines, 100_000);
+    }
+
+    #[test]
+    fn unknown_keys_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("c.toml");
+        std::fs::write(&f, "[session]\ngapp = \"1m\"\n").unwrap();
+        let e = RawConfig::load(Some(&f)).unwrap_err().to_string();
+        assert!(e.contains("gapp"), "{e}");
+    }
+
+    #[test]
+    fn horizon_below_lateness_is_refused() {
+        let mut c = RawConfig::load(None).unwrap();
+        c.session.dedup_horizon = Duration::from_secs(60);
+        assert!(c.validate().unwrap_err().to_string().contains("dedup_horizon"));
+    }
+}

@@ -1,0 +1,371 @@
+//! Defensive typed conversions from raw JSON leaves: ids, ISO-8601 times and epoch numbers.
+//!
+//! Every function here is total: it returns `None` for anything it does not accept and never
+//! panics, whatever the input. Numbers are handled as decimal text so that results are exact
+//! (no float rounding, no 64-bit overflow on ids).
+
+use std::borrow::Cow;
+
+/// 2000-01-01T00:00:00Z: earliest accepted event time.
+pub const TS_MIN: i64 = 946_684_800_000;
+/// 2100-01-01T00:00:00Z: event times must be strictly before this.
+pub const TS_MAX: i64 = 4_102_444_800_000;
+/// A numeric epoch at or above this is milliseconds; below it, seconds.
+const MS_THRESHOLD_DIGITS: usize = 12; // 100_000_000_000 has 12 integer digits
+
+/// A valid id from a JSON number's text: a non-negative integer (no fraction, no exponent),
+/// written in decimal. `-0` is the integer zero.
+#[must_use]
+pub fn id_from_number(text: &str) -> Option<Cow<'_, str>> {
+    let (neg, digits) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None; // fraction or exponent: a float, never an id
+    }
+    if neg {
+        return digits.bytes().all(|b| b == b'0').then_some(Cow::Borrowed("0"));
+    }
+    Some(Cow::Borrowed(digits))
+}
+
+/// A valid id from a JSON string: any non-empty string, used as is.
+#[must_use]
+pub fn id_from_string(s: &str) -> Option<&str> {
+    (!s.is_empty()).then_some(s)
+}
+
+fn digits<const N: usize>(b: &[u8], at: usize) -> Option<u32> {
+    let mut v = 0u32;
+    for i in 0..N {
+        let c = *b.get(at + i)?;
+        if !c.is_ascii_digit() {
+            return None;
+        }
+        v = v * 10 + u32::from(c - b'0');
+    }
+    Some(v)
+}
+
+fn is_leap(y: i64) -> bool {
+    y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = if y >= 0 { y } else { y - 399 } / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// Parses `YYYY-MM-DD[T ]hh:mm:ss[.f{1,9}](Z|±hh:mm)` to UTC epoch milliseconds.
+/// Fractions are truncated to milliseconds; only uppercase `T` and `Z`; no leap seconds.
+#[must_use]
+pub fn parse_iso8601(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20 {
+        return None;
+    }
+    let y = digits::<4>(b, 0)?;
+    let mo = digits::<2>(b, 5)?;
+    let d = digits::<2>(b, 8)?;
+    let hh = digits::<2>(b, 11)?;
+    let mi = digits::<2>(b, 14)?;
+    let ss = digits::<2>(b, 17)?;
+    if b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b' ')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let mut i = 19;
+    let mut frac_ms = 0i64;
+    if b.get(i) == Some(&b'.') {
+        let start = i + 1;
+        let mut end = start;
+        while end < b.len() && b[end].is_ascii_digit() {
+            end += 1;
+        }
+        let n = end - start;
+        if n == 0 || n > 9 {
+            return None;
+        }
+        for k in 0..3 {
+            frac_ms = frac_ms * 10 + if k < n { i64::from(b[start + k] - b'0') } else { 0 };
+        }
+        i = end;
+    }
+    let offset_ms = match b.get(i)? {
+        b'Z' if b.len() == i + 1 => 0,
+        sign @ (b'+' | b'-') if b.len() == i + 6 => {
+            let oh = digits::<2>(b, i + 1)?;
+            let om = digits::<2>(b, i + 4)?;
+            if b[i + 3] != b':' || oh > 23 || om > 59 {
+                return None;
+            }
+            let off = i64::from(oh * 60 + om) * 60_000;
+            if *sign == b'+' { off } else { -off }
+        }
+        _ => return None,
+    };
+    if !(1..=12).contains(&mo) || hh > 23 || mi > 59 || ss > 59 {
+        return None;
+    }
+    let (y, mo, d) = (i64::from(y), i64::from(mo), i64::from(d));
+    let dim = match mo {
+        2 if is_leap(y) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if d < 1 || d > dim {
+        return None;
+    }
+    let secs = ((days_from_civil(y, mo, d) * 24 + i64::from(hh)) * 60 + i64::from(mi)) * 60
+        + i64::from(ss);
+    Some(secs * 1000 + frac_ms - offset_ms)
+}
+
+/// How a numeric epoch is scaled to milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EpochUnit {
+    /// Values ≥ 1e11 are milliseconds, smaller ones seconds.
+    Auto,
+    /// Always seconds (fractions allowed).
+    Seconds,
+    /// Always milliseconds.
+    Millis,
+}
+
+/// Epoch time from decimal text: `^[0-9]+(\.[0-9]+)?$` for strings, or a JSON number's text
+/// (which may also carry a sign and an exponent). Values ≥ 1e11 are milliseconds, smaller ones
+/// seconds; the result is rounded half-to-even to a whole millisecond, exactly.
+/// Negative values are refused.
+#[must_use]
+pub fn parse_epoch(text: &str, json_number: bool, unit: EpochUnit) -> Option<i64> {
+    let mut s = text.as_bytes();
+    if json_number {
+        if let Some(rest) = s.strip_prefix(b"-") {
+            // -0 is zero (and out of range anyway); anything else negative is refused.
+            let end = rest.iter().position(|c| matches!(c, b'e' | b'E')).unwrap_or(rest.len());
+            if rest[..end].iter().any(|c| (b'1'..=b'9').contains(c)) {
+                return None;
+            }
+            s = rest;
+        }
+    }
+    let mant_end = if json_number {
+        s.iter().position(|c| matches!(c, b'e' | b'E')).unwrap_or(s.len())
+    } else {
+        s.len()
+    };
+    let (mant, exp_text) = (&s[..mant_end], s.get(mant_end + 1..).unwrap_or(b""));
+    let (int_part, frac_part) = match mant.iter().position(|&c| c == b'.') {
+        Some(p) => (&mant[..p], &mant[p + 1..]),
+        None => (mant, &b""[..]),
+    };
+    if int_part.is_empty()
+        || !int_part.iter().all(u8::is_ascii_digit)
+        || (mant.contains(&b'.') && frac_part.is_empty())
+        || !frac_part.iter().all(u8::is_ascii_digit)
+    {
+        return None;
+    }
+    let exp: i64 = if mant_end < s.len() {
+        let (neg, e) = match exp_text.first() {
+            Some(b'-') => (true, &exp_text[1..]),
+            Some(b'+') => (false, &exp_text[1..]),
+            _ => (false, exp_text),
+        };
+        if e.is_empty() || !e.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        // Clamp: anything beyond ±10^6 is far outside the accepted range either way.
+        let mut v: i64 = 0;
+        for &c in e {
+            v = (v * 10 + i64::from(c - b'0')).min(1_000_000);
+        }
+        if neg { -v } else { v }
+    } else {
+        0
+    };
+    // All mantissa digits with the decimal point at `point` (digits before it are the integer).
+    let all: Vec<u8> = int_part.iter().chain(frac_part).copied().collect();
+    let lead = all.iter().take_while(|&&c| c == b'0').count();
+    let sig = &all[lead..];
+    if sig.is_empty() {
+        return Some(0);
+    }
+    let mut point = int_part.len() as i64 + exp - lead as i64;
+    let seconds = match unit {
+        EpochUnit::Auto => point < MS_THRESHOLD_DIGITS as i64,
+        EpochUnit::Seconds => true,
+        EpochUnit::Millis => false,
+    };
+    if seconds {
+        point += 3;
+    }
+    if point > 18 {
+        return None; // ≥ 1e18 ms: out of any accepted range and of i64
+    }
+    if point <= 0 {
+        // Below 0.1 ms rounds to zero; exactly 0.5 and above only when point == 0.
+        let up = point == 0 && round_up(sig, 0, false);
+        return Some(i64::from(up));
+    }
+    let point = point as usize;
+    let mut ms: i64 = 0;
+    for i in 0..point {
+        ms = ms * 10 + i64::from(sig.get(i).map_or(0, |c| c - b'0'));
+    }
+    if round_up(sig, point, ms % 2 == 1) {
+        ms += 1;
+    }
+    Some(ms)
+}
+
+/// Half-to-even rounding decision for the digits of `sig` from index `at` on.
+fn round_up(sig: &[u8], at: usize, odd: bool) -> bool {
+    match sig.get(at) {
+        None => false,
+        Some(&c) if c > b'5' => true,
+        Some(&c) if c < b'5' => false,
+        Some(_) => sig[at + 1..].iter().any(|&c| c != b'0') || odd,
+    }
+}
+
+/// Whether an epoch-millisecond value is inside the accepted range.
+#[must_use]
+pub fn in_range(ms: i64) -> bool {
+    (TS_MIN..TS_MAX).contains(&ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_formats_of_every_producer() {
+        assert_eq!(parse_iso8601("2024-03-05T10:15:30.123Z"), Some(1_709_633_730_123));
+        assert_eq!(parse_iso8601("2024-03-05T11:15:30+01:00"), Some(1_709_633_730_000));
+        assert_eq!(parse_iso8601("2024-03-05T10:15:30.123456+00:00"), Some(1_709_633_730_123));
+        assert_eq!(parse_iso8601("2024-03-05 07:15:30.123-03:00"), Some(1_709_633_730_123));
+        assert_eq!(parse_iso8601("2024-03-05T10:15:30.5Z"), Some(1_709_633_730_500));
+        assert_eq!(parse_iso8601("2024-03-05T10:15:30.999999999Z"), Some(1_709_633_730_999));
+        assert_eq!(parse_iso8601("2000-01-01T00:00:00Z"), Some(TS_MIN));
+    }
+
+    #[test]
+    fn iso_rejects() {
+        for bad in [
+            "2024-13-45T10:00:00Z",
+            "2024-02-30T10:00:00.000Z",
+            "2023-02-29T10:00:00Z",
+            "2024-03-05T24:00:00Z",
+            "2024-03-05T10:60:00Z",
+            "2024-03-05T10:00:60Z",
+            "2024-03-05T10:15:30",
+            "2024-03-05t10:15:30z",
+            "2024-03-05T10:15:30.123+0100",
+            "2024-03-05 10:15:30.123 +01:00",
+            "2024-03-05T10:15:30.Z",
+            "2024-03-05T10:15:30.1234567890Z",
+            "2024-03-05T10:15:30+24:00",
+            "2024-03-05T10:15:30+01:60",
+            "2024-03-05T10:15:30ZZ",
+            "05/03/2024 10:15:30",
+            "yesterday",
+            "",
+            "2024-03-05T10:15:30+01:00 ",
+            "२०२४-03-05T10:15:30Z",
+        ] {
+            assert_eq!(parse_iso8601(bad), None, "{bad}");
+        }
+        assert_eq!(parse_iso8601("2024-02-29T00:00:00Z"), Some(1_709_164_800_000));
+    }
+
+    #[test]
+    fn epoch_seconds_and_millis() {
+        assert_eq!(parse_epoch("1709512563", true, EpochUnit::Auto), Some(1_709_512_563_000));
+        assert_eq!(parse_epoch("1709633730123", false, EpochUnit::Auto), Some(1_709_633_730_123));
+        assert_eq!(parse_epoch("1709548836.027", true, EpochUnit::Auto), Some(1_709_548_836_027));
+        assert_eq!(parse_epoch("1709548836.027", false, EpochUnit::Auto), Some(1_709_548_836_027));
+        assert_eq!(parse_epoch("1.709548836027e9", true, EpochUnit::Auto), Some(1_709_548_836_027));
+        assert_eq!(parse_epoch("99999999999", true, EpochUnit::Auto), Some(99_999_999_999_000)); // seconds
+        assert_eq!(parse_epoch("100000000000", true, EpochUnit::Auto), Some(100_000_000_000)); // millis
+        // half-to-even at the millisecond
+        assert_eq!(parse_epoch("1709548836.0005", false, EpochUnit::Auto), Some(1_709_548_836_000));
+        assert_eq!(parse_epoch("1709548836.0015", false, EpochUnit::Auto), Some(1_709_548_836_002));
+        assert_eq!(
+            parse_epoch("1709548836.00050001", false, EpochUnit::Auto),
+            Some(1_709_548_836_001)
+        );
+        assert_eq!(parse_epoch("1709633730123.5", false, EpochUnit::Auto), Some(1_709_633_730_124));
+    }
+
+    #[test]
+    fn fixed_units() {
+        assert_eq!(
+            parse_epoch("1709633730123", true, EpochUnit::Seconds),
+            Some(1_709_633_730_123_000)
+        );
+        assert_eq!(parse_epoch("1709633730", true, EpochUnit::Seconds), Some(1_709_633_730_000));
+        assert_eq!(parse_epoch("1709633730123", true, EpochUnit::Millis), Some(1_709_633_730_123));
+        assert_eq!(parse_epoch("1709633730", false, EpochUnit::Millis), Some(1_709_633_730));
+    }
+
+    #[test]
+    fn epoch_rejects() {
+        for (t, num) in [
+            ("abc", false),
+            ("", false),
+            ("1.7e9", false),
+            ("-1", true),
+            ("-1", false),
+            ("1.", false),
+            (".5", false),
+            ("+5", false),
+            ("1e", true),
+        ] {
+            assert_eq!(parse_epoch(t, num, EpochUnit::Auto), None, "{t}");
+        }
+        assert!(!in_range(parse_epoch("0", true, EpochUnit::Auto).unwrap_or(0)));
+        assert!(!in_range(parse_epoch("17096337301230000", false, EpochUnit::Auto).unwrap_or(0)));
+        assert_eq!(parse_epoch("1e999999999", true, EpochUnit::Auto), None);
+        assert_eq!(parse_epoch("1e-999999999", true, EpochUnit::Auto), Some(0));
+        assert_eq!(parse_epoch("-0", true, EpochUnit::Auto), Some(0));
+    }
+
+    #[test]
+    fn ids() {
+        assert_eq!(id_from_number("633123").as_deref(), Some("633123"));
+        assert_eq!(id_from_number("0").as_deref(), Some("0"));
+        assert_eq!(id_from_number("-0").as_deref(), Some("0"));
+        assert_eq!(
+            id_from_number("123456789012345678901234567890").as_deref(),
+            Some("123456789012345678901234567890")
+        );
+        assert_eq!(id_from_number("-5"), None);
+        assert_eq!(id_from_number("1.5"), None);
+        assert_eq!(id_from_number("12.0"), None);
+        assert_eq!(id_from_number("1e3"), None);
+        assert_eq!(id_from_string(""), None);
+        assert_eq!(id_from_string(" "), Some(" "));
+    }
+
+    #[test]
+    fn range_boundaries() {
+        assert!(in_range(TS_MIN));
+        assert!(!in_range(TS_MIN - 1));
+        assert!(in_range(TS_MAX - 1));
+        assert!(!in_range(TS_MAX));
+        assert_eq!(parse_iso8601("2100-01-01T00:00:00Z"), Some(TS_MAX));
+        assert_eq!(parse_iso8601("2000-01-01T00:59:59+01:00").map(in_range), Some(false));
+    }
+}

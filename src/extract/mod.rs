@@ -1,0 +1,581 @@
+//! Extract: one line of JSON text → [`ClickEvent`], driven entirely by the schema files.
+//!
+//! The Rust code names no producer field. A schema set says where the message id, customer id
+//! and event time are (with fallbacks across field names), which events to reject and which to
+//! classify as page views, hovers, clicks or support calls. The checks run in contract order:
+//! JSON validity, object-ness, reject rules, message id, customer id, timestamp.
+//!
+//! Compiling merges all schema files into one [`Extractor`]: every simple path goes into one
+//! trie that the parser follows in a single pass (see [`walk`]); general JSONPath queries are
+//! evaluated by jsonpath-rust on a parsed `Value`, only when the set has some.
+
+pub mod coerce;
+pub mod path;
+pub mod schema;
+pub mod walk;
+
+use crate::event::{ClickEvent, Kind};
+use coerce::EpochUnit;
+use path::{JsonPath, Step};
+use schema::{Condition, LoadedSchema, SchemaError, SchemaErrors};
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use thiserror::Error;
+use walk::{Slot, Trie};
+
+/// Reasons the pipeline itself gives (schema reject rules add their own).
+pub const BUILTIN_REASONS: [&str; 14] = [
+    "empty_line",
+    "too_large",
+    "invalid_utf8",
+    "too_deep",
+    "invalid_json",
+    "not_object",
+    "missing_message_id",
+    "bad_message_id",
+    "missing_customer_id",
+    "bad_customer_id",
+    "missing_timestamp",
+    "bad_timestamp",
+    "late",
+    "duplicate",
+];
+
+/// Why an event was rejected by extraction.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ExtractError {
+    /// Not exactly one RFC 8259 JSON value.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(serde_json::Error),
+    /// Valid JSON, but not an object.
+    #[error("the top-level value is not an object")]
+    NotObject,
+    /// A schema's reject rule matched.
+    #[error("rejected by a rule of schema {schema}")]
+    Rejected {
+        /// The rule's reason.
+        reason: Arc<str>,
+        /// The schema that holds the rule.
+        schema: Arc<str>,
+    },
+    /// No message id path is present.
+    #[error("no message id at any of {0}")]
+    MissingMessageId(Arc<str>),
+    /// The message id is not a non-empty string or a non-negative integer.
+    #[error("the message id at {0} is not a non-empty string or a non-negative integer")]
+    BadMessageId(Arc<str>),
+    /// No customer id path is present.
+    #[error("no customer id at any of {0}")]
+    MissingCustomerId(Arc<str>),
+    /// The customer id is not a non-empty string or a non-negative integer.
+    #[error("the customer id at {0} is not a non-empty string or a non-negative integer")]
+    BadCustomerId(Arc<str>),
+    /// No event time path is present.
+    #[error("no event time at any of {0}")]
+    MissingTimestamp(Arc<str>),
+    /// The event time does not parse in its format, or is outside [2000, 2100).
+    #[error("the event time at {0} is not a valid {1} time in [2000-01-01, 2100-01-01)")]
+    BadTimestamp(Arc<str>, &'static str),
+}
+
+impl ExtractError {
+    /// The dead-letter reason.
+    #[must_use]
+    pub fn reason(&self) -> &str {
+        match self {
+            ExtractError::InvalidJson(_) => "invalid_json",
+            ExtractError::NotObject => "not_object",
+            ExtractError::Rejected { reason, .. } => reason,
+            ExtractError::MissingMessageId(_) => "missing_message_id",
+            ExtractError::BadMessageId(_) => "bad_message_id",
+            ExtractError::MissingCustomerId(_) => "missing_customer_id",
+            ExtractError::BadCustomerId(_) => "bad_customer_id",
+            ExtractError::MissingTimestamp(_) => "missing_timestamp",
+            ExtractError::BadTimestamp(..) => "bad_timestamp",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TimeFormat {
+    Iso8601,
+    Epoch(EpochUnit),
+}
+
+impl TimeFormat {
+    fn parse(name: &str) -> Option<TimeFormat> {
+        Some(match name {
+            "iso8601" => TimeFormat::Iso8601,
+            "epoch" => TimeFormat::Epoch(EpochUnit::Auto),
+            "epoch_seconds" => TimeFormat::Epoch(EpochUnit::Seconds),
+            "epoch_millis" => TimeFormat::Epoch(EpochUnit::Millis),
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            TimeFormat::Iso8601 => "iso8601",
+            TimeFormat::Epoch(EpochUnit::Auto) => "epoch",
+            TimeFormat::Epoch(EpochUnit::Seconds) => "epoch_seconds",
+            TimeFormat::Epoch(EpochUnit::Millis) => "epoch_millis",
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Test {
+    Equals(String),
+    In(Vec<String>),
+    Exists(bool),
+}
+
+#[derive(Debug)]
+struct Cond {
+    slot: usize,
+    test: Test,
+}
+
+impl Cond {
+    fn holds(&self, slots: &[Slot<'_>]) -> bool {
+        let v = &slots[self.slot];
+        match &self.test {
+            Test::Equals(want) => matches!(v, Slot::Str(s) if s == want),
+            Test::In(set) => matches!(v, Slot::Str(s) if set.iter().any(|w| w == s)),
+            Test::Exists(want) => v.is_present() == *want,
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Rule<T> {
+    when: Vec<Cond>,
+    then: T,
+}
+
+/// A compiled schema set.
+#[derive(Debug)]
+pub struct Extractor {
+    trie: Trie,
+    /// General queries and the slot each fills.
+    queries: Vec<(JsonPath, usize)>,
+    rejects: Vec<Rule<(Arc<str>, Arc<str>)>>,
+    message_id: Vec<usize>,
+    customer_id: Vec<usize>,
+    event_time: Vec<(usize, TimeFormat)>,
+    /// Path lists for error messages, per field, and each slot's path.
+    described: [Arc<str>; 3],
+    slot_paths: Vec<Arc<str>>,
+    classify: Vec<Rule<Kind>>,
+    versions: Vec<(String, u32)>,
+}
+
+/// Collects slots for paths while a schema set compiles.
+#[derive(Default)]
+struct Paths {
+    ids: HashMap<String, usize>,
+    compiled: Vec<JsonPath>,
+}
+
+impl Paths {
+    fn intern(
+        &mut self,
+        s: &LoadedSchema,
+        text: &toml::Spanned<String>,
+        field: &str,
+        errs: &mut Vec<SchemaError>,
+    ) -> usize {
+        if let Some(&i) = self.ids.get(text.get_ref()) {
+            return i;
+        }
+        match JsonPath::parse(text.get_ref()) {
+            Ok(p) => {
+                self.compiled.push(p);
+                let i = self.compiled.len() - 1;
+                self.ids.insert(text.get_ref().clone(), i);
+                i
+            }
+            Err(msg) => {
+                errs.push(s.error(text.span(), field, msg));
+                usize::MAX
+            }
+        }
+    }
+}
+
+impl Extractor {
+    /// Loads and compiles every schema file under `path` (a file or a directory).
+    ///
+    /// # Errors
+    /// Every problem in every file, at once.
+    pub fn load(path: &Path) -> Result<Extractor, SchemaErrors> {
+        let mut errs = Vec::new();
+        let mut loaded = Vec::new();
+        for f in schema::list_files(path)? {
+            match schema::load_file(&f) {
+                Ok(l) => loaded.push(l),
+                Err(e) => errs.push(e),
+            }
+        }
+        match Extractor::compile(loaded) {
+            Ok(x) if errs.is_empty() => Ok(x),
+            Ok(_) => Err(SchemaErrors(errs)),
+            Err(SchemaErrors(more)) => {
+                errs.extend(more);
+                Err(SchemaErrors(errs))
+            }
+        }
+    }
+
+    /// Compiles parsed schema files into one extractor.
+    ///
+    /// # Errors
+    /// Every semantic problem found (bad paths, unknown formats or kinds, duplicate names, …).
+    #[allow(clippy::too_many_lines)]
+    pub fn compile(mut schemas: Vec<LoadedSchema>) -> Result<Extractor, SchemaErrors> {
+        schemas.sort_by(|a, b| {
+            (a.schema.priority, a.schema.name.get_ref())
+                .cmp(&(b.schema.priority, b.schema.name.get_ref()))
+        });
+        let mut errs = Vec::new();
+        let mut seen_names: HashMap<String, &Path> = HashMap::new();
+        let mut paths = Paths::default();
+        let mut json_strings = Vec::new();
+        let (mut message_id, mut customer_id, mut event_time) =
+            (Vec::new(), Vec::new(), Vec::new());
+        let (mut rejects, mut classify) = (Vec::new(), Vec::new());
+        for s in &schemas {
+            let sc = &s.schema;
+            let name = sc.name.get_ref();
+            if name.is_empty()
+                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                errs.push(s.error(
+                    sc.name.span(),
+                    "name",
+                    "a schema name is letters, digits, `_` and `-` only",
+                ));
+            }
+            if let Some(other) = seen_names.insert(name.clone(), &s.file) {
+                errs.push(s.error(
+                    sc.name.span(),
+                    "name",
+                    format!("duplicate schema name `{name}`, also used by {}", other.display()),
+                ));
+            }
+            for (i, p) in sc.json_strings.iter().enumerate() {
+                let field = format!("json_strings[{i}]");
+                match JsonPath::parse(p.get_ref()) {
+                    Ok(jp) if jp.steps().is_some() => json_strings.push(jp),
+                    Ok(_) => errs.push(s.error(
+                        p.span(),
+                        &field,
+                        "json_strings take simple paths only (names and indexes)",
+                    )),
+                    Err(m) => errs.push(s.error(p.span(), &field, m)),
+                }
+            }
+            for (i, p) in sc.fields.message_id.iter().enumerate() {
+                message_id.push(paths.intern(s, p, &format!("fields.message_id[{i}]"), &mut errs));
+            }
+            for (i, p) in sc.fields.customer_id.iter().enumerate() {
+                customer_id.push(paths.intern(
+                    s,
+                    p,
+                    &format!("fields.customer_id[{i}]"),
+                    &mut errs,
+                ));
+            }
+            for (i, t) in sc.fields.event_time.iter().enumerate() {
+                let field = format!("fields.event_time[{i}]");
+                let slot = paths.intern(s, &t.path, &field, &mut errs);
+                match TimeFormat::parse(t.format.get_ref()) {
+                    Some(f) => event_time.push((slot, f)),
+                    None => errs.push(s.error(
+                        t.format.span(),
+                        &format!("{field}.format"),
+                        format!("unknown time format `{}`: use iso8601, epoch, epoch_seconds or epoch_millis", t.format.get_ref()),
+                    )),
+                }
+            }
+            let schema_name: Arc<str> = Arc::from(name.as_str());
+            for (i, r) in sc.reject.iter().enumerate() {
+                let field = format!("reject[{i}]");
+                let reason = r.reason.get_ref();
+                if reason.is_empty()
+                    || !reason
+                        .chars()
+                        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+                {
+                    errs.push(s.error(
+                        r.reason.span(),
+                        &format!("{field}.reason"),
+                        "a reason is snake_case: lowercase letters, digits and `_`",
+                    ));
+                } else if BUILTIN_REASONS.contains(&reason.as_str()) && reason != "not_activity" {
+                    errs.push(s.error(
+                        r.reason.span(),
+                        &format!("{field}.reason"),
+                        format!(
+                            "`{reason}` is a reason the pipeline gives itself: pick another name"
+                        ),
+                    ));
+                }
+                let when = conditions(s, &r.when, &field, &mut paths, &mut errs);
+                rejects.push(Rule {
+                    when,
+                    then: (Arc::from(reason.as_str()), Arc::clone(&schema_name)),
+                });
+            }
+            for (i, r) in sc.classify.iter().enumerate() {
+                let field = format!("classify[{i}]");
+                let when = conditions(s, &r.when, &field, &mut paths, &mut errs);
+                match Kind::from_name(r.kind.get_ref()) {
+                    Some(kind) => classify.push(Rule { when, then: kind }),
+                    None => errs.push(s.error(
+                        r.kind.span(),
+                        &format!("{field}.kind"),
+                        format!("unknown kind `{}`: use support_call, subscribe_click, subscribe_hover or page_view", r.kind.get_ref()),
+                    )),
+                }
+            }
+        }
+        if schemas.is_empty() {
+            errs.push(SchemaError {
+                file: "schemas".into(),
+                line: 0,
+                column: 0,
+                field: "-".into(),
+                message: "no schema file".into(),
+            });
+        }
+        let declared = |f: fn(&schema::Fields) -> usize| {
+            schemas.iter().map(|s| f(&s.schema.fields)).sum::<usize>()
+        };
+        for (field, n) in [
+            ("message_id", declared(|f| f.message_id.len())),
+            ("customer_id", declared(|f| f.customer_id.len())),
+            ("event_time", declared(|f| f.event_time.len())),
+        ] {
+            if n == 0 && !schemas.is_empty() {
+                let s = &schemas[0];
+                errs.push(s.error(
+                    0..0,
+                    &format!("fields.{field}"),
+                    "no schema of the set gives a path for this field",
+                ));
+            }
+        }
+        if !errs.is_empty() {
+            return Err(SchemaErrors(errs));
+        }
+        // Stable order keeps support calls ahead of clicks, clicks ahead of hovers, and so on.
+        classify.sort_by_key(|r| r.then);
+
+        let simple: Vec<&[Step]> = paths.compiled.iter().filter_map(JsonPath::steps).collect();
+        let json: Vec<&[Step]> = json_strings.iter().filter_map(JsonPath::steps).collect();
+        let (trie, simple_slots) = Trie::build(&simple, &json);
+        // Path index → slot: simple paths got trie slots; general queries get slots after them.
+        let mut slot_of = Vec::with_capacity(paths.compiled.len());
+        let mut queries = Vec::new();
+        let mut simple_iter = simple_slots.into_iter();
+        let mut extra = trie.slot_count();
+        for p in &paths.compiled {
+            if p.steps().is_some() {
+                slot_of.push(simple_iter.next().unwrap_or(0));
+            } else {
+                slot_of.push(extra);
+                queries.push((p.clone(), extra));
+                extra += 1;
+            }
+        }
+        let mut slot_paths = vec![Arc::<str>::from("?"); extra];
+        for (p, &slot) in paths.compiled.iter().zip(&slot_of) {
+            slot_paths[slot] = Arc::from(p.as_str());
+        }
+        let remap = |conds: &mut Vec<Cond>| conds.iter_mut().for_each(|c| c.slot = slot_of[c.slot]);
+        for r in &mut rejects {
+            remap(&mut r.when);
+        }
+        for r in &mut classify {
+            remap(&mut r.when);
+        }
+        let message_id: Vec<usize> = message_id.iter().map(|&i| slot_of[i]).collect();
+        let customer_id: Vec<usize> = customer_id.iter().map(|&i| slot_of[i]).collect();
+        let event_time: Vec<(usize, TimeFormat)> =
+            event_time.iter().map(|&(i, f)| (slot_of[i], f)).collect();
+        let describe = |slots: &mut dyn Iterator<Item = usize>| -> Arc<str> {
+            Arc::from(slots.map(|s| slot_paths[s].to_string()).collect::<Vec<_>>().join(", "))
+        };
+        let described = [
+            describe(&mut message_id.iter().copied()),
+            describe(&mut customer_id.iter().copied()),
+            describe(&mut event_time.iter().map(|&(s, _)| s)),
+        ];
+        let versions =
+            schemas.iter().map(|s| (s.schema.name.get_ref().clone(), s.schema.version)).collect();
+        Ok(Extractor {
+            trie,
+            queries,
+            rejects,
+            message_id,
+            customer_id,
+            event_time,
+            described,
+            slot_paths,
+            classify,
+            versions,
+        })
+    }
+
+    /// `name@version` of every schema in the set, in merge order.
+    #[must_use]
+    pub fn versions(&self) -> String {
+        self.versions.iter().map(|(n, v)| format!("{n}@{v}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Slots one event needs; size the scratch passed to [`Extractor::extract`] with it.
+    #[must_use]
+    pub fn slot_count(&self) -> usize {
+        self.slot_paths.len()
+    }
+
+    /// Extracts one event from one line of text. `slots` is scratch space, reused across calls.
+    ///
+    /// # Errors
+    /// The first failing check, in contract order.
+    pub fn extract<'a>(
+        &self,
+        text: &'a str,
+        slots: &mut Vec<Slot<'a>>,
+    ) -> Result<ClickEvent<'a>, ExtractError> {
+        slots.clear();
+        slots.resize(self.slot_paths.len(), Slot::Absent);
+        let is_object = self.trie.walk(text, slots).map_err(ExtractError::InvalidJson)?;
+        if !is_object {
+            return Err(ExtractError::NotObject);
+        }
+        if !self.queries.is_empty() {
+            // General queries need the whole document; parse it again only for them.
+            if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
+                for (q, slot) in &self.queries {
+                    if let Some(v) = q.first_match(&value) {
+                        slots[*slot] = Slot::from_value(v);
+                    }
+                }
+            }
+        }
+        let slots = &mut slots[..];
+        for r in &self.rejects {
+            if r.when.iter().all(|c| c.holds(slots)) {
+                return Err(ExtractError::Rejected {
+                    reason: Arc::clone(&r.then.0),
+                    schema: Arc::clone(&r.then.1),
+                });
+            }
+        }
+        let message_id = self.id(slots, &self.message_id, 0)?;
+        let customer_id = self.id(slots, &self.customer_id, 1)?;
+        let event_time = self.time(slots)?;
+        let kind = self
+            .classify
+            .iter()
+            .find(|r| r.when.iter().all(|c| c.holds(slots)))
+            .map_or(Kind::Other, |r| r.then);
+        Ok(ClickEvent { message_id, customer_id, event_time, kind })
+    }
+
+    fn id<'a>(
+        &self,
+        slots: &mut [Slot<'a>],
+        candidates: &[usize],
+        field: usize,
+    ) -> Result<Cow<'a, str>, ExtractError> {
+        let Some(&slot) = candidates.iter().find(|&&s| slots[s].is_present()) else {
+            let d = Arc::clone(&self.described[field]);
+            return Err(if field == 0 {
+                ExtractError::MissingMessageId(d)
+            } else {
+                ExtractError::MissingCustomerId(d)
+            });
+        };
+        let id = match std::mem::take(&mut slots[slot]) {
+            Slot::Str(s) if !s.is_empty() => Some(s),
+            Slot::Num(n) => match n {
+                Cow::Borrowed(t) => coerce::id_from_number(t),
+                Cow::Owned(t) => coerce::id_from_number(&t).map(|c| Cow::Owned(c.into_owned())),
+            },
+            _ => None,
+        };
+        id.ok_or_else(|| {
+            let p = Arc::clone(&self.slot_paths[slot]);
+            if field == 0 { ExtractError::BadMessageId(p) } else { ExtractError::BadCustomerId(p) }
+        })
+    }
+
+    fn time(&self, slots: &[Slot<'_>]) -> Result<i64, ExtractError> {
+        let Some(&(slot, format)) = self.event_time.iter().find(|&&(s, _)| slots[s].is_present())
+        else {
+            return Err(ExtractError::MissingTimestamp(Arc::clone(&self.described[2])));
+        };
+        let ms = match (&slots[slot], format) {
+            (Slot::Str(s), TimeFormat::Iso8601) => coerce::parse_iso8601(s),
+            (Slot::Str(s), TimeFormat::Epoch(unit)) => coerce::parse_epoch(s, false, unit),
+            (Slot::Num(n), TimeFormat::Epoch(unit)) => coerce::parse_epoch(n, true, unit),
+            _ => None,
+        };
+        ms.filter(|&ms| coerce::in_range(ms)).ok_or_else(|| {
+            ExtractError::BadTimestamp(Arc::clone(&self.slot_paths[slot]), format.name())
+        })
+    }
+}
+
+fn conditions(
+    s: &LoadedSchema,
+    when: &toml::Spanned<Vec<Condition>>,
+    field: &str,
+    paths: &mut Paths,
+    errs: &mut Vec<SchemaError>,
+) -> Vec<Cond> {
+    if when.get_ref().is_empty() {
+        errs.push(s.error(
+            when.span(),
+            &format!("{field}.when"),
+            "a rule needs at least one condition",
+        ));
+    }
+    let mut out = Vec::new();
+    for (i, c) in when.get_ref().iter().enumerate() {
+        let f = format!("{field}.when[{i}]");
+        let slot = paths.intern(s, &c.path, &format!("{f}.path"), errs);
+        let test = match (&c.equals, &c.one_of, c.exists) {
+            (Some(v), None, None) => Test::Equals(v.clone()),
+            (None, Some(v), None) if !v.is_empty() => Test::In(v.clone()),
+            (None, Some(_), None) => {
+                errs.push(s.error(
+                    c.path.span(),
+                    &f,
+                    "`in = []` can never match: list at least one value",
+                ));
+                continue;
+            }
+            (None, None, Some(b)) => Test::Exists(b),
+            _ => {
+                errs.push(s.error(
+                    c.path.span(),
+                    &f,
+                    "give exactly one of `equals`, `in` or `exists`",
+                ));
+                continue;
+            }
+        };
+        out.push(Cond { slot, test });
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;

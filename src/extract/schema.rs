@@ -1,0 +1,282 @@
+//! The schema file format (TOML, one file per producer family) and its loader.
+//!
+//! Loading reports every problem of every file at once, each with `file:line:column`, the field
+//! and a hint, so an analyst fixes a directory in one pass. See `schemas/README.md` for the
+//! format as analysts read it.
+
+use serde::Deserialize;
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+use toml::Spanned;
+
+/// Largest schema file read, in bytes: a schema is a page of rules, not data.
+pub const MAX_SCHEMA_BYTES: u64 = 256 * 1024;
+
+/// One schema file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchemaFile {
+    /// Unique name of the producer family.
+    pub name: Spanned<String>,
+    /// Version, recorded in the state so a resumed run uses the same rules.
+    pub version: u32,
+    /// Free text for humans.
+    #[serde(default)]
+    pub description: String,
+    /// Lower goes first when field fallbacks of several schemas are merged.
+    #[serde(default = "default_priority")]
+    pub priority: i64,
+    /// Paths whose string values hold JSON documents that longer paths read into.
+    #[serde(default)]
+    pub json_strings: Vec<Spanned<String>>,
+    /// Where the canonical fields are found.
+    #[serde(default)]
+    pub fields: Fields,
+    /// Rules that reject an event with a named reason before its fields are read.
+    #[serde(default)]
+    pub reject: Vec<RejectRule>,
+    /// Rules that classify an accepted event.
+    #[serde(default)]
+    pub classify: Vec<ClassifyRule>,
+}
+
+fn default_priority() -> i64 {
+    100
+}
+
+/// Candidate paths for the canonical fields, tried in order.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fields {
+    /// Message id paths (dedup key).
+    #[serde(default)]
+    pub message_id: Vec<Spanned<String>>,
+    /// Customer id paths.
+    #[serde(default)]
+    pub customer_id: Vec<Spanned<String>>,
+    /// Event time paths with their formats.
+    #[serde(default)]
+    pub event_time: Vec<TimeField>,
+}
+
+/// One event-time candidate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimeField {
+    /// JSONPath of the value.
+    pub path: Spanned<String>,
+    /// `iso8601`, `epoch`, `epoch_seconds` or `epoch_millis`.
+    pub format: Spanned<String>,
+}
+
+/// A reject rule: when all conditions hold, the event is dead-lettered with `reason`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRule {
+    /// The dead-letter reason (snake_case).
+    pub reason: Spanned<String>,
+    /// Conditions, all of which must hold.
+    pub when: Spanned<Vec<Condition>>,
+}
+
+/// A classification rule: when all conditions hold, the event counts as `kind`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassifyRule {
+    /// `support_call`, `subscribe_click`, `subscribe_hover` or `page_view`.
+    pub kind: Spanned<String>,
+    /// Conditions, all of which must hold.
+    pub when: Spanned<Vec<Condition>>,
+}
+
+/// One test on one path. Exactly one of `equals`, `in`, `exists` is given.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Condition {
+    /// JSONPath of the value tested.
+    pub path: Spanned<String>,
+    /// The value is this string (exact, case-sensitive; a non-string never matches).
+    pub equals: Option<String>,
+    /// The value is one of these strings.
+    #[serde(rename = "in")]
+    pub one_of: Option<Vec<String>>,
+    /// The value is present and not null (`true`), or absent or null (`false`).
+    pub exists: Option<bool>,
+}
+
+/// A schema file with where it came from.
+#[derive(Debug)]
+pub struct LoadedSchema {
+    /// The file.
+    pub file: PathBuf,
+    /// Its text (kept to turn byte spans into lines and columns).
+    pub text: String,
+    /// The parsed content.
+    pub schema: SchemaFile,
+}
+
+impl LoadedSchema {
+    /// An error located at `span` in this file.
+    #[must_use]
+    pub fn error(
+        &self,
+        span: Range<usize>,
+        field: &str,
+        message: impl Into<String>,
+    ) -> SchemaError {
+        let (line, column) = line_col(&self.text, span.start);
+        SchemaError {
+            file: self.file.clone(),
+            line,
+            column,
+            field: field.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// One problem in one schema file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemaError {
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line (0 when the problem is the file as a whole).
+    pub line: usize,
+    /// 1-based column.
+    pub column: usize,
+    /// The field concerned, as a dotted path (`fields.customer_id[2]`).
+    pub field: String,
+    /// What is wrong, and a hint.
+    pub message: String,
+}
+
+impl fmt::Display for SchemaError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}: {}: {}",
+            self.file.display(),
+            self.line,
+            self.column,
+            self.field,
+            self.message
+        )
+    }
+}
+
+/// Every problem found in a schema set.
+#[derive(Debug, Error)]
+pub struct SchemaErrors(pub Vec<SchemaError>);
+
+impl fmt::Display for SchemaErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "{n} schema error{}", if n == 1 { "" } else { "s" })?;
+        for e in &self.0 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+fn whole_file(file: &Path, message: impl Into<String>) -> SchemaError {
+    SchemaError {
+        file: file.to_owned(),
+        line: 0,
+        column: 0,
+        field: "-".into(),
+        message: message.into(),
+    }
+}
+
+/// Reads one schema file; syntax and shape errors carry their position.
+///
+/// # Errors
+/// Unreadable, too large, not UTF-8, not TOML, or not of the schema shape.
+pub fn load_file(file: &Path) -> Result<LoadedSchema, SchemaError> {
+    let meta =
+        std::fs::metadata(file).map_err(|e| whole_file(file, format!("cannot read: {e}")))?;
+    if meta.len() > MAX_SCHEMA_BYTES {
+        return Err(whole_file(
+            file,
+            format!("file is {} bytes; a schema file is at most {MAX_SCHEMA_BYTES}", meta.len()),
+        ));
+    }
+    let bytes = std::fs::read(file).map_err(|e| whole_file(file, format!("cannot read: {e}")))?;
+    let text = String::from_utf8(bytes).map_err(|e| {
+        let at = e.utf8_error().valid_up_to();
+        let (line, column) = line_col(&String::from_utf8_lossy(&e.into_bytes()[..at]), at);
+        SchemaError {
+            file: file.to_owned(),
+            line,
+            column,
+            field: "-".into(),
+            message: "the file is not valid UTF-8".into(),
+        }
+    })?;
+    if text.trim().is_empty() {
+        return Err(whole_file(
+            file,
+            "the file is empty: a schema needs at least `name` and `version`",
+        ));
+    }
+    match toml::from_str::<SchemaFile>(&text) {
+        Ok(schema) => Ok(LoadedSchema { file: file.to_owned(), text, schema }),
+        Err(e) => {
+            let (line, column) = e.span().map_or((0, 0), |s| line_col(&text, s.start));
+            Err(SchemaError {
+                file: file.to_owned(),
+                line,
+                column,
+                field: "-".into(),
+                message: e.message().trim().to_owned(),
+            })
+        }
+    }
+}
+
+/// Lists the schema files of a path: the file itself, or every `*.toml` in a directory
+/// (not recursive), sorted by name.
+///
+/// # Errors
+/// The path does not exist or has no schema file.
+pub fn list_files(path: &Path) -> Result<Vec<PathBuf>, SchemaErrors> {
+    let one = |m: String| SchemaErrors(vec![whole_file(path, m)]);
+    let meta = std::fs::metadata(path).map_err(|e| one(format!("cannot read the schemas: {e}")))?;
+    if meta.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+        .map_err(|e| one(format!("cannot list the schemas: {e}")))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(one("no schema file (*.toml) here".into()));
+    }
+    Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn positions_count_from_one() {
+        assert_eq!(line_col("a\nbc\nd", 0), (1, 1));
+        assert_eq!(line_col("a\nbc\nd", 3), (2, 2));
+        assert_eq!(line_col("a\nbc\nd", 5), (3, 1));
+    }
+}

@@ -1,0 +1,264 @@
+//! Extraction with the shipped schemas, on lines shaped like every producer's, and schema
+//! errors.
+
+use super::*;
+use std::path::PathBuf;
+
+fn shipped() -> Extractor {
+    Extractor::load(&PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas")).unwrap()
+}
+
+fn ok(x: &Extractor, line: &str) -> (String, String, i64, Kind) {
+    let mut slots = Vec::new();
+    let e = x.extract(line, &mut slots).unwrap_or_else(|e| panic!("{line}: {e}"));
+    (e.message_id.into_owned(), e.customer_id.into_owned(), e.event_time, e.kind)
+}
+
+fn reason(x: &Extractor, line: &str) -> String {
+    let mut slots = Vec::new();
+    match x.extract(line, &mut slots) {
+        Ok(e) => panic!("{line}: accepted as {e:?}"),
+        Err(e) => e.reason().to_owned(),
+    }
+}
+
+#[test]
+fn segment_shapes() {
+    let x = shipped();
+    let l = r#"{"type":"track","event":"Subscribe Button Hovered","messageId":"ajs-next-1","userId":"433120","anonymousId":"a","timestamp":"2024-03-05T10:15:30.123Z","originalTimestamp":"2024-03-05T11:15:33.000+01:00","properties":{}}"#;
+    assert_eq!(
+        ok(&x, l),
+        ("ajs-next-1".into(), "433120".into(), 1_709_633_730_123, Kind::SubscribeHover)
+    );
+    let l = r#"{"type":"screen","messageId":"m2","userId":"433120","timestamp":"2024-03-05T11:15:30+01:00"}"#;
+    assert_eq!(ok(&x, l).3, Kind::PageView);
+    let l = r#"{"type":"track","event":"Support Call Started","messageId":"m3","userId":"1","timestamp":"2024-03-05T10:15:30.123456+00:00"}"#;
+    assert_eq!(ok(&x, l).3, Kind::SupportCall);
+    // A hover whose properties is a string is still a hover; a numeric event name is "other".
+    let l = r#"{"type":"track","event":"Subscribe Button Hovered","messageId":"m4","userId":"1","timestamp":"2024-03-05T10:15:30Z","properties":"{\"button_id\":\"subscribe-btn\"}"}"#;
+    assert_eq!(ok(&x, l).3, Kind::SubscribeHover);
+    let l = r#"{"type":"track","event":42,"messageId":"m5","userId":"1","timestamp":"2024-03-05T10:15:30Z"}"#;
+    assert_eq!(ok(&x, l).3, Kind::Other);
+    for name in
+        ["Subscribe Button Hovered V2", "subscribe button hovered", "Subscribe Button Clicked ", ""]
+    {
+        let l = format!(
+            r#"{{"type":"track","event":"{name}","messageId":"m6","userId":"1","timestamp":"2024-03-05T10:15:30Z"}}"#
+        );
+        assert_eq!(ok(&x, &l).3, Kind::Other, "{name}");
+    }
+}
+
+#[test]
+fn legacy_shapes() {
+    let x = shipped();
+    let l = r#"{"id": 7000763757, "uid": 633123, "evt": "search", "ts": 1709512563, "props": "{\"screen\": \"Settings\", \"pos\": \"59\"}", "url": "https:\/\/x"}"#;
+    assert_eq!(ok(&x, l), ("7000763757".into(), "633123".into(), 1_709_512_563_000, Kind::Other));
+    let l = r#"{"id":"3d77aa00bb11cc22","uid":"633123","evt":"contact_support","ts":"1709633730123","props":"{\"channel\": \"phone\"}"}"#;
+    assert_eq!(ok(&x, l).2, 1_709_633_730_123);
+    assert_eq!(ok(&x, l).3, Kind::SupportCall);
+    let l = r#"{"id":"a","uid":"1","evt":"contact_support","ts":1709633730123,"props":"{\"channel\": \"chat\"}"}"#;
+    assert_eq!(ok(&x, l).3, Kind::Other);
+    let l = r#"{"id":"a","uid":"1","evt":"contact_support","ts":1709633730123,"props":"{channel: phone}"}"#;
+    assert_eq!(ok(&x, l).3, Kind::Other);
+    let l = r#"{"id":"a","user":{"id":"112899"},"uid":"0","evt":"contact_support","ts":1709548836.027,"props":{"channel":"phone"}}"#;
+    assert_eq!(ok(&x, l), ("a".into(), "112899".into(), 1_709_548_836_027, Kind::SupportCall));
+    let l = r#"{"id":"a","user":{"id":"112899"},"evt":"hover_subscribe","ts":"1709548836.027"}"#;
+    assert_eq!(ok(&x, l).3, Kind::SubscribeHover);
+    assert_eq!(
+        reason(&x, r#"{"id":"a","user":"guest","evt":"app_open","ts":1709548836.027}"#),
+        "missing_customer_id"
+    );
+}
+
+#[test]
+fn web_and_ivr_shapes() {
+    let x = shipped();
+    let l = r#"{"event_id":"w-1","event_type":"mouseover","target":{"id":"subscribe-btn","tag":"BUTTON"},"customer":{"id":"766234"},"time":"2024-03-03 23:05:53.750-03:00"}"#;
+    assert_eq!(ok(&x, l), ("w-1".into(), "766234".into(), 1_709_517_953_750, Kind::SubscribeHover));
+    for (et, target, kind) in [
+        ("click", r#"{"id":"subscribe-btn"}"#, Kind::SubscribeClick),
+        ("hover", r#"{"id":"subscribe-btn"}"#, Kind::SubscribeHover),
+        ("click", r#"{"id":"unsubscribe-btn"}"#, Kind::Other),
+        ("click", r#""subscribe-btn""#, Kind::Other),
+        ("dblclick", r#"{"id":"subscribe-btn"}"#, Kind::Other),
+        ("pageview", r#"{"id":"x"}"#, Kind::PageView),
+    ] {
+        let l = format!(
+            r#"{{"event_id":"w","event_type":"{et}","target":{target},"customer":{{"id":"1"}},"time":"2024-03-04T10:00:00.000Z"}}"#
+        );
+        assert_eq!(ok(&x, &l).3, kind, "{et} {target}");
+    }
+    let l = "{\"call_id\":\"ivr-1\",\"kind\":\"support_call\",\"account\":{\"customer_id\":499721},\"started_at\":\"2024-03-04T02:07:58Z\"}\r";
+    assert_eq!(ok(&x, l), ("ivr-1".into(), "499721".into(), 1_709_518_078_000, Kind::SupportCall));
+}
+
+#[test]
+fn checks_run_in_contract_order() {
+    let x = shipped();
+    for (line, want) in [
+        ("[]", "not_object"),
+        ("42", "not_object"),
+        ("{\"a\":1}{\"a\":2}", "invalid_json"),
+        ("{\"progress\": NaN}", "invalid_json"),
+        (r#"{"type":"identify","userId":"1"}"#, "not_activity"),
+        (r#"{"batch":[{"messageId":"m"}],"sentAt":"x"}"#, "missing_message_id"),
+        (r#"{"messageId":null,"userId":"1"}"#, "missing_message_id"),
+        (r#"{"messageId":"","userId":"1"}"#, "bad_message_id"),
+        (r#"{"messageId":{},"userId":"1"}"#, "bad_message_id"),
+        (r#"{"id":-5,"uid":"1"}"#, "bad_message_id"),
+        (r#"{"id":1.5,"uid":"1"}"#, "bad_message_id"),
+        (r#"{"id":true,"uid":"1"}"#, "bad_message_id"),
+        (r#"{"messageId":"m","anonymousId":"a","timestamp":"x"}"#, "missing_customer_id"),
+        (r#"{"messageId":"m","userId":null,"timestamp":"x"}"#, "missing_customer_id"),
+        (r#"{"messageId":"m","userId":[633123],"timestamp":"x"}"#, "bad_customer_id"),
+        (r#"{"messageId":"m","userId":12.5}"#, "bad_customer_id"),
+        (
+            r#"{"messageId":"m","userId":"1","originalTimestamp":"2024-03-05T10:15:30Z"}"#,
+            "missing_timestamp",
+        ),
+        (r#"{"messageId":"m","userId":"1","timestamp":1709633730}"#, "bad_timestamp"),
+        (r#"{"messageId":"m","userId":"1","timestamp":"2150-01-01T00:00:00Z"}"#, "bad_timestamp"),
+        (r#"{"id":"m","uid":"1","ts":true}"#, "bad_timestamp"),
+        (r#"{"id":"m","uid":"1","ts":"1.7e9"}"#, "bad_timestamp"),
+        (r#"{"id":"m","uid":"1","ts":{"s":1}}"#, "bad_timestamp"),
+        (r#"{"id":"m","uid":"1","ts":0}"#, "bad_timestamp"),
+        (r#"{"event_id":"m","customer":{"id":"1"},"time":1709633730123}"#, "bad_timestamp"),
+    ] {
+        assert_eq!(reason(&x, line), want, "{line}");
+    }
+}
+
+#[test]
+fn ids_are_strings_or_non_negative_integers() {
+    let x = shipped();
+    let l = r#"{"id":0,"uid":"0","ts":1709633730}"#;
+    assert_eq!(ok(&x, l).0, "0");
+    let l = r#"{"id":123456789012345678901234567890,"uid":" x ","ts":1709633730}"#;
+    assert_eq!(
+        (ok(&x, l).0.as_str(), ok(&x, l).1.as_str()),
+        ("123456789012345678901234567890", " x ")
+    );
+}
+
+fn compile_one(text: &str) -> Result<Extractor, SchemaErrors> {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("s.toml");
+    std::fs::write(&f, text).unwrap();
+    Extractor::load(&f)
+}
+
+const GOOD: &str = "name = \"s\"\nversion = 1\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.uid']\nevent_time = [{ path = '$.ts', format = \"epoch\" }]\n";
+
+#[test]
+fn schema_errors_name_file_line_and_field() {
+    assert!(compile_one(GOOD).is_ok());
+    for (text, line, field, hint) in [
+        (GOOD.replace("'$.uid'", "'$.uid['"), 5, "fields.customer_id[0]", "JSONPath"),
+        (GOOD.replace("'$.uid'", "'uid'"), 5, "fields.customer_id[0]", "starts with `$`"),
+        (
+            GOOD.replace("\"epoch\"", "\"unix\""),
+            6,
+            "fields.event_time[0].format",
+            "unknown time format",
+        ),
+        (GOOD.replace("version = 1", "version = \"one\""), 2, "-", "invalid type"),
+        (GOOD.replace("[fields]", "[fieldz]"), 3, "-", "fieldz"),
+        (
+            format!(
+                "{GOOD}[[classify]]\nkind = \"purchase\"\nwhen = [{{ path = '$.e', equals = \"x\" }}]\n"
+            ),
+            8,
+            "classify[0].kind",
+            "unknown kind",
+        ),
+        (
+            format!("{GOOD}[[classify]]\nkind = \"page_view\"\nwhen = []\n"),
+            9,
+            "classify[0].when",
+            "at least one",
+        ),
+        (
+            format!(
+                "{GOOD}[[classify]]\nkind = \"page_view\"\nwhen = [{{ path = '$.e', equals = \"x\", exists = true }}]\n"
+            ),
+            9,
+            "classify[0].when[0]",
+            "exactly one",
+        ),
+        (
+            format!(
+                "{GOOD}[[classify]]\nkind = \"page_view\"\nwhen = [{{ path = '$.e', in = [] }}]\n"
+            ),
+            9,
+            "classify[0].when[0]",
+            "never match",
+        ),
+        (
+            format!(
+                "{GOOD}[[reject]]\nreason = \"Not Activity\"\nwhen = [{{ path = '$.e', exists = true }}]\n"
+            ),
+            8,
+            "reject[0].reason",
+            "snake_case",
+        ),
+        (
+            format!(
+                "{GOOD}[[reject]]\nreason = \"duplicate\"\nwhen = [{{ path = '$.e', exists = true }}]\n"
+            ),
+            8,
+            "reject[0].reason",
+            "pipeline gives itself",
+        ),
+        (GOOD.replace("name = \"s\"", "name = \"a b\""), 1, "name", "letters"),
+        ("json_strings = ['$..x']\n".to_owned() + GOOD, 1, "json_strings[0]", "simple paths"),
+    ] {
+        let errs = compile_one(&text).unwrap_err();
+        let e = errs
+            .0
+            .iter()
+            .find(|e| e.field == field)
+            .unwrap_or_else(|| panic!("no error on {field}: {errs}"));
+        assert_eq!(e.line, line, "{e}");
+        assert!(e.message.contains(hint), "{e}");
+        assert!(e.to_string().contains(&format!("s.toml:{line}:")), "{e}");
+    }
+}
+
+#[test]
+fn all_errors_are_reported_at_once() {
+    let text = GOOD.replace("'$.uid'", "'$.uid['").replace("\"epoch\"", "\"unix\"");
+    assert_eq!(compile_one(&text).unwrap_err().0.len(), 2);
+}
+
+#[test]
+fn whole_file_problems() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("empty.toml");
+    std::fs::write(&f, "  \n").unwrap();
+    assert!(Extractor::load(&f).unwrap_err().to_string().contains("empty"));
+    std::fs::write(&f, b"name = \"caf\xe9\"\n").unwrap();
+    assert!(Extractor::load(&f).unwrap_err().to_string().contains("UTF-8"));
+    std::fs::write(&f, vec![b'#'; 300 * 1024]).unwrap();
+    assert!(Extractor::load(&f).unwrap_err().to_string().contains("at most"));
+    let empty_dir = tempfile::tempdir().unwrap();
+    assert!(Extractor::load(empty_dir.path()).unwrap_err().to_string().contains("no schema file"));
+    // Two files with the same name.
+    let d = tempfile::tempdir().unwrap();
+    std::fs::write(d.path().join("a.toml"), GOOD).unwrap();
+    std::fs::write(d.path().join("b.toml"), GOOD).unwrap();
+    assert!(Extractor::load(d.path()).unwrap_err().to_string().contains("duplicate schema name"));
+}
+
+#[test]
+fn general_queries_work_beside_the_fast_path() {
+    let text = GOOD.replace(
+        "customer_id = ['$.uid']",
+        "customer_id = ['$.uid', '$.people[?@.role == \"owner\"].id']",
+    );
+    let x = compile_one(&text).unwrap();
+    let l = r#"{"id":"m","people":[{"role":"viewer","id":"1"},{"role":"owner","id":"2"}],"ts":1709633730}"#;
+    assert_eq!(ok(&x, l).1, "2");
+    let l = r#"{"id":"m","uid":"9","people":[{"role":"owner","id":"2"}],"ts":1709633730}"#;
+    assert_eq!(ok(&x, l).1, "9");
+}

@@ -1,0 +1,435 @@
+//! The single-pass borrowed extractor: one serde_json parse of the line that validates all of it
+//! and captures only the leaves the schema set reads, following a trie of simple paths.
+//!
+//! Captured leaves are taken as raw JSON text, so numbers keep their exact decimal form and
+//! strings without escapes are borrowed from the line. Subtrees nobody reads are skipped with
+//! `IgnoredAny` (still validated). A key that appears twice counts with its last value, as in
+//! most JSON readers: entering a key clears what an earlier copy of it captured.
+
+use super::path::Step;
+use serde::Deserialize;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde_json::value::RawValue;
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Range;
+
+/// A captured leaf.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Slot<'a> {
+    /// The path does not exist in this event (or runs through a non-container).
+    #[default]
+    Absent,
+    /// JSON `null`.
+    Null,
+    /// `true` / `false`.
+    Bool(bool),
+    /// A number, as its JSON text.
+    Num(Cow<'a, str>),
+    /// A string, unescaped.
+    Str(Cow<'a, str>),
+    /// An object (its members are reachable through longer paths).
+    Object,
+    /// An array.
+    Array,
+    /// A string whose escapes do not form valid Unicode (a lone surrogate).
+    Invalid,
+}
+
+impl<'a> Slot<'a> {
+    /// Present and not null: the rule for field fallbacks.
+    #[must_use]
+    pub fn is_present(&self) -> bool {
+        !matches!(self, Slot::Absent | Slot::Null)
+    }
+
+    fn into_owned(self) -> Slot<'static> {
+        match self {
+            Slot::Absent => Slot::Absent,
+            Slot::Null => Slot::Null,
+            Slot::Bool(b) => Slot::Bool(b),
+            Slot::Num(n) => Slot::Num(Cow::Owned(n.into_owned())),
+            Slot::Str(s) => Slot::Str(Cow::Owned(s.into_owned())),
+            Slot::Object => Slot::Object,
+            Slot::Array => Slot::Array,
+            Slot::Invalid => Slot::Invalid,
+        }
+    }
+
+    /// Classifies a raw JSON value's text.
+    fn from_raw(text: &'a str) -> Slot<'a> {
+        match text.as_bytes().first() {
+            Some(b'"') => {
+                if text.contains('\\') {
+                    serde_json::from_str::<String>(text)
+                        .map_or(Slot::Invalid, |s| Slot::Str(Cow::Owned(s)))
+                } else {
+                    Slot::Str(Cow::Borrowed(&text[1..text.len() - 1]))
+                }
+            }
+            Some(b'{') => Slot::Object,
+            Some(b'[') => Slot::Array,
+            Some(b't') => Slot::Bool(true),
+            Some(b'f') => Slot::Bool(false),
+            Some(b'n') => Slot::Null,
+            _ => Slot::Num(Cow::Borrowed(text)),
+        }
+    }
+
+    /// Converts a `serde_json::Value` found by a general query.
+    #[must_use]
+    pub fn from_value(v: &serde_json::Value) -> Slot<'static> {
+        use serde_json::Value;
+        match v {
+            Value::Null => Slot::Null,
+            Value::Bool(b) => Slot::Bool(*b),
+            Value::Number(n) => Slot::Num(Cow::Owned(n.to_string())),
+            Value::String(s) => Slot::Str(Cow::Owned(s.clone())),
+            Value::Array(_) => Slot::Array,
+            Value::Object(_) => Slot::Object,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    children: Vec<(Step, usize)>,
+    slot: Option<usize>,
+    /// A string here holds a JSON document whose members longer paths may read.
+    json_string: bool,
+    /// Slots of this node and everything below it (slot ids are given in depth-first order).
+    subtree: Range<usize>,
+}
+
+/// The set of simple paths one schema set reads, as a trie.
+#[derive(Debug)]
+pub struct Trie {
+    nodes: Vec<Node>,
+    slots: usize,
+}
+
+impl Trie {
+    /// Builds the trie; `paths[i]` is captured into the slot returned at index `i`.
+    /// `json_strings` name paths whose string values are parsed as JSON for longer paths.
+    #[must_use]
+    pub fn build(paths: &[&[Step]], json_strings: &[&[Step]]) -> (Trie, Vec<usize>) {
+        let mut nodes = vec![Node::default()];
+        let mut insert = |steps: &[Step]| {
+            let mut n = 0;
+            for s in steps {
+                n = match nodes[n].children.iter().find(|(k, _)| k == s) {
+                    Some(&(_, c)) => c,
+                    None => {
+                        nodes.push(Node::default());
+                        let c = nodes.len() - 1;
+                        nodes[n].children.push((s.clone(), c));
+                        c
+                    }
+                };
+            }
+            n
+        };
+        let leaf_nodes: Vec<usize> = paths.iter().map(|p| insert(p)).collect();
+        let json_nodes: Vec<usize> = json_strings.iter().map(|p| insert(p)).collect();
+        for &n in &leaf_nodes {
+            nodes[n].slot = Some(usize::MAX);
+        }
+        for &n in &json_nodes {
+            nodes[n].json_string = true;
+            nodes[n].slot = Some(usize::MAX); // the string itself must be captured to be decoded
+        }
+        let mut next = 0;
+        assign(&mut nodes, 0, &mut next);
+        let slot_of = leaf_nodes.iter().map(|&n| nodes[n].slot.unwrap_or(0)).collect();
+        (Trie { nodes, slots: next }, slot_of)
+    }
+
+    /// How many slots one event needs.
+    #[must_use]
+    pub fn slot_count(&self) -> usize {
+        self.slots
+    }
+
+    /// Parses `text` (which must be exactly one JSON value), filling `slots`.
+    /// Returns whether the top-level value is an object.
+    ///
+    /// # Errors
+    /// The parser's error when `text` is not valid JSON.
+    pub fn walk<'a>(
+        &self,
+        text: &'a str,
+        slots: &mut [Slot<'a>],
+    ) -> Result<bool, serde_json::Error> {
+        self.walk_nested(0, text, slots)
+    }
+}
+
+fn assign(nodes: &mut [Node], n: usize, next: &mut usize) {
+    let start = *next;
+    if nodes[n].slot.is_some() {
+        nodes[n].slot = Some(*next);
+        *next += 1;
+    }
+    let kids: Vec<usize> = nodes[n].children.iter().map(|&(_, c)| c).collect();
+    for c in kids {
+        assign(nodes, c, next);
+    }
+    nodes[n].subtree = start..*next;
+}
+
+struct NodeSeed<'t, 's, 'a> {
+    trie: &'t Trie,
+    node: usize,
+    slots: &'s mut [Slot<'a>],
+}
+
+impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        let node = &self.trie.nodes[self.node];
+        let Some(slot) = node.slot else {
+            d.deserialize_any(Interior { trie: self.trie, node: self.node, slots: self.slots })?;
+            return Ok(());
+        };
+        let raw = <&'de RawValue>::deserialize(d)?;
+        let text = raw.get();
+        let value = Slot::from_raw(text);
+        if !node.children.is_empty() {
+            match (&value, node.json_string) {
+                (Slot::Object | Slot::Array, _) => {
+                    // Already validated by the outer parse, so this cannot fail.
+                    let _ = self.trie.walk_nested(self.node, text, self.slots);
+                }
+                (Slot::Str(Cow::Borrowed(s)), true) => {
+                    let _ = self.trie.walk_nested(self.node, *s, self.slots);
+                }
+                (Slot::Str(Cow::Owned(s)), true) => {
+                    let mut tmp = vec![Slot::Absent; self.slots.len()];
+                    if self.trie.walk_nested(self.node, s, &mut tmp).is_ok() {
+                        for i in node.subtree.clone() {
+                            self.slots[i] = std::mem::take(&mut tmp[i]).into_owned();
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        self.slots[slot] = value;
+        Ok(())
+    }
+}
+
+impl Trie {
+    /// Walks `text` (a decoded JSON string) as if it were the value at `node`.
+    fn walk_nested<'a>(
+        &self,
+        node: usize,
+        text: &'a str,
+        slots: &mut [Slot<'a>],
+    ) -> Result<bool, serde_json::Error> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let is_object = de.deserialize_any(Interior { trie: self, node, slots })?;
+        de.end()?;
+        Ok(is_object)
+    }
+}
+
+/// Walks a container whose own value is not captured.
+struct Interior<'t, 's, 'a> {
+    trie: &'t Trie,
+    node: usize,
+    slots: &'s mut [Slot<'a>],
+}
+
+impl<'de> Visitor<'de> for Interior<'_, '_, 'de> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        let node = &self.trie.nodes[self.node];
+        while let Some(child) = map.next_key_seed(KeySeed(node))? {
+            match child {
+                Some(c) => {
+                    for s in &mut self.slots[self.trie.nodes[c].subtree.clone()] {
+                        *s = Slot::Absent;
+                    }
+                    map.next_value_seed(NodeSeed {
+                        trie: self.trie,
+                        node: c,
+                        slots: &mut *self.slots,
+                    })?;
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        let node = &self.trie.nodes[self.node];
+        let mut i = 0usize;
+        loop {
+            let child = node.children.iter().find(|(s, _)| *s == Step::Index(i)).map(|&(_, c)| c);
+            let more = match child {
+                Some(c) => seq
+                    .next_element_seed(NodeSeed {
+                        trie: self.trie,
+                        node: c,
+                        slots: &mut *self.slots,
+                    })?
+                    .is_some(),
+                None => seq.next_element::<IgnoredAny>()?.is_some(),
+            };
+            if !more {
+                return Ok(false);
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
+/// Resolves an object key to the child node that reads it, if any.
+struct KeySeed<'t>(&'t Node);
+
+impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.0.children.iter().find_map(|(s, c)| match s {
+            Step::Key(k) if k == key => Some(*c),
+            _ => None,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(k: &str) -> Step {
+        Step::Key(k.into())
+    }
+
+    fn run<'a>(trie: &Trie, text: &'a str) -> Result<(bool, Vec<Slot<'a>>), serde_json::Error> {
+        let mut slots = vec![Slot::Absent; trie.slot_count()];
+        let obj = trie.walk(text, &mut slots)?;
+        Ok((obj, slots))
+    }
+
+    #[test]
+    fn captures_leaves_exactly() {
+        let a = [key("id")];
+        let b = [key("user"), key("id")];
+        let c = [key("ts")];
+        let (trie, slot) = Trie::build(&[&a, &b, &c], &[]);
+        let (obj, s) = run(&trie, r#"{"id": 7000763757, "user": {"id": "11\"2"}, "ts": 1709548836.027, "x": [1,{"id":2}]}"#).unwrap();
+        assert!(obj);
+        assert_eq!(s[slot[0]], Slot::Num(Cow::Borrowed("7000763757")));
+        assert_eq!(s[slot[1]], Slot::Str(Cow::Owned("11\"2".into())));
+        assert_eq!(s[slot[2]], Slot::Num(Cow::Borrowed("1709548836.027")));
+    }
+
+    #[test]
+    fn path_through_non_object_is_absent() {
+        let b = [key("user"), key("id")];
+        let (trie, slot) = Trie::build(&[&b], &[]);
+        let (_, s) = run(&trie, r#"{"user": "guest"}"#).unwrap();
+        assert_eq!(s[slot[0]], Slot::Absent);
+        let (_, s) = run(&trie, r#"{"user": null}"#).unwrap();
+        assert_eq!(s[slot[0]], Slot::Absent);
+    }
+
+    #[test]
+    fn last_duplicate_key_wins_whole() {
+        let b = [key("user"), key("id")];
+        let (trie, slot) = Trie::build(&[&b], &[]);
+        let (_, s) = run(&trie, r#"{"user": {"id": "1"}, "user": "guest"}"#).unwrap();
+        assert_eq!(s[slot[0]], Slot::Absent);
+        let (_, s) = run(&trie, r#"{"user": {"id": "1"}, "user": {"id": "2"}}"#).unwrap();
+        assert_eq!(s[slot[0]], Slot::Str(Cow::Borrowed("2")));
+    }
+
+    #[test]
+    fn json_strings_are_decoded_for_longer_paths() {
+        let props = [key("props")];
+        let ch = [key("props"), key("channel")];
+        let (trie, slot) = Trie::build(&[&ch], &[&props]);
+        for (line, want) in [
+            (r#"{"props": "{\"channel\": \"phone\"}"}"#, Slot::Str(Cow::Borrowed("phone"))),
+            (r#"{"props": {"channel": "phone"}}"#, Slot::Str(Cow::Borrowed("phone"))),
+            (r#"{"props": "{channel: phone}"}"#, Slot::Absent),
+            (r#"{"props": "[1]"}"#, Slot::Absent),
+            (r#"{"props": 5}"#, Slot::Absent),
+        ] {
+            let (_, s) = run(&trie, line).unwrap();
+            assert_eq!(s[slot[0]], want, "{line}");
+        }
+    }
+
+    #[test]
+    fn array_indexes() {
+        let p = [key("a"), Step::Index(1), key("b")];
+        let (trie, slot) = Trie::build(&[&p], &[]);
+        let (_, s) = run(&trie, r#"{"a": [{"b": 1}, {"b": true}, {"b": 3}]}"#).unwrap();
+        assert_eq!(s[slot[0]], Slot::Bool(true));
+    }
+
+    #[test]
+    fn validates_everything_even_unread_parts() {
+        let a = [key("id")];
+        let (trie, _) = Trie::build(&[&a], &[]);
+        for bad in [
+            r#"{"id": 1, "x": [1, 2,]}"#,
+            r#"{"id": 1, "x": "a\qb"}"#,
+            "{\"id\": 1, \"x\": \"a\u{1}b\"}",
+            r#"{"id": 1, "x": NaN}"#,
+            r#"{"id": 1}{"id": 2}"#,
+            r#"{"id": 1"#,
+            r#"{"id": 01}"#,
+            "\u{feff}{\"id\": 1}",
+        ] {
+            assert!(run(&trie, bad).is_err(), "{bad}");
+        }
+        let (obj, _) = run(&trie, " [1, {\"id\": 2}] \r\n").unwrap();
+        assert!(!obj);
+        let (obj, _) = run(&trie, "\"ping\"").unwrap();
+        assert!(!obj);
+    }
+}

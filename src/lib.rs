@@ -1,0 +1,34 @@
+//! clickstream: raw, messy clickstream JSON → per-customer session aggregates.
+//!
+//! ```text
+//! source ──Lines | Barrier──▶ processor (one thread, no I/O) ──▶ checkpoint coordinator
+//! (replay files)              decode → extract → dedup →          1. sink: rows + dead letters
+//!                             sessionize → aggregate              2. state: one RocksDB batch
+//! ```
+//!
+//! # Layout
+//! - [`source`]: lines in, with positions; barriers in band.
+//! - [`decode`]: framing checks (blank, size, UTF-8, depth).
+//! - [`extract`]: schema-driven extraction of ids, event time and kind.
+//! - [`session`]: event-time sessions, watermark, lateness, dedup.
+//! - [`state`]: durable state, one atomic batch per checkpoint.
+//! - [`aggregate`]: closed sessions → output rows.
+//! - [`sink`]: durable output under deterministic names.
+//! - [`checkpoint`]: the ordering that makes output effectively exactly-once.
+//! - [`processor`]: the stages above, run over lines.
+
+pub mod aggregate;
+pub mod checkpoint;
+pub mod decode;
+pub mod extract;
+pub mod session;
+pub mod sink;
+pub mod source;
+pub mod state;
+
+pub mod app;
+pub mod config;
+pub mod event;
+pub mod processor;
+pub mod shutdown;
+pub mod telemetry;

@@ -1,0 +1,161 @@
+use super::*;
+use proptest::prelude::*;
+
+const GAP: i64 = 1_800_000;
+
+fn rows(out: &mut Vec<ClosedSession>) -> Vec<(String, i64, i64, u64)> {
+    let mut v: Vec<_> = out
+        .drain(..)
+        .map(|c| {
+            (c.customer_id.to_string(), c.session.start, c.session.end, c.session.counts.events)
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The definition, computed offline: sort each customer's events, split where a gap exceeds GAP.
+fn offline(events: &[(String, i64)]) -> Vec<(String, i64, i64, u64)> {
+    let mut by: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+    for (c, t) in events {
+        by.entry(c).or_default().push(*t);
+    }
+    let mut out = Vec::new();
+    for (c, mut ts) in by {
+        ts.sort_unstable();
+        let (mut start, mut prev, mut n) = (ts[0], ts[0], 0);
+        for t in ts {
+            if t - prev > GAP {
+                out.push((c.to_string(), start, prev, n));
+                start = t;
+                n = 0;
+            }
+            prev = t;
+            n += 1;
+        }
+        out.push((c.to_string(), start, prev, n));
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn gap_of_exactly_thirty_minutes_stays_in_the_session() {
+    let mut s = Sessionizer::new(GAP, 0);
+    s.observe("c", 0, Kind::PageView);
+    s.observe("c", GAP, Kind::Other);
+    let mut out = Vec::new();
+    s.close_all(&mut out);
+    assert_eq!(rows(&mut out), vec![("c".into(), 0, GAP, 2)]);
+}
+
+#[test]
+fn gap_of_thirty_minutes_and_one_ms_splits() {
+    let mut s = Sessionizer::new(GAP, 0);
+    s.observe("c", 0, Kind::PageView);
+    s.observe("c", GAP + 1, Kind::Other);
+    let mut out = Vec::new();
+    s.close_all(&mut out);
+    assert_eq!(rows(&mut out), vec![("c".into(), 0, 0, 1), ("c".into(), GAP + 1, GAP + 1, 1)]);
+}
+
+#[test]
+fn late_event_within_lateness_bridges_two_sessions() {
+    let mut s = Sessionizer::new(GAP, 3 * GAP);
+    s.observe("c", 0, Kind::PageView);
+    s.observe("c", 2 * GAP, Kind::SubscribeHover);
+    assert_eq!(s.open_sessions(), 2);
+    assert_eq!(s.observe("c", GAP, Kind::SubscribeClick), Observed::Accepted);
+    assert_eq!(s.open_sessions(), 1);
+    let mut out = Vec::new();
+    s.close_all(&mut out);
+    let c = out[0].session.counts;
+    assert_eq!((out[0].session.start, out[0].session.end), (0, 2 * GAP));
+    assert_eq!((c.events, c.page_views, c.subscribe_hovers, c.subscribe_clicks), (3, 1, 1, 1));
+}
+
+#[test]
+fn event_older_than_the_watermark_is_late() {
+    let mut s = Sessionizer::new(GAP, 1000);
+    s.observe("c", 10_000, Kind::Other);
+    assert_eq!(s.observe("d", 9_000, Kind::Other), Observed::Accepted); // == watermark: on time
+    assert_eq!(s.observe("d", 8_999, Kind::Other), Observed::Late { watermark: 9_000 });
+}
+
+#[test]
+fn sessions_close_only_once_the_watermark_passes_end_plus_gap() {
+    let mut s = Sessionizer::new(GAP, 0);
+    s.observe("a", 0, Kind::Other);
+    s.observe("b", GAP, Kind::Other);
+    let mut out = Vec::new();
+    s.close_expired(&mut out);
+    assert!(out.is_empty(), "watermark == end + gap: an event at the watermark could still join");
+    s.observe("b", GAP + 1, Kind::Other);
+    s.close_expired(&mut out);
+    assert_eq!(rows(&mut out), vec![("a".into(), 0, 0, 1)]);
+}
+
+#[test]
+fn changes_track_upserts_and_deletes() {
+    let mut s = Sessionizer::new(GAP, 0);
+    s.observe("a", 0, Kind::Other);
+    s.observe("b", 0, Kind::Other);
+    let ch = s.take_changes();
+    assert_eq!(ch.upserts.len(), 2);
+    assert!(s.take_changes().upserts.is_empty());
+    s.observe("b", 10 * GAP, Kind::Other);
+    let mut out = Vec::new();
+    s.close_expired(&mut out);
+    let ch = s.take_changes();
+    assert_eq!(ch.deletes, vec![Box::<str>::from("a")]);
+    assert_eq!(ch.upserts.iter().map(|u| &*u.0).collect::<Vec<_>>(), vec!["b"]);
+    assert_eq!(ch.upserts[0].1.len(), 1);
+}
+
+fn events() -> impl Strategy<Value = Vec<(String, i64)>> {
+    prop::collection::vec((prop::sample::select(vec!["a", "b", "c"]), 0i64..(6 * GAP)), 1..60)
+        .prop_map(|v| v.into_iter().map(|(c, t)| (c.to_string(), t)).collect())
+}
+
+proptest! {
+    #[test]
+    fn order_does_not_matter_within_the_lateness(evs in events(), seed in any::<u64>()) {
+        let mut shuffled = evs.clone();
+        // Deterministic shuffle from the seed.
+        let mut x = seed | 1;
+        for i in (1..shuffled.len()).rev() {
+            x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+            shuffled.swap(i, (x % (i as u64 + 1)) as usize);
+        }
+        let mut s = Sessionizer::new(GAP, 7 * GAP);
+        let mut out = Vec::new();
+        for (c, t) in &shuffled {
+            prop_assert_eq!(s.observe(c, *t, Kind::Other), Observed::Accepted);
+            s.close_expired(&mut out);
+        }
+        s.close_all(&mut out);
+        prop_assert_eq!(rows(&mut out), offline(&evs));
+    }
+
+    #[test]
+    fn accepted_events_are_conserved_and_sessions_never_overlap(evs in events(), lateness in 0i64..(2 * GAP)) {
+        let mut s = Sessionizer::new(GAP, lateness);
+        let mut out = Vec::new();
+        let mut accepted = Vec::new();
+        for (c, t) in &evs {
+            if s.observe(c, *t, Kind::Other) == Observed::Accepted {
+                accepted.push((c.clone(), *t));
+            }
+            s.close_expired(&mut out);
+        }
+        s.close_all(&mut out);
+        let got = rows(&mut out);
+        prop_assert_eq!(got.iter().map(|r| r.3).sum::<u64>(), accepted.len() as u64);
+        for w in got.windows(2) {
+            if w[0].0 == w[1].0 {
+                prop_assert!(w[1].1 - w[0].2 > GAP, "{:?} overlaps or touches {:?}", w[0], w[1]);
+            }
+        }
+        prop_assert_eq!(got, offline(&accepted));
+    }
+}

@@ -1,0 +1,111 @@
+//! Sink: session rows and dead-letter records out, durably, under deterministic names.
+//!
+//! Output of checkpoint `n` goes to files named after `n`, written to a temporary name, synced
+//! and renamed. A re-run after a crash therefore rewrites the same names instead of adding new
+//! ones, and recovery removes whatever a crashed run wrote after its last committed checkpoint.
+
+pub mod file;
+
+use crate::event::LinePosition;
+use base64::Engine;
+use serde::Serialize;
+use std::sync::Arc;
+use thiserror::Error;
+
+/// A sink failure.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum SinkError {
+    /// A file-system operation failed.
+    #[error("{op} {path}: {source}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// On which path.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A rejected line, with enough to find and replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeadLetter {
+    /// Why it was rejected.
+    pub reason: Arc<str>,
+    /// Details for a human (parser message, path, watermark).
+    pub detail: String,
+    /// The input's name.
+    pub input: Arc<str>,
+    /// Where in the input.
+    pub position: LinePosition,
+    /// The line as read, without its `\n`.
+    pub raw: Vec<u8>,
+}
+
+#[derive(Serialize)]
+struct DeadLetterJson<'a> {
+    reason: &'a str,
+    detail: &'a str,
+    source: SourceJson<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_base64: Option<String>,
+}
+
+#[derive(Serialize)]
+struct SourceJson<'a> {
+    file: &'a str,
+    line: u64,
+    offset: u64,
+}
+
+impl DeadLetter {
+    /// The record as one JSON line (with its `\n`).
+    #[must_use]
+    pub fn to_json_line(&self) -> Vec<u8> {
+        let text = std::str::from_utf8(&self.raw).ok();
+        let rec = DeadLetterJson {
+            reason: &self.reason,
+            detail: &self.detail,
+            source: SourceJson {
+                file: &self.input,
+                line: self.position.line,
+                offset: self.position.offset,
+            },
+            raw: text,
+            raw_base64: text
+                .is_none()
+                .then(|| base64::engine::general_purpose::STANDARD.encode(&self.raw)),
+        };
+        // Serializing plain strings and integers to memory cannot fail.
+        let mut out = serde_json::to_vec(&rec).unwrap_or_default();
+        out.push(b'\n');
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_keeps_the_original_line() {
+        let mut d = DeadLetter {
+            reason: "invalid_json".into(),
+            detail: "EOF while parsing".into(),
+            input: "in.jsonl".into(),
+            position: LinePosition { input: 0, line: 3, offset: 120 },
+            raw: b"{\"a\":\r".to_vec(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&d.to_json_line()).unwrap();
+        assert_eq!(v["raw"], "{\"a\":\r");
+        assert_eq!(v["source"]["line"], 3);
+        d.raw = b"caf\xe9".to_vec();
+        let v: serde_json::Value = serde_json::from_slice(&d.to_json_line()).unwrap();
+        assert_eq!(v["raw_base64"], "Y2Fm6Q==");
+        assert!(v.get("raw").is_none());
+    }
+}

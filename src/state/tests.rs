@@ -1,0 +1,113 @@
+//! Model check: the RocksDB store behaves like the in-memory model under random batches and
+//! reopens.
+
+use super::memory::MemoryStore;
+use super::rocksdb::RocksDbStore;
+use super::*;
+use crate::session::dedup::DedupChanges;
+use crate::session::{Counts, Session, SessionChanges};
+use proptest::prelude::*;
+
+fn key() -> impl Strategy<Value = Box<str>> {
+    prop::sample::select(vec!["a", "b", "c", "d", "ünï"]).prop_map(Box::from)
+}
+
+fn message_id() -> impl Strategy<Value = Box<str>> {
+    (0u32..300).prop_map(|i| format!("m{i}").into())
+}
+
+fn session() -> impl Strategy<Value = Session> {
+    (0i64..1000, 0i64..1000, 0u64..9).prop_map(|(s, d, n)| Session {
+        start: s,
+        end: s + d,
+        counts: Counts { events: n, page_views: n / 2, ..Counts::default() },
+    })
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Batch(
+        Vec<(Box<str>, Vec<Session>)>,
+        Vec<Box<str>>,
+        Vec<(Box<str>, i64)>,
+        Option<i64>,
+        Option<u64>,
+    ),
+    Reopen,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (
+            prop::collection::vec((key(), prop::collection::vec(session(), 0..3)), 0..4),
+            prop::collection::vec(key(), 0..3),
+            prop::collection::vec((message_id(), -20_000_000i64..20_000_000), 0..6),
+            prop::option::of(-20_000_000i64..20_000_000),
+            prop::option::of(0u64..100),
+        )
+            .prop_map(|(u, d, i, x, m)| Op::Batch(u, d, i, x, m)),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn meta(checkpoint: u64) -> Meta {
+    Meta {
+        version: STATE_VERSION,
+        checkpoint,
+        position: crate::event::SourcePosition {
+            input: 1,
+            line: checkpoint,
+            offset: checkpoint * 10,
+        },
+        max_time: Some(checkpoint as i64),
+        counters: Counters { lines: checkpoint, ..Counters::default() },
+        inputs: vec!["x.jsonl:10".into()],
+        settings: "gap=30m".into(),
+        finished: false,
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    #[test]
+    fn rocksdb_store_matches_the_model(ops in prop::collection::vec(op(), 1..12)) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut model = MemoryStore::default();
+        let mut real = RocksDbStore::open(dir.path()).unwrap();
+        // As in the pipeline: the cutoff only rises, an id is inserted once, never below it.
+        let mut cut = i64::MIN;
+        let mut used = std::collections::HashSet::new();
+        for op in ops {
+            match op {
+                Op::Batch(upserts, deletes, inserts, forget, m) => {
+                    let forget = forget.map(|f| f.max(cut));
+                    cut = forget.unwrap_or(cut);
+                    let inserts: Vec<_> = inserts.into_iter().filter(|(k, t)| *t >= cut && used.insert(k.clone())).collect();
+                    let b = CheckpointBatch {
+                        meta: m.map(meta),
+                        sessions: SessionChanges { upserts, deletes },
+                        dedup: DedupChanges { inserts, forget_before: forget },
+                    };
+                    model.write_batch(&b).unwrap();
+                    real.write_batch(&b).unwrap();
+                }
+                Op::Reopen => {
+                    drop(real);
+                    real = RocksDbStore::open(dir.path()).unwrap();
+                }
+            }
+            prop_assert_eq!(real.load().unwrap(), model.load().unwrap());
+        }
+    }
+}
+
+#[test]
+fn a_store_from_a_future_version_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = RocksDbStore::open(dir.path()).unwrap();
+    let mut m = meta(1);
+    m.version = STATE_VERSION + 1;
+    s.write_batch(&CheckpointBatch { meta: Some(m), ..CheckpointBatch::default() }).unwrap();
+    let err = s.load().unwrap_err().to_string();
+    assert!(err.contains("format version"), "{err}");
+}
