@@ -180,12 +180,14 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken) -> Result<Outcome>
                 let end = matches!(msg, Message::End(_));
                 let t = Instant::now();
                 let (out, batch) = processor.checkpoint(pos, end, base.clone());
+                let prepare_ms = t.elapsed().as_millis() as u64;
                 let id = coord.commit(&out, batch)?;
                 info!(
                     checkpoint = id,
                     lines = processor.counters().lines,
                     rows = out.rows.len(),
                     dead_letters = out.dead.len(),
+                    prepare_ms,
                     took_ms = t.elapsed().as_millis() as u64,
                     "Committed checkpoint."
                 );

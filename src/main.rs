@@ -12,6 +12,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
+// Millions of small, short-lived allocations (ids, customer keys) per replay: mimalloc's
+// thread-local free lists measurably beat glibc malloc here.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Exit code after a signal stopped a run at a checkpoint (as shells report SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
 

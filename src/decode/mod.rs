@@ -64,7 +64,7 @@ pub fn decode(line: &[u8]) -> Result<&str, DecodeError> {
 #[must_use]
 pub fn max_depth_exceeds(line: &[u8], limit: usize) -> bool {
     // Cheap pre-count: fewer brackets than the limit cannot nest deeper than it.
-    if line.iter().filter(|&&b| b == b'{' || b == b'[').count() <= limit {
+    if memchr::memchr2_iter(b'{', b'[', line).nth(limit).is_none() {
         return false;
     }
     let (mut depth, mut in_str, mut esc) = (0i64, false, false);

@@ -7,6 +7,7 @@
 //! most JSON readers: entering a key clears what an earlier copy of it captured.
 
 use super::path::Step;
+use rustc_hash::FxHashMap;
 use serde::Deserialize;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
@@ -94,9 +95,13 @@ impl<'a> Slot<'a> {
 #[derive(Debug, Default)]
 struct Node {
     children: Vec<(Step, usize)>,
+    /// Member-name children, for lookup while parsing (most keys of an event are not read).
+    by_key: FxHashMap<Box<str>, usize>,
     slot: Option<usize>,
     /// A string here holds a JSON document whose members longer paths may read.
     json_string: bool,
+    /// A rule reads this node's own value (not only what is below it).
+    read: bool,
     /// Slots of this node and everything below it (slot ids are given in depth-first order).
     subtree: Range<usize>,
 }
@@ -133,10 +138,21 @@ impl Trie {
         let json_nodes: Vec<usize> = json_strings.iter().map(|p| insert(p)).collect();
         for &n in &leaf_nodes {
             nodes[n].slot = Some(usize::MAX);
+            nodes[n].read = true;
         }
         for &n in &json_nodes {
             nodes[n].json_string = true;
             nodes[n].slot = Some(usize::MAX); // the string itself must be captured to be decoded
+        }
+        for n in &mut nodes {
+            n.by_key = n
+                .children
+                .iter()
+                .filter_map(|(s, c)| match s {
+                    Step::Key(k) => Some((Box::from(k.as_str()), *c)),
+                    Step::Index(_) => None,
+                })
+                .collect();
         }
         let mut next = 0;
         assign(&mut nodes, 0, &mut next);
@@ -194,6 +210,11 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
         };
         let raw = <&'de RawValue>::deserialize(d)?;
         let text = raw.get();
+        if node.json_string && !node.read && text.starts_with('"') && !node.may_hold_children(text)
+        {
+            // No member read below can be in this string: skip unescaping and parsing it.
+            return Ok(());
+        }
         let value = Slot::from_raw(text);
         if !node.children.is_empty() {
             match (&value, node.json_string) {
@@ -232,6 +253,19 @@ impl Trie {
         let is_object = de.deserialize_any(Interior { trie: self, node, slots })?;
         de.end()?;
         Ok(is_object)
+    }
+}
+
+impl Node {
+    /// Whether a JSON document held in the string `raw` (still escaped) may contain a member
+    /// this node's children read. Conservative: an escaped name (`\u…`) or an index always may.
+    fn may_hold_children(&self, raw: &str) -> bool {
+        let plain =
+            |k: &str| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        self.by_key.len() < self.children.len()
+            || !self.by_key.keys().all(|k| plain(k))
+            || raw.contains("\\u")
+            || self.by_key.keys().any(|k| raw.contains(&**k))
     }
 }
 
@@ -332,10 +366,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
     }
 
     fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
-        Ok(self.0.children.iter().find_map(|(s, c)| match s {
-            Step::Key(k) if k == key => Some(*c),
-            _ => None,
-        }))
+        Ok(self.0.by_key.get(key).copied())
     }
 }
 

@@ -4,29 +4,38 @@
 //! With `horizon ≥ allowed lateness`, forgetting loses nothing: any later copy of a forgotten
 //! id is older than the watermark and would be refused as late anyway.
 
-use rustc_hash::FxHashMap;
+use rustc_hash::FxHashSet;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Ids are forgotten by whole hours of event time, so that forgetting costs no scan of the set
+/// and the state store can drop them with one range delete.
+pub const HOUR_MS: i64 = 3_600_000;
 
 /// Remembered message ids.
 #[derive(Debug, Default)]
 pub struct Dedup {
     horizon: i64,
-    /// id → (event time, already written to the state store).
-    ids: FxHashMap<Box<str>, (i64, bool)>,
-    /// Ids with an event time below this are forgotten.
-    cutoff: Option<i64>,
+    ids: FxHashSet<Arc<str>>,
+    /// The same ids by hour of event time, to forget them.
+    by_hour: BTreeMap<i64, Vec<Arc<str>>>,
+    /// Accepted since the last checkpoint.
+    new: Vec<(Arc<str>, i64)>,
+    /// Hours before this one are forgotten.
+    forgotten_before: Option<i64>,
 }
 
 /// What changed since the last checkpoint.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DedupChanges {
     /// New ids with their event times.
-    pub inserts: Vec<(Box<str>, i64)>,
-    /// Forget every id with an event time below this.
-    pub forget_before: Option<i64>,
+    pub inserts: Vec<(Arc<str>, i64)>,
+    /// Forget every id whose event-time hour (`time.div_euclid(HOUR_MS)`) is before this.
+    pub forget_hours_before: Option<i64>,
 }
 
 impl Dedup {
-    /// Remembers ids for `horizon` milliseconds of event time.
+    /// Remembers ids for at least `horizon` milliseconds of event time past the watermark.
     #[must_use]
     pub fn new(horizon: i64) -> Self {
         Dedup { horizon, ..Dedup::default() }
@@ -34,18 +43,25 @@ impl Dedup {
 
     /// Restores ids a checkpoint saved.
     pub fn restore(&mut self, ids: impl IntoIterator<Item = (Box<str>, i64)>) {
-        self.ids.extend(ids.into_iter().map(|(id, t)| (id, (t, true))));
+        for (id, t) in ids {
+            let id: Arc<str> = Arc::from(id);
+            self.by_hour.entry(t.div_euclid(HOUR_MS)).or_default().push(Arc::clone(&id));
+            self.ids.insert(id);
+        }
     }
 
     /// Whether `id` was accepted before.
     #[must_use]
     pub fn contains(&self, id: &str) -> bool {
-        self.ids.contains_key(id)
+        self.ids.contains(id)
     }
 
     /// Remembers an accepted id.
     pub fn insert(&mut self, id: &str, time: i64) {
-        self.ids.insert(id.into(), (time, false));
+        let id: Arc<str> = Arc::from(id);
+        self.by_hour.entry(time.div_euclid(HOUR_MS)).or_default().push(Arc::clone(&id));
+        self.new.push((Arc::clone(&id), time));
+        self.ids.insert(id);
     }
 
     /// Number of remembered ids.
@@ -60,26 +76,32 @@ impl Dedup {
         self.ids.is_empty()
     }
 
-    /// Forgets ids older than `watermark − horizon`. Called at checkpoints only, so that the
-    /// remembered set is always exactly what the last checkpoint restores.
+    /// Forgets the ids of every hour that ends at or before `watermark − horizon`. Called at
+    /// checkpoints only, so the remembered set is always exactly what the last checkpoint
+    /// restores.
     pub fn expire(&mut self, watermark: Option<i64>) {
         let Some(w) = watermark else { return };
-        let cutoff = w.saturating_sub(self.horizon);
-        self.cutoff = Some(cutoff);
-        self.ids.retain(|_, &mut (t, _)| t >= cutoff);
+        let before = w.saturating_sub(self.horizon).div_euclid(HOUR_MS);
+        while let Some(entry) = self.by_hour.first_entry() {
+            if *entry.key() >= before {
+                break;
+            }
+            for id in entry.remove() {
+                self.ids.remove(&id);
+            }
+        }
+        self.forgotten_before = Some(before);
     }
 
     /// Takes what changed since the last call, for the checkpoint's write batch.
     pub fn take_changes(&mut self) -> DedupChanges {
-        let mut inserts = Vec::new();
-        for (id, (t, stored)) in &mut self.ids {
-            if !*stored {
-                *stored = true;
-                inserts.push((id.clone(), *t));
-            }
+        let before = self.forgotten_before;
+        let mut inserts = std::mem::take(&mut self.new);
+        // Accepted and already forgotten within one interval: nothing to store.
+        if let Some(b) = before {
+            inserts.retain(|(_, t)| t.div_euclid(HOUR_MS) >= b);
         }
-        inserts.sort();
-        DedupChanges { inserts, forget_before: self.cutoff }
+        DedupChanges { inserts, forget_hours_before: before }
     }
 }
 
@@ -92,23 +114,24 @@ mod tests {
         let mut d = Dedup::new(100);
         d.insert("a", 1000);
         assert!(d.contains("a"));
-        d.expire(Some(1100));
+        // Hour 0 holds times below HOUR_MS: forgotten once the cutoff reaches HOUR_MS.
+        d.expire(Some(HOUR_MS + 99));
         assert!(d.contains("a"));
-        d.expire(Some(1101));
+        d.expire(Some(HOUR_MS + 100));
         assert!(!d.contains("a"));
     }
 
     #[test]
-    fn changes_carry_new_ids_and_the_cutoff() {
+    fn changes_carry_new_ids_and_the_hours_to_forget() {
         let mut d = Dedup::new(10);
         d.insert("a", 0);
-        d.insert("b", 100);
-        assert_eq!(d.take_changes().inserts, vec![("a".into(), 0), ("b".into(), 100)]);
+        d.insert("b", 2 * HOUR_MS);
+        assert_eq!(d.take_changes().inserts, vec![("a".into(), 0), ("b".into(), 2 * HOUR_MS)]);
         d.insert("c", 5);
-        d.expire(Some(50));
+        d.expire(Some(HOUR_MS + 50));
         let ch = d.take_changes();
-        assert!(ch.inserts.is_empty(), "c expired before it was ever stored");
-        assert_eq!(ch.forget_before, Some(40));
+        assert!(ch.inserts.is_empty(), "c was forgotten before it was ever stored");
+        assert_eq!(ch.forget_hours_before, Some(1));
         assert_eq!(d.len(), 1);
     }
 }

@@ -184,7 +184,7 @@ impl Emitter<'_> {
                 b.clear();
                 b
             })
-            .unwrap_or_else(|_| Vec::with_capacity(CHUNK_BYTES + (64 << 10)))
+            .unwrap_or_else(|_| Vec::with_capacity(2 * CHUNK_BYTES))
     }
 
     /// Sends whole lines, cutting them where a barrier falls. Returns false if the receiver is gone.

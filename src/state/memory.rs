@@ -3,6 +3,7 @@
 
 use super::{CheckpointBatch, Meta, Snapshot, StateError, StateStore};
 use crate::session::Session;
+use crate::session::dedup::HOUR_MS;
 use std::collections::BTreeMap;
 
 /// A state store in ordered maps.
@@ -34,10 +35,10 @@ impl StateStore for MemoryStore {
             }
         }
         for (k, t) in &b.dedup.inserts {
-            self.ids.insert(k.clone(), *t);
+            self.ids.insert(Box::from(&**k), *t);
         }
-        if let Some(cut) = b.dedup.forget_before {
-            self.ids.retain(|_, t| *t >= cut);
+        if let Some(before) = b.dedup.forget_hours_before {
+            self.ids.retain(|_, t| t.div_euclid(HOUR_MS) >= before);
         }
         if let Some(m) = &b.meta {
             self.meta = Some(m.clone());

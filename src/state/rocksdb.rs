@@ -8,6 +8,7 @@
 
 use super::{CheckpointBatch, Meta, STATE_VERSION, Snapshot, StateError, StateStore};
 use crate::session::Session;
+use crate::session::dedup::HOUR_MS;
 use rocksdb::{
     ColumnFamilyDescriptor, DB, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions,
 };
@@ -18,9 +19,7 @@ const CF_META: &str = "meta";
 const CF_SESSIONS: &str = "sessions";
 const CF_DEDUP: &str = "dedup";
 const META_KEY: &[u8] = b"checkpoint";
-const CUTOFF_KEY: &[u8] = b"dedup_cutoff";
 const SEQ_KEY: &[u8] = b"dedup_segment";
-const HOUR_MS: i64 = 3_600_000;
 
 /// State in a RocksDB directory.
 pub struct RocksDbStore {
@@ -98,13 +97,12 @@ impl StateStore for RocksDbStore {
             let s: Vec<Session> = postcard::from_bytes(&v).map_err(self.corrupt("session"))?;
             sessions.push((String::from_utf8_lossy(&k).into(), s));
         }
-        let cutoff: i64 = self.read_meta(CUTOFF_KEY)?.unwrap_or(i64::MIN);
         let mut ids = Vec::new();
         for kv in self.db.iterator_cf(self.cf(CF_DEDUP)?, IteratorMode::Start) {
             let (_, v) = kv.map_err(self.rocks())?;
             let seg: Vec<(Box<str>, i64)> =
                 postcard::from_bytes(&v).map_err(self.corrupt("message id"))?;
-            ids.extend(seg.into_iter().filter(|&(_, t)| t >= cutoff));
+            ids.extend(seg);
         }
         ids.sort();
         ids.dedup();
@@ -132,9 +130,9 @@ impl StateStore for RocksDbStore {
         }
         let mut next_segment = self.next_segment;
         if !b.dedup.inserts.is_empty() {
-            let mut by_hour: BTreeMap<i64, Vec<&(Box<str>, i64)>> = BTreeMap::new();
-            for e in &b.dedup.inserts {
-                by_hour.entry(e.1.div_euclid(HOUR_MS)).or_default().push(e);
+            let mut by_hour: BTreeMap<i64, Vec<(&str, i64)>> = BTreeMap::new();
+            for (id, t) in &b.dedup.inserts {
+                by_hour.entry(t.div_euclid(HOUR_MS)).or_default().push((id, *t));
             }
             for (hour, seg) in by_hour {
                 wb.put_cf(
@@ -146,14 +144,8 @@ impl StateStore for RocksDbStore {
             next_segment += 1;
             wb.put_cf(meta_cf, SEQ_KEY, postcard::to_stdvec(&next_segment).map_err(enc)?);
         }
-        if let Some(cut) = b.dedup.forget_before {
-            // Whole hours below the cutoff go; the straddling hour is filtered at load.
-            wb.delete_range_cf(
-                dedup_cf,
-                segment_key(i64::MIN, 0),
-                segment_key(cut.div_euclid(HOUR_MS), 0),
-            );
-            wb.put_cf(meta_cf, CUTOFF_KEY, postcard::to_stdvec(&cut).map_err(enc)?);
+        if let Some(before) = b.dedup.forget_hours_before {
+            wb.delete_range_cf(dedup_cf, segment_key(i64::MIN, 0), segment_key(before, 0));
         }
         if let Some(m) = &b.meta {
             wb.put_cf(meta_cf, META_KEY, postcard::to_stdvec(m).map_err(enc)?);

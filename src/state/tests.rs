@@ -4,7 +4,7 @@
 use super::memory::MemoryStore;
 use super::rocksdb::RocksDbStore;
 use super::*;
-use crate::session::dedup::DedupChanges;
+use crate::session::dedup::{DedupChanges, HOUR_MS};
 use crate::session::{Counts, Session, SessionChanges};
 use proptest::prelude::*;
 
@@ -42,7 +42,7 @@ fn op() -> impl Strategy<Value = Op> {
             prop::collection::vec((key(), prop::collection::vec(session(), 0..3)), 0..4),
             prop::collection::vec(key(), 0..3),
             prop::collection::vec((message_id(), -20_000_000i64..20_000_000), 0..6),
-            prop::option::of(-20_000_000i64..20_000_000),
+            prop::option::of(-6i64..6),
             prop::option::of(0u64..100),
         )
             .prop_map(|(u, d, i, x, m)| Op::Batch(u, d, i, x, m)),
@@ -82,11 +82,15 @@ proptest! {
                 Op::Batch(upserts, deletes, inserts, forget, m) => {
                     let forget = forget.map(|f| f.max(cut));
                     cut = forget.unwrap_or(cut);
-                    let inserts: Vec<_> = inserts.into_iter().filter(|(k, t)| *t >= cut && used.insert(k.clone())).collect();
+                    let inserts: Vec<_> = inserts
+                        .into_iter()
+                        .filter(|(k, t)| t.div_euclid(HOUR_MS) >= cut && used.insert(k.clone()))
+                        .map(|(k, t)| (std::sync::Arc::from(k), t))
+                        .collect();
                     let b = CheckpointBatch {
                         meta: m.map(meta),
                         sessions: SessionChanges { upserts, deletes },
-                        dedup: DedupChanges { inserts, forget_before: forget },
+                        dedup: DedupChanges { inserts, forget_hours_before: forget },
                     };
                     model.write_batch(&b).unwrap();
                     real.write_batch(&b).unwrap();
