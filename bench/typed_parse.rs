@@ -59,10 +59,10 @@ fn main() {
             continue;
         }
         lines += 1;
-        if let Ok(s) = std::str::from_utf8(line) {
-            if serde_json::from_str::<Event<'_>>(s).is_ok() {
-                ok += 1;
-            }
+        if let Ok(s) = std::str::from_utf8(line)
+            && serde_json::from_str::<Event<'_>>(s).is_ok()
+        {
+            ok += 1;
         }
     }
     let secs = start.elapsed().as_secs_f64();

@@ -150,15 +150,13 @@ pub enum EpochUnit {
 #[must_use]
 pub fn parse_epoch(text: &str, json_number: bool, unit: EpochUnit) -> Option<i64> {
     let mut s = text.as_bytes();
-    if json_number {
-        if let Some(rest) = s.strip_prefix(b"-") {
-            // -0 is zero (and out of range anyway); anything else negative is refused.
-            let end = rest.iter().position(|c| matches!(c, b'e' | b'E')).unwrap_or(rest.len());
-            if rest[..end].iter().any(|c| (b'1'..=b'9').contains(c)) {
-                return None;
-            }
-            s = rest;
+    if json_number && let Some(rest) = s.strip_prefix(b"-") {
+        // -0 is zero (and out of range anyway); anything else negative is refused.
+        let end = rest.iter().position(|c| matches!(c, b'e' | b'E')).unwrap_or(rest.len());
+        if rest[..end].iter().any(|c| (b'1'..=b'9').contains(c)) {
+            return None;
         }
+        s = rest;
     }
     let mant_end = if json_number {
         s.iter().position(|c| matches!(c, b'e' | b'E')).unwrap_or(s.len())

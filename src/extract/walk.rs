@@ -223,7 +223,7 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
                     let _ = self.trie.walk_nested(self.node, text, self.slots);
                 }
                 (Slot::Str(Cow::Borrowed(s)), true) => {
-                    let _ = self.trie.walk_nested(self.node, *s, self.slots);
+                    let _ = self.trie.walk_nested(self.node, s, self.slots);
                 }
                 (Slot::Str(Cow::Owned(s)), true) => {
                     let mut tmp = vec![Slot::Absent; self.slots.len()];

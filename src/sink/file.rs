@@ -163,7 +163,8 @@ mod tests {
             position: LinePosition::default(),
             raw: b"{}".to_vec(),
         };
-        sink.write_epoch(1, &[row("a", 1_709_510_400_000), row("b", 0)], &[dl.clone()]).unwrap();
+        sink.write_epoch(1, &[row("a", 1_709_510_400_000), row("b", 0)], std::slice::from_ref(&dl))
+            .unwrap();
         sink.write_epoch(2, &[row("a", 1_709_510_400_001)], &[]).unwrap();
         sink.write_success("{}").unwrap();
         let p = dir.path().join("sessions/dt=2024-03-04/part-0000000001.jsonl");

@@ -86,10 +86,10 @@ impl RocksDbStore {
 impl StateStore for RocksDbStore {
     fn load(&self) -> Result<Snapshot, StateError> {
         let meta: Option<Meta> = self.read_meta(META_KEY)?;
-        if let Some(m) = &meta {
-            if m.version != STATE_VERSION {
-                return Err(StateError::Version { path: self.path.clone(), found: m.version });
-            }
+        if let Some(m) = &meta
+            && m.version != STATE_VERSION
+        {
+            return Err(StateError::Version { path: self.path.clone(), found: m.version });
         }
         let mut sessions = Vec::new();
         for kv in self.db.iterator_cf(self.cf(CF_SESSIONS)?, IteratorMode::Start) {
