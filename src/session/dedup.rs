@@ -4,23 +4,20 @@
 //! With `horizon ≥ allowed lateness`, forgetting loses nothing: any later copy of a forgotten
 //! id is older than the watermark and would be refused as late anyway.
 
-use rustc_hash::FxHashSet;
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use compact_str::CompactString;
+use rustc_hash::FxHashMap;
 
-/// Ids are forgotten by whole hours of event time, so that forgetting costs no scan of the set
-/// and the state store can drop them with one range delete.
+/// Ids are forgotten by whole hours of event time, so that the state store drops them with
+/// one range delete.
 pub const HOUR_MS: i64 = 3_600_000;
 
 /// Remembered message ids.
 #[derive(Debug, Default)]
 pub struct Dedup {
     horizon: i64,
-    ids: FxHashSet<Arc<str>>,
-    /// The same ids by hour of event time, to forget them.
-    by_hour: BTreeMap<i64, Vec<Arc<str>>>,
-    /// Accepted since the last checkpoint.
-    new: Vec<(Arc<str>, i64)>,
+    /// id → (event time, written to the state store). Ids up to 24 bytes are stored inline,
+    /// and forgetting or collecting new ids is a scan of one flat table, once per checkpoint.
+    ids: FxHashMap<CompactString, (i64, bool)>,
     /// Hours before this one are forgotten.
     forgotten_before: Option<i64>,
 }
@@ -29,7 +26,7 @@ pub struct Dedup {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DedupChanges {
     /// New ids with their event times.
-    pub inserts: Vec<(Arc<str>, i64)>,
+    pub inserts: Vec<(CompactString, i64)>,
     /// Forget every id whose event-time hour (`time.div_euclid(HOUR_MS)`) is before this.
     pub forget_hours_before: Option<i64>,
 }
@@ -44,24 +41,19 @@ impl Dedup {
     /// Restores ids a checkpoint saved.
     pub fn restore(&mut self, ids: impl IntoIterator<Item = (Box<str>, i64)>) {
         for (id, t) in ids {
-            let id: Arc<str> = Arc::from(id);
-            self.by_hour.entry(t.div_euclid(HOUR_MS)).or_default().push(Arc::clone(&id));
-            self.ids.insert(id);
+            self.ids.insert(CompactString::from(&*id), (t, true));
         }
     }
 
     /// Whether `id` was accepted before.
     #[must_use]
     pub fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
+        self.ids.contains_key(id)
     }
 
     /// Remembers an accepted id.
     pub fn insert(&mut self, id: &str, time: i64) {
-        let id: Arc<str> = Arc::from(id);
-        self.by_hour.entry(time.div_euclid(HOUR_MS)).or_default().push(Arc::clone(&id));
-        self.new.push((Arc::clone(&id), time));
-        self.ids.insert(id);
+        self.ids.insert(CompactString::from(id), (time, false));
     }
 
     /// Number of remembered ids.
@@ -82,26 +74,23 @@ impl Dedup {
     pub fn expire(&mut self, watermark: Option<i64>) {
         let Some(w) = watermark else { return };
         let before = w.saturating_sub(self.horizon).div_euclid(HOUR_MS);
-        while let Some(entry) = self.by_hour.first_entry() {
-            if *entry.key() >= before {
-                break;
-            }
-            for id in entry.remove() {
-                self.ids.remove(&id);
-            }
+        if self.forgotten_before.is_some_and(|b| b >= before) {
+            return;
         }
+        self.ids.retain(|_, (t, _)| t.div_euclid(HOUR_MS) >= before);
         self.forgotten_before = Some(before);
     }
 
     /// Takes what changed since the last call, for the checkpoint's write batch.
     pub fn take_changes(&mut self) -> DedupChanges {
-        let before = self.forgotten_before;
-        let mut inserts = std::mem::take(&mut self.new);
-        // Accepted and already forgotten within one interval: nothing to store.
-        if let Some(b) = before {
-            inserts.retain(|(_, t)| t.div_euclid(HOUR_MS) >= b);
+        let mut inserts = Vec::new();
+        for (id, (t, stored)) in &mut self.ids {
+            if !*stored {
+                *stored = true;
+                inserts.push((id.clone(), *t));
+            }
         }
-        DedupChanges { inserts, forget_hours_before: before }
+        DedupChanges { inserts, forget_hours_before: self.forgotten_before }
     }
 }
 
@@ -122,11 +111,22 @@ mod tests {
     }
 
     #[test]
+    fn long_ids_work_like_short_ones() {
+        let mut d = Dedup::new(100);
+        let long = "x".repeat(300);
+        d.insert(&long, 5);
+        assert!(d.contains(&long));
+        assert!(!d.contains(&long[1..]));
+    }
+
+    #[test]
     fn changes_carry_new_ids_and_the_hours_to_forget() {
         let mut d = Dedup::new(10);
         d.insert("a", 0);
         d.insert("b", 2 * HOUR_MS);
-        assert_eq!(d.take_changes().inserts, vec![("a".into(), 0), ("b".into(), 2 * HOUR_MS)]);
+        let mut ins = d.take_changes().inserts;
+        ins.sort();
+        assert_eq!(ins, vec![("a".into(), 0), ("b".into(), 2 * HOUR_MS)]);
         d.insert("c", 5);
         d.expire(Some(HOUR_MS + 50));
         let ch = d.take_changes();

@@ -85,7 +85,7 @@ proptest! {
                     let inserts: Vec<_> = inserts
                         .into_iter()
                         .filter(|(k, t)| t.div_euclid(HOUR_MS) >= cut && used.insert(k.clone()))
-                        .map(|(k, t)| (std::sync::Arc::from(k), t))
+                        .map(|(k, t)| (compact_str::CompactString::from(&*k), t))
                         .collect();
                     let b = CheckpointBatch {
                         meta: m.map(meta),
