@@ -54,10 +54,8 @@ fn main() {
     std::fs::File::open(&path).unwrap().read_to_end(&mut data).unwrap();
     let start = Instant::now();
     let (mut lines, mut ok) = (0u64, 0u64);
-    for line in data.split(|&b| b == b'\n') {
-        if line.is_empty() {
-            continue;
-        }
+    let body = data.strip_suffix(b"\n").unwrap_or(&data);
+    for line in body.split(|&b| b == b'\n') {
         lines += 1;
         if let Ok(s) = std::str::from_utf8(line)
             && serde_json::from_str::<Event<'_>>(s).is_ok()

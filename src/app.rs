@@ -8,11 +8,13 @@ use crate::source::Message;
 use crate::source::replay::{BarrierPolicy, Input, ReplaySource};
 use crate::state::rocksdb::RocksDbStore;
 use crate::state::{Counters, StateStore};
+use crate::telemetry::LogWriter;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -90,7 +92,7 @@ fn progress_bar(inputs: &[Input]) -> ProgressBar {
 /// # Errors
 /// Bad inputs, schemas, output or state directories, or an I/O failure mid-run (the last
 /// committed checkpoint stays in force).
-pub fn replay(s: &ReplaySettings, cancel: &CancellationToken) -> Result<Outcome> {
+pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) -> Result<Outcome> {
     if s.inputs.is_empty() {
         bail!("no input given: name one or more .jsonl or .jsonl.gz files, or - for stdin");
     }
@@ -158,6 +160,7 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken) -> Result<Outcome>
     let mut coord = Coordinator::new(store, sink, last);
 
     let progress = progress_bar(&inputs);
+    logs.attach(&progress);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(4);
     let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     let source = ReplaySource::new(inputs, start, s.barriers);
@@ -169,37 +172,57 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken) -> Result<Outcome>
         .context("starting the reader thread")?;
 
     let started = Instant::now();
+    let mut last_pos = start;
     let mut finished = false;
-    for msg in &rx {
+    let mut commit = |processor: &mut Processor, pos, end: bool| -> Result<()> {
+        let t = Instant::now();
+        let (out, batch) = processor.checkpoint(pos, end, base.clone());
+        let prepare_ms = t.elapsed().as_millis() as u64;
+        let id = coord.commit(&out, batch)?;
+        info!(
+            checkpoint = id,
+            lines = processor.counters().lines,
+            rows = out.rows.len(),
+            dead_letters = out.dead.len(),
+            prepare_ms,
+            took_ms = t.elapsed().as_millis() as u64,
+            "Committed checkpoint."
+        );
+        Ok(())
+    };
+    loop {
+        let msg = match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
+                // The source may be blocked on a pipe that stays silent: checkpoint what was
+                // processed and stop without it.
+                commit(&mut processor, last_pos, false)?;
+                progress.finish_and_clear();
+                logs.detach();
+                return Ok(Outcome::Interrupted(coord.last()));
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
         match msg {
             Message::Lines(chunk) => {
-                processor.process_chunk(&chunk);
+                last_pos = processor.process_chunk(&chunk);
                 let _ = pool_tx.send(chunk.data);
             }
-            Message::Barrier(pos) | Message::End(pos) => {
-                let end = matches!(msg, Message::End(_));
-                let t = Instant::now();
-                let (out, batch) = processor.checkpoint(pos, end, base.clone());
-                let prepare_ms = t.elapsed().as_millis() as u64;
-                let id = coord.commit(&out, batch)?;
-                info!(
-                    checkpoint = id,
-                    lines = processor.counters().lines,
-                    rows = out.rows.len(),
-                    dead_letters = out.dead.len(),
-                    prepare_ms,
-                    took_ms = t.elapsed().as_millis() as u64,
-                    "Committed checkpoint."
-                );
-                if end {
-                    finished = true;
-                    break;
-                }
+            Message::Barrier(pos) => {
+                commit(&mut processor, pos, false)?;
+                last_pos = pos;
+            }
+            Message::End(pos) => {
+                commit(&mut processor, pos, true)?;
+                finished = true;
+                break;
             }
         }
     }
     drop(rx);
     progress.finish_and_clear();
+    logs.detach();
     match reader.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

@@ -7,6 +7,7 @@ use clickstream::config::RawConfig;
 use clickstream::extract::Extractor;
 use clickstream::processor::Rules;
 use clickstream::source::replay::BarrierPolicy;
+use clickstream::telemetry::LogWriter;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -137,14 +138,15 @@ fn replay_settings(a: ReplayArgs) -> Result<ReplaySettings> {
     })
 }
 
-async fn run(cli: Cli) -> Result<ExitCode> {
+async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
     match cli.command {
         Command::Replay(args) => {
             let settings = replay_settings(args)?;
             let cancel = CancellationToken::new();
             clickstream::shutdown::install(cancel.clone());
             let outcome =
-                tokio::task::spawn_blocking(move || app::replay(&settings, &cancel)).await??;
+                tokio::task::spawn_blocking(move || app::replay(&settings, &cancel, &logs))
+                    .await??;
             match outcome {
                 Outcome::Completed(c) | Outcome::AlreadyComplete(c) => {
                     println!("{}", app::summary_json(&c));
@@ -177,7 +179,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    clickstream::telemetry::init();
+    let logs = clickstream::telemetry::init();
     let rt =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
             Ok(rt) => rt,
@@ -186,7 +188,7 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, logs)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("clickstream: {e:#}");

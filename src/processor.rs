@@ -75,8 +75,8 @@ impl Processor {
         &self.counters
     }
 
-    /// Processes every line of a chunk.
-    pub fn process_chunk(&mut self, chunk: &Chunk) {
+    /// Processes every line of a chunk; returns the position after it.
+    pub fn process_chunk(&mut self, chunk: &Chunk) -> SourcePosition {
         let mut slots: Vec<Slot<'_>> = Vec::with_capacity(self.extractor.slot_count());
         let data = &chunk.data[..];
         let mut pos =
@@ -88,6 +88,11 @@ impl Processor {
             self.process_line(&data[start..end], pos, &mut slots);
             pos.offset += (end + 1 - start) as u64;
             start = end + 1;
+        }
+        SourcePosition {
+            input: chunk.input,
+            line: pos.line,
+            offset: chunk.offset + data.len() as u64,
         }
     }
 

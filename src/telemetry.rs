@@ -1,16 +1,68 @@
 //! Logging: to stderr, human-readable on a terminal, JSON lines otherwise (for log collectors).
-//! The level comes from `RUST_LOG` (default `info`).
+//! The level comes from `RUST_LOG` (default `info`). While a progress bar is shown, log lines
+//! are printed above it instead of through it.
 
-use std::io::IsTerminal;
+use indicatif::ProgressBar;
+use std::io::{self, IsTerminal, Write};
+use std::sync::{Arc, Mutex, PoisonError};
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::MakeWriter;
 
-/// Installs the global subscriber. Call once, early.
-pub fn init() {
+/// Where log lines go: stderr, around the progress bar when one is attached.
+#[derive(Clone, Default, Debug)]
+pub struct LogWriter {
+    bar: Arc<Mutex<Option<ProgressBar>>>,
+}
+
+impl LogWriter {
+    /// Routes log lines around `bar` until [`LogWriter::detach`].
+    pub fn attach(&self, bar: &ProgressBar) {
+        *self.bar.lock().unwrap_or_else(PoisonError::into_inner) = Some(bar.clone());
+    }
+
+    /// Stops routing around the bar.
+    pub fn detach(&self) {
+        *self.bar.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+}
+
+/// One log line being written.
+pub struct LogLine<'a>(&'a LogWriter);
+
+impl Write for LogLine<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let bar = self.0.bar.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        match bar {
+            Some(b) if !b.is_hidden() => {
+                b.suspend(|| io::stderr().write_all(buf)).map(|()| buf.len())
+            }
+            _ => io::stderr().write_all(buf).map(|()| buf.len()),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        io::stderr().flush()
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogWriter {
+    type Writer = LogLine<'a>;
+
+    fn make_writer(&'a self) -> LogLine<'a> {
+        LogLine(self)
+    }
+}
+
+/// Installs the global subscriber. Call once, early; keep the returned writer to attach a
+/// progress bar.
+pub fn init() -> LogWriter {
+    let writer = LogWriter::default();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::io::stderr().is_terminal() {
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer.clone());
+    if io::stderr().is_terminal() {
         builder.init();
     } else {
         builder.json().flatten_event(true).with_current_span(false).init();
     }
+    writer
 }

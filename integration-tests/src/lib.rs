@@ -59,6 +59,7 @@ pub fn generate(out: &Path, events: u64, seed: u64, malformed: &str) {
             "--out",
         ])
         .arg(out)
+        .stdout(std::process::Stdio::null())
         .status()
         .unwrap();
     assert!(st.success(), "clickgen failed");

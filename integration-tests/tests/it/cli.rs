@@ -254,3 +254,31 @@ fn garbage_of_every_kind_is_dead_lettered_never_a_crash() {
     assert_eq!(first["source"]["line"], 3);
     assert!(Path::new(&out.join("_SUCCESS")).exists());
 }
+
+#[test]
+fn corrupt_gzip_fails_clearly_and_marks_nothing_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let plain = dir.path().join("in.jsonl");
+    generate(&plain, 2_000, 9, "0.0");
+    let gz = dir.path().join("in.jsonl.gz");
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::copy(&mut std::fs::File::open(&plain).unwrap(), &mut enc).unwrap();
+    let mut bytes = enc.finish().unwrap();
+    let n = bytes.len();
+    bytes[n / 2..n / 2 + 64].fill(0x55); // damage the deflate stream
+    std::fs::write(&gz, &bytes).unwrap();
+    let out = dir.path().join("out");
+    let o = run(&[
+        "replay",
+        "--schemas",
+        &schemas(),
+        "--output",
+        out.to_str().unwrap(),
+        gz.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let e = stderr(&o);
+    assert!(e.contains("in.jsonl.gz") && e.contains("re-run to resume"), "{e}");
+    assert!(!out.join("_SUCCESS").exists());
+    assert!(o.stdout.is_empty());
+}

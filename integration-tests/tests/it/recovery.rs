@@ -87,3 +87,59 @@ fn sigkill_at_any_moment_then_rerun_gives_identical_output() {
         "only {killed_mid_run} kills landed mid-run: the test did not test recovery"
     );
 }
+
+#[test]
+fn sigint_on_a_silent_pipe_checkpoints_then_the_rerun_completes() {
+    use std::io::Write;
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    generate(&input, 20_000, 13, "0.02");
+    let data = std::fs::read(&input).unwrap();
+    let half = data[..data.len() / 2].iter().rposition(|&b| b == b'\n').unwrap() + 1;
+    let schemas = integration_tests::root().join("schemas").to_string_lossy().to_string();
+    let out = dir.path().join("out").to_string_lossy().to_string();
+    let a = ["replay", "--schemas", &schemas, "--output", &out, "-"];
+
+    // Half the input, then the pipe stays open and silent: SIGINT must not wait for more.
+    let mut child = Command::new(bin())
+        .args(a)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin.write_all(&data[..half]).unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let st = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
+    assert!(st.success());
+    let waited = child.wait_with_output().unwrap();
+    drop(stdin);
+    assert_eq!(waited.status.code(), Some(130), "{}", String::from_utf8_lossy(&waited.stderr));
+    assert!(String::from_utf8_lossy(&waited.stderr).contains("run the same command again"));
+    assert!(!Path::new(&out).join("_SUCCESS").exists());
+
+    let mut again = Command::new(bin())
+        .args(a)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    again.stdin.take().unwrap().write_all(&data).unwrap();
+    let fin = again.wait_with_output().unwrap();
+    assert!(fin.status.success());
+
+    let ref_out = dir.path().join("ref").to_string_lossy().to_string();
+    let reference =
+        run(&["replay", "--schemas", &schemas, "--output", &ref_out, input.to_str().unwrap()]);
+    assert_eq!(summary(&fin), summary(&reference));
+    assert_eq!(
+        integration_tests::rows(Path::new(&out), "sessions/"),
+        integration_tests::rows(Path::new(&ref_out), "sessions/")
+    );
+    assert_eq!(
+        integration_tests::rows(Path::new(&out), "dead-letter/").len(),
+        integration_tests::rows(Path::new(&ref_out), "dead-letter/").len()
+    );
+}
