@@ -70,6 +70,15 @@ pub fn run(args: &[&str]) -> Output {
     Command::new(bin()).args(args).env("RUST_LOG", "warn").output().unwrap()
 }
 
+/// `clickstream replay` with the shipped schemas, writing to `out`, then `args` (flags, inputs).
+pub fn replay(out: &Path, args: &[&str]) -> Output {
+    let schemas = root().join("schemas");
+    let mut a =
+        vec!["replay", "--schemas", schemas.to_str().unwrap(), "--output", out.to_str().unwrap()];
+    a.extend_from_slice(args);
+    run(&a)
+}
+
 /// The last stdout line, parsed.
 pub fn summary(out: &Output) -> serde_json::Value {
     let s = String::from_utf8_lossy(&out.stdout);

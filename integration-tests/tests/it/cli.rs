@@ -1,7 +1,7 @@
 //! The command-line contract: summaries, accounting, resumption, and clear errors for bad
 //! invocations.
 
-use integration_tests::{generate, root, rows, run, summary};
+use integration_tests::{generate, replay, root, rows, run, summary};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
@@ -61,24 +61,10 @@ fn stdin_plain_and_gzip_inputs_give_the_same_rows() {
     enc.finish().unwrap();
 
     let plain_out = dir.path().join("plain");
-    let plain = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--output",
-        plain_out.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
+    let plain = replay(&plain_out, &[input.to_str().unwrap()]);
     assert!(plain.status.success(), "{}", stderr(&plain));
     let gz_out = dir.path().join("gz");
-    let gzr = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--output",
-        gz_out.to_str().unwrap(),
-        gz.to_str().unwrap(),
-    ]);
+    let gzr = replay(&gz_out, &[gz.to_str().unwrap()]);
     assert!(gzr.status.success(), "{}", stderr(&gzr));
     let stdin_out = dir.path().join("stdin");
     let st = Command::new(integration_tests::bin())
@@ -98,14 +84,7 @@ fn stdin_plain_and_gzip_inputs_give_the_same_rows() {
 #[test]
 fn missing_input_is_named() {
     let dir = tempfile::tempdir().unwrap();
-    let o = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--output",
-        dir.path().join("o").to_str().unwrap(),
-        "/nonexistent/clicks.jsonl",
-    ]);
+    let o = replay(&dir.path().join("o"), &["/nonexistent/clicks.jsonl"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("/nonexistent/clicks.jsonl"), "{}", stderr(&o));
     assert!(!stderr(&o).contains("panicked"));
@@ -155,14 +134,7 @@ fn unwritable_output_is_named() {
     let blocker = dir.path().join("file");
     std::fs::write(&blocker, "").unwrap();
     let out = blocker.join("out");
-    let o = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--output",
-        out.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
+    let o = replay(&out, &[input.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains(out.to_str().unwrap()), "{}", stderr(&o));
 }
@@ -174,35 +146,12 @@ fn state_of_another_replay_is_refused() {
     std::fs::write(&a, "{}\n").unwrap();
     std::fs::write(&b, "{}\n{}\n").unwrap();
     let out = dir.path().join("out");
-    let first = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--output",
-        out.to_str().unwrap(),
-        a.to_str().unwrap(),
-    ]);
+    let first = replay(&out, &[a.to_str().unwrap()]);
     assert!(first.status.success(), "{}", stderr(&first));
-    let second = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--output",
-        out.to_str().unwrap(),
-        b.to_str().unwrap(),
-    ]);
+    let second = replay(&out, &[b.to_str().unwrap()]);
     assert_eq!(second.status.code(), Some(1));
     assert!(stderr(&second).contains("belongs to a replay of"), "{}", stderr(&second));
-    let third = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--gap",
-        "10m",
-        "--output",
-        out.to_str().unwrap(),
-        a.to_str().unwrap(),
-    ]);
+    let third = replay(&out, &["--gap", "10m", a.to_str().unwrap()]);
     assert_eq!(third.status.code(), Some(1));
     assert!(stderr(&third).contains("other settings"), "{}", stderr(&third));
 }
@@ -230,14 +179,7 @@ fn garbage_of_every_kind_is_dead_lettered_never_a_crash() {
     data.extend_from_slice(b"{\"id\":\"last\",\"uid\":\"7\",\"ts\":1709633730}"); // no final newline
     std::fs::write(&input, &data).unwrap();
     let out = dir.path().join("out");
-    let o = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--output",
-        out.to_str().unwrap(),
-        input.to_str().unwrap(),
-    ]);
+    let o = replay(&out, &[input.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let s = summary(&o);
     assert_eq!(s["lines"], 11);
@@ -268,14 +210,7 @@ fn corrupt_gzip_fails_clearly_and_marks_nothing_complete() {
     bytes[n / 2..n / 2 + 64].fill(0x55); // damage the deflate stream
     std::fs::write(&gz, &bytes).unwrap();
     let out = dir.path().join("out");
-    let o = run(&[
-        "replay",
-        "--schemas",
-        &schemas(),
-        "--output",
-        out.to_str().unwrap(),
-        gz.to_str().unwrap(),
-    ]);
+    let o = replay(&out, &[gz.to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("in.jsonl.gz") && e.contains("re-run to resume"), "{e}");
