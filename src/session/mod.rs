@@ -11,7 +11,8 @@
 pub mod dedup;
 
 use crate::event::Kind;
-use rustc_hash::FxHashMap;
+use hashbrown::HashMap;
+use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 /// Counters of one session.
@@ -96,7 +97,7 @@ pub struct Sessionizer {
     gap: i64,
     lateness: i64,
     max_time: Option<i64>,
-    customers: FxHashMap<Box<str>, Customer>,
+    customers: HashMap<String, Customer, FxBuildHasher>,
     /// Customers whose last open session closed since the last checkpoint.
     gone: Vec<Box<str>>,
 }
@@ -118,7 +119,7 @@ impl Sessionizer {
             gap,
             lateness,
             max_time: None,
-            customers: FxHashMap::default(),
+            customers: HashMap::default(),
             gone: Vec::new(),
         }
     }
@@ -131,7 +132,7 @@ impl Sessionizer {
     ) {
         self.max_time = max_time;
         for (c, sessions) in open {
-            self.customers.insert(c, Customer { sessions, dirty: false });
+            self.customers.insert(c.into(), Customer { sessions, dirty: false });
         }
     }
 
@@ -166,10 +167,7 @@ impl Sessionizer {
         }
         self.max_time = Some(self.max_time.map_or(time, |m| m.max(time)));
         let gap = self.gap;
-        if !self.customers.contains_key(customer) {
-            self.customers.insert(customer.into(), Customer::default());
-        }
-        let Some(c) = self.customers.get_mut(customer) else { return Observed::Accepted };
+        let c = self.customers.entry_ref(customer).or_default();
         c.dirty = true;
         let s = &mut c.sessions;
         // Sessions this event touches form a contiguous run [lo, hi).
@@ -213,11 +211,11 @@ impl Sessionizer {
             out.extend(
                 c.sessions
                     .drain(..n)
-                    .map(|session| ClosedSession { customer_id: id.clone(), session }),
+                    .map(|session| ClosedSession { customer_id: id.as_str().into(), session }),
             );
             c.dirty = true;
             if c.sessions.is_empty() {
-                gone.push(id.clone());
+                gone.push(id.as_str().into());
                 return false;
             }
             true
@@ -229,13 +227,13 @@ impl Sessionizer {
         let mut upserts = Vec::new();
         for (id, c) in &mut self.customers {
             if std::mem::take(&mut c.dirty) {
-                upserts.push((id.clone(), c.sessions.clone()));
+                upserts.push((id.as_str().into(), c.sessions.clone()));
             }
         }
-        upserts.sort_by(|a, b| a.0.cmp(&b.0));
+        upserts.sort_by(|a: &(Box<str>, Vec<Session>), b| a.0.cmp(&b.0));
         let mut deletes = std::mem::take(&mut self.gone);
         // A customer that left and came back in the same interval is an upsert, not a delete.
-        deletes.retain(|d| !self.customers.contains_key(d));
+        deletes.retain(|d| !self.customers.contains_key(&**d));
         deletes.sort();
         deletes.dedup();
         SessionChanges { upserts, deletes }
