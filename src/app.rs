@@ -1,6 +1,6 @@
 //! Wiring: builds the stages from settings, runs them, and reports.
 
-use crate::checkpoint::Coordinator;
+use crate::checkpoint::{Committer, Coordinator, Job};
 use crate::extract::Extractor;
 use crate::processor::{MetaBase, Processor, Rules};
 use crate::sink::file::FileSink;
@@ -157,7 +157,7 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     let names = inputs.iter().map(|i| Arc::clone(&i.name)).collect();
     let mut processor = Processor::new(Arc::clone(&extractor), s.rules, names);
     processor.restore(snapshot);
-    let mut coord = Coordinator::new(store, sink, last);
+    let coord = Coordinator::new(store, sink, last);
 
     let progress = progress_bar(&inputs);
     logs.attach(&progress);
@@ -172,23 +172,14 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
         .context("starting the reader thread")?;
 
     let started = Instant::now();
+    let mut committer = Committer::spawn(coord).context("starting the checkpoint thread")?;
     let mut last_pos = start;
     let mut finished = false;
-    let mut commit = |processor: &mut Processor, pos, end: bool| -> Result<()> {
-        let t = Instant::now();
+    let mut interrupted = false;
+    let mut checkpoint = |processor: &mut Processor, pos, end: bool| {
+        let taken = Instant::now();
         let (out, batch) = processor.checkpoint(pos, end, base.clone());
-        let prepare_ms = t.elapsed().as_millis() as u64;
-        let id = coord.commit(&out, batch)?;
-        info!(
-            checkpoint = id,
-            lines = processor.counters().lines,
-            rows = out.rows.len(),
-            dead_letters = out.dead.len(),
-            prepare_ms,
-            took_ms = t.elapsed().as_millis() as u64,
-            "Committed checkpoint."
-        );
-        Ok(())
+        committer.submit(Job { out, batch, lines: processor.counters().lines, taken })
     };
     loop {
         let msg = match rx.recv_timeout(Duration::from_millis(250)) {
@@ -196,10 +187,9 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
             Err(RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
                 // The source may be blocked on a pipe that stays silent: checkpoint what was
                 // processed and stop without it.
-                commit(&mut processor, last_pos, false)?;
-                progress.finish_and_clear();
-                logs.detach();
-                return Ok(Outcome::Interrupted(coord.last()));
+                checkpoint(&mut processor, last_pos, false)?;
+                interrupted = true;
+                break;
             }
             Err(RecvTimeoutError::Timeout) => continue,
             Err(RecvTimeoutError::Disconnected) => break,
@@ -210,19 +200,24 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
                 let _ = pool_tx.send(chunk.data);
             }
             Message::Barrier(pos) => {
-                commit(&mut processor, pos, false)?;
+                checkpoint(&mut processor, pos, false)?;
                 last_pos = pos;
             }
             Message::End(pos) => {
-                commit(&mut processor, pos, true)?;
+                checkpoint(&mut processor, pos, true)?;
                 finished = true;
                 break;
             }
         }
     }
     drop(rx);
+    let coord = committer.finish()?;
     progress.finish_and_clear();
     logs.detach();
+    if interrupted {
+        // The reader may still be blocked on its pipe; exiting ends it.
+        return Ok(Outcome::Interrupted(coord.last()));
+    }
     match reader.join() {
         Ok(Ok(())) => {}
         Ok(Err(e)) => {

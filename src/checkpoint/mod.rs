@@ -32,6 +32,9 @@ pub enum CheckpointError {
         #[source]
         source: SinkError,
     },
+    /// The committer thread is gone (it panicked, or an earlier checkpoint failed).
+    #[error("the checkpoint thread stopped")]
+    Stopped,
     /// State could not be committed.
     #[error("committing checkpoint {id}: {source}")]
     State {
@@ -86,5 +89,83 @@ impl<S: StateStore> Coordinator<S> {
         self.store.write_batch(&batch).map_err(|source| CheckpointError::State { id, source })?;
         self.last = id;
         Ok(id)
+    }
+}
+
+/// One checkpoint handed to the [`Committer`].
+#[derive(Debug)]
+pub struct Job {
+    /// The interval's output.
+    pub out: EpochOutput,
+    /// State and position to commit after it.
+    pub batch: CheckpointBatch,
+    /// Input lines read so far (for the log).
+    pub lines: u64,
+    /// When the processor took the barrier.
+    pub taken: std::time::Instant,
+}
+
+/// Runs the [`Coordinator`] on its own thread, so that the next interval is processed while the
+/// previous one is written and synced. Checkpoints still commit one at a time, in order, each
+/// output before its state; at most one waits while one is being written, which bounds memory.
+#[derive(Debug)]
+pub struct Committer<S: StateStore + Send + 'static> {
+    tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    handle: Option<std::thread::JoinHandle<Result<Coordinator<S>, CheckpointError>>>,
+}
+
+impl<S: StateStore + Send + 'static> Committer<S> {
+    /// Starts the committer thread.
+    ///
+    /// # Errors
+    /// The thread cannot be started.
+    pub fn spawn(mut coord: Coordinator<S>) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        let handle = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
+            for job in rx {
+                let id = coord.commit(&job.out, job.batch)?;
+                tracing::info!(
+                    checkpoint = id,
+                    lines = job.lines,
+                    rows = job.out.rows.len(),
+                    dead_letters = job.out.dead.len(),
+                    took_ms = job.taken.elapsed().as_millis() as u64,
+                    "Committed checkpoint."
+                );
+            }
+            Ok(coord)
+        })?;
+        Ok(Committer { tx: Some(tx), handle: Some(handle) })
+    }
+
+    /// Queues a checkpoint; waits while another one is still queued.
+    ///
+    /// # Errors
+    /// An earlier checkpoint failed (the committer has stopped); nothing after it is committed.
+    pub fn submit(&mut self, job: Job) -> Result<(), CheckpointError> {
+        let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
+        if sent {
+            return Ok(());
+        }
+        match self.join() {
+            Err(e) => Err(e),
+            Ok(_) => Err(CheckpointError::Stopped),
+        }
+    }
+
+    /// Waits until every queued checkpoint is committed and returns the coordinator.
+    ///
+    /// # Errors
+    /// A checkpoint failed.
+    pub fn finish(mut self) -> Result<Coordinator<S>, CheckpointError> {
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Coordinator<S>, CheckpointError> {
+        self.tx = None;
+        match self.handle.take().map(std::thread::JoinHandle::join) {
+            Some(Ok(r)) => r,
+            Some(Err(_)) | None => Err(CheckpointError::Stopped),
+        }
     }
 }
