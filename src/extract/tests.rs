@@ -262,3 +262,15 @@ fn general_queries_work_beside_the_fast_path() {
     let l = r#"{"id":"m","uid":"9","people":[{"role":"owner","id":"2"}],"ts":1709633730}"#;
     assert_eq!(ok(&x, l).1, "9");
 }
+
+#[test]
+fn valid_json_that_serde_would_convert_badly_is_still_valid() {
+    let x = shipped();
+    // Numbers beyond f64 and lone surrogate escapes are valid JSON (RFC 8259 sets no limits).
+    assert_eq!(reason(&x, "1e400"), "not_object");
+    assert_eq!(reason(&x, r#""\ud800""#), "not_object");
+    let l = r#"{"id":"a","uid":"1","ts":1709633730,"user":1e400,"customer":"\udc00","x":1e999}"#;
+    assert_eq!(ok(&x, l).1, "1");
+    let l = r#"{"id":"a","\ud800":1,"uid":"2","ts":1709633730}"#;
+    assert_eq!(ok(&x, l).1, "2");
+}

@@ -96,7 +96,7 @@ impl<'a> Slot<'a> {
 struct Node {
     children: Vec<(Step, usize)>,
     /// Member-name children, for lookup while parsing (most keys of an event are not read).
-    by_key: FxHashMap<Box<str>, usize>,
+    by_key: FxHashMap<Box<[u8]>, usize>,
     slot: Option<usize>,
     /// A string here holds a JSON document whose members longer paths may read.
     json_string: bool,
@@ -149,7 +149,7 @@ impl Trie {
                 .children
                 .iter()
                 .filter_map(|(s, c)| match s {
-                    Step::Key(k) => Some((Box::from(k.as_str()), *c)),
+                    Step::Key(k) => Some((Box::from(k.as_bytes()), *c)),
                     Step::Index(_) => None,
                 })
                 .collect();
@@ -176,7 +176,14 @@ impl Trie {
         text: &'a str,
         slots: &mut [Slot<'a>],
     ) -> Result<bool, serde_json::Error> {
-        self.walk_nested(0, text, slots)
+        self.walk_nested(0, text, slots).or_else(|e| {
+            // The top level is walked with `deserialize_any`, which converts scalars: a top-level
+            // 1e400 or "\ud800" is valid JSON that is merely not an object.
+            match serde_json::from_str::<&RawValue>(text) {
+                Ok(raw) if !raw.get().starts_with('{') => Ok(false),
+                _ => Err(e),
+            }
+        })
     }
 }
 
@@ -204,11 +211,16 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         let node = &self.trie.nodes[self.node];
+        let raw = <&'de RawValue>::deserialize(d)?;
         let Some(slot) = node.slot else {
-            d.deserialize_any(Interior { trie: self.trie, node: self.node, slots: self.slots })?;
+            // A container on the way to read leaves. Taken raw first, so that a scalar here
+            // (a huge number, a lone surrogate) is skipped as the oracle's parser skips it, not
+            // refused by a number or string conversion nobody needs.
+            if matches!(raw.get().as_bytes().first(), Some(b'{' | b'[')) {
+                let _ = self.trie.walk_nested(self.node, raw.get(), self.slots);
+            }
             return Ok(());
         };
-        let raw = <&'de RawValue>::deserialize(d)?;
         let text = raw.get();
         if node.json_string && !node.read && text.starts_with('"') && !node.may_hold_children(text)
         {
@@ -263,9 +275,9 @@ impl Node {
         let plain =
             |k: &str| k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         self.by_key.len() < self.children.len()
-            || !self.by_key.keys().all(|k| plain(k))
+            || !self.by_key.keys().all(|k| std::str::from_utf8(k).is_ok_and(plain))
             || raw.contains("\\u")
-            || self.by_key.keys().any(|k| raw.contains(&**k))
+            || self.by_key.keys().any(|k| std::str::from_utf8(k).is_ok_and(|k| raw.contains(k)))
     }
 }
 
@@ -354,7 +366,9 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Option<usize>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        d.deserialize_str(self)
+        // As bytes: the line is valid UTF-8 already, and a key with a lone surrogate escape is
+        // valid JSON (it just never names a path).
+        d.deserialize_bytes(self)
     }
 }
 
@@ -365,7 +379,7 @@ impl<'de> Visitor<'de> for KeySeed<'_> {
         f.write_str("an object key")
     }
 
-    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+    fn visit_bytes<E>(self, key: &[u8]) -> Result<Option<usize>, E> {
         Ok(self.0.by_key.get(key).copied())
     }
 }
