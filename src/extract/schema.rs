@@ -173,7 +173,10 @@ pub struct SchemaErrors(pub Vec<SchemaError>);
 impl fmt::Display for SchemaErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let n = self.0.len();
-        write!(f, "{n} schema error{}", if n == 1 { "" } else { "s" })?;
+        if let [one] = &self.0[..] {
+            return write!(f, "schema error: {one}");
+        }
+        write!(f, "{n} schema errors")?;
         for e in &self.0 {
             write!(f, "\n  {e}")?;
         }
