@@ -203,6 +203,7 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
                 checkpoint(&mut processor, pos, false)?;
                 last_pos = pos;
             }
+            Message::Oversized(o) => last_pos = processor.process_oversized(&o),
             Message::End(pos) => {
                 checkpoint(&mut processor, pos, true)?;
                 finished = true;

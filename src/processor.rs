@@ -10,7 +10,7 @@ use crate::extract::walk::Slot;
 use crate::session::dedup::Dedup;
 use crate::session::{ClosedSession, Observed, Sessionizer};
 use crate::sink::DeadLetter;
-use crate::source::Chunk;
+use crate::source::{Chunk, Oversized};
 use crate::state::{CheckpointBatch, Counters, Meta, STATE_VERSION, Snapshot};
 use std::sync::Arc;
 
@@ -96,6 +96,22 @@ impl Processor {
         }
     }
 
+    /// Counts a line the source could not hold, as too large.
+    pub fn process_oversized(&mut self, o: &Oversized) -> SourcePosition {
+        self.counters.lines += 1;
+        let pos = LinePosition { input: o.input, line: o.lines_before + 1, offset: o.offset };
+        let detail = format!(
+            "the line is {} bytes long; the record keeps its first {}",
+            o.len,
+            o.prefix.len()
+        );
+        self.dead_letter(Arc::from("too_large"), detail, pos, &o.prefix);
+        if let Some(d) = self.dead.last_mut() {
+            d.truncated_from = Some(o.len);
+        }
+        SourcePosition { input: o.input, line: o.lines_before + 1, offset: o.offset + o.len + 1 }
+    }
+
     /// Processes one line (without its `\n`).
     pub fn process_line<'a>(
         &mut self,
@@ -145,7 +161,14 @@ impl Processor {
         }
         let input =
             self.inputs.get(position.input as usize).cloned().unwrap_or_else(|| Arc::from("?"));
-        self.dead.push(DeadLetter { reason, detail, input, position, raw: line.to_vec() });
+        self.dead.push(DeadLetter {
+            reason,
+            detail,
+            input,
+            position,
+            raw: line.to_vec(),
+            truncated_from: None,
+        });
     }
 
     /// Ends a checkpoint interval at `position`: closes what the watermark allows (everything at

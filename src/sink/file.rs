@@ -162,6 +162,7 @@ mod tests {
             input: "x".into(),
             position: LinePosition::default(),
             raw: b"{}".to_vec(),
+            truncated_from: None,
         };
         sink.write_epoch(1, &[row("a", 1_709_510_400_000), row("b", 0)], std::slice::from_ref(&dl))
             .unwrap();

@@ -42,6 +42,8 @@ pub struct DeadLetter {
     pub position: LinePosition,
     /// The line as read, without its `\n`.
     pub raw: Vec<u8>,
+    /// Set when `raw` is only the start of a line of this many bytes.
+    pub truncated_from: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -53,6 +55,9 @@ struct DeadLetterJson<'a> {
     raw: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw_base64: Option<String>,
+    /// Length of the whole line when `raw` holds only its start.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    raw_truncated_from: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -79,6 +84,7 @@ impl DeadLetter {
             raw_base64: text
                 .is_none()
                 .then(|| base64::engine::general_purpose::STANDARD.encode(&self.raw)),
+            raw_truncated_from: self.truncated_from,
         };
         // Serializing plain strings and integers to memory cannot fail.
         let mut out = serde_json::to_vec(&rec).unwrap_or_default();
@@ -99,6 +105,7 @@ mod tests {
             input: "in.jsonl".into(),
             position: LinePosition { input: 0, line: 3, offset: 120 },
             raw: b"{\"a\":\r".to_vec(),
+            truncated_from: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&d.to_json_line()).unwrap();
         assert_eq!(v["raw"], "{\"a\":\r");

@@ -18,6 +18,23 @@ pub enum Message {
     Barrier(SourcePosition),
     /// Every input was read to its end; the final position.
     End(SourcePosition),
+    /// A line too long to hold in memory, skipped by the source.
+    Oversized(Oversized),
+}
+
+/// A line longer than a source will buffer: only its start is kept.
+#[derive(Debug)]
+pub struct Oversized {
+    /// Index of the input.
+    pub input: u32,
+    /// Number of lines of this input before this one.
+    pub lines_before: u64,
+    /// Byte offset of the line.
+    pub offset: u64,
+    /// Its length, without the `\n`.
+    pub len: u64,
+    /// Its first bytes.
+    pub prefix: Vec<u8>,
 }
 
 /// A run of complete lines of one input. Each line ends in `\n`, except that the input's last

@@ -1,7 +1,7 @@
 //! Replay of recorded JSON Lines files (`.jsonl`, `.jsonl.gz`, or `-` for stdin), in the order
 //! given, resuming at a checkpointed position.
 
-use super::{Chunk, Message};
+use super::{Chunk, Message, Oversized};
 use crate::event::SourcePosition;
 use flate2::read::MultiGzDecoder;
 use indicatif::ProgressBar;
@@ -16,6 +16,11 @@ use tokio_util::sync::CancellationToken;
 
 /// Bytes read per chunk.
 const CHUNK_BYTES: usize = 4 << 20;
+/// A line longer than this is not held in memory: it is too large anyway (the limit is 1 MiB),
+/// and only its first bytes are kept for the dead letter.
+pub const MAX_BUFFERED_LINE: usize = 64 << 20;
+/// How much of such a line is kept.
+pub const OVERSIZED_PREFIX: usize = 64 << 10;
 
 /// A replay source failure.
 #[derive(Debug, Error)]
@@ -227,6 +232,26 @@ impl Emitter<'_> {
         }
     }
 
+    fn send_oversized(&mut self, prefix: Vec<u8>, len: u64, newline: bool) -> bool {
+        let o = Oversized {
+            input: self.pos.input,
+            lines_before: self.pos.line,
+            offset: self.pos.offset,
+            len,
+            prefix,
+        };
+        self.pos.line += 1;
+        self.pos.offset += len + u64::from(newline);
+        self.since_barrier += 1;
+        if self.tx.send(Message::Oversized(o)).is_err() {
+            return false;
+        }
+        if self.policy.every_lines > 0 && self.since_barrier >= self.policy.every_lines {
+            return self.barrier();
+        }
+        true
+    }
+
     fn send_chunk(&mut self, data: Vec<u8>, lines: u64) -> bool {
         let chunk = Chunk {
             input: self.pos.input,
@@ -320,6 +345,13 @@ impl ReplaySource {
                             return Ok(());
                         }
                     }
+                    None if buf.len() > MAX_BUFFERED_LINE => {
+                        match skip_oversized(&mut r, buf, &mut carry, &mut em, &input.name)? {
+                            Skipped::Line => {}
+                            Skipped::AtEof => break,
+                            Skipped::Closed => return Ok(()),
+                        }
+                    }
                     None => carry = buf, // one line longer than a chunk: keep reading it
                 }
             }
@@ -327,5 +359,55 @@ impl ReplaySource {
         let end = SourcePosition { input: self.inputs.len() as u32, line: 0, offset: 0 };
         let _ = tx.send(Message::End(end));
         Ok(())
+    }
+}
+
+enum Skipped {
+    /// The line ended; reading goes on after it.
+    Line,
+    /// The input ended inside the line.
+    AtEof,
+    /// The processor is gone.
+    Closed,
+}
+
+/// Reads past the rest of a line of which `start` holds the first (too many) bytes, keeping only
+/// its beginning; what follows the line's `\n` is left in `carry`.
+fn skip_oversized(
+    r: &mut Box<dyn Read + Send>,
+    start: Vec<u8>,
+    carry: &mut Vec<u8>,
+    em: &mut Emitter<'_>,
+    name: &str,
+) -> Result<Skipped, SourceError> {
+    let prefix = start[..OVERSIZED_PREFIX.min(start.len())].to_vec();
+    let mut len = start.len() as u64;
+    let mut block = start;
+    loop {
+        block.resize(CHUNK_BYTES, 0);
+        let n = loop {
+            match r.read(&mut block) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => return Err(SourceError::Read { path: name.to_owned(), source }),
+            }
+        };
+        if n == 0 {
+            return Ok(if em.send_oversized(prefix, len, false) {
+                Skipped::AtEof
+            } else {
+                Skipped::Closed
+            });
+        }
+        if let Some(p) = memchr::memchr(b'\n', &block[..n]) {
+            len += p as u64;
+            carry.extend_from_slice(&block[p + 1..n]);
+            return Ok(if em.send_oversized(prefix, len, true) {
+                Skipped::Line
+            } else {
+                Skipped::Closed
+            });
+        }
+        len += n as u64;
     }
 }

@@ -217,3 +217,28 @@ fn corrupt_gzip_fails_clearly_and_marks_nothing_complete() {
     assert!(!out.join("_SUCCESS").exists());
     assert!(o.stdout.is_empty());
 }
+
+#[test]
+fn a_line_too_long_to_buffer_is_dead_lettered_by_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let good = r#"{"id":"a","uid":"1","ts":1709633730,"evt":"screen_view"}"#;
+    let huge_len = 70 << 20;
+    let mut data = Vec::with_capacity(huge_len + 200);
+    data.extend_from_slice(good.as_bytes());
+    data.extend_from_slice(b"\n{\"id\":\"b\",\"pad\":\"");
+    data.resize(data.len() + huge_len, b'x');
+    data.extend_from_slice(b"\"}\n");
+    data.extend_from_slice(good.replace("\"a\"", "\"c\"").as_bytes()); // no final newline
+    std::fs::write(&input, &data).unwrap();
+    let out = dir.path().join("out");
+    let o = replay(&out, &["--checkpoint-every", "2", input.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!((s["lines"].as_u64(), s["accepted"].as_u64()), (Some(3), Some(2)), "{s}");
+    assert_eq!(s["dead_lettered"]["too_large"], 1);
+    let dead: serde_json::Value = serde_json::from_str(&rows(&out, "dead-letter/")[0]).unwrap();
+    assert_eq!(dead["raw_truncated_from"].as_u64(), Some(huge_len as u64 + 19));
+    assert_eq!(dead["raw"].as_str().unwrap().len(), 64 << 10);
+    assert_eq!(dead["source"]["line"], 2);
+}
