@@ -274,3 +274,75 @@ fn valid_json_that_serde_would_convert_badly_is_still_valid() {
     let l = r#"{"id":"a","\ud800":1,"uid":"2","ts":1709633730}"#;
     assert_eq!(ok(&x, l).1, "2");
 }
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// JSON-ish text: fragments of real events and of every kind of breakage, shuffled together.
+    fn jsonish() -> impl Strategy<Value = String> {
+        let frag = prop::sample::select(vec![
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            "\"",
+            "\\",
+            "\\u",
+            "\\ud800",
+            "\"messageId\"",
+            "\"userId\"",
+            "\"timestamp\"",
+            "\"ts\"",
+            "\"id\"",
+            "\"uid\"",
+            "\"user\"",
+            "\"props\"",
+            "\"{\\\"channel\\\":\\\"phone\\\"}\"",
+            "\"2024-03-05T10:15:30.123Z\"",
+            "1709633730",
+            "1e400",
+            "-0",
+            "0.5",
+            "null",
+            "true",
+            "NaN",
+            " ",
+            "\t",
+            "\r",
+            "é",
+            "\u{0}",
+            "\"type\"",
+            "\"track\"",
+            "\"evt\"",
+            "\"contact_support\"",
+        ]);
+        prop::collection::vec(frag, 0..40).prop_map(|v| v.concat())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+        #[test]
+        fn arbitrary_bytes(bytes in prop::collection::vec(any::<u8>(), 0..300)) {
+            let x = shipped();
+            if let Ok(t) = crate::decode::decode(&bytes) {
+                let mut slots = Vec::new();
+                let _ = x.extract(t, &mut slots);
+            }
+        }
+
+        #[test]
+        fn arbitrary_json_fragments(text in jsonish()) {
+            let x = shipped();
+            if let Ok(t) = crate::decode::decode(text.as_bytes()) {
+                let mut slots = Vec::new();
+                if let Ok(e) = x.extract(t, &mut slots) {
+                    prop_assert!(coerce::in_range(e.event_time));
+                    prop_assert!(!e.message_id.is_empty() && !e.customer_id.is_empty());
+                }
+            }
+        }
+    }
+}
