@@ -126,11 +126,35 @@ impl TimeFormat {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Test {
     Equals(String),
     In(Vec<String>),
     Exists(bool),
+}
+
+impl Test {
+    /// The strings this test accepts, if it accepts only strings.
+    fn strings(&self) -> Option<&[String]> {
+        match self {
+            Test::Equals(s) => Some(std::slice::from_ref(s)),
+            Test::In(v) => Some(v),
+            Test::Exists(_) => None,
+        }
+    }
+
+    /// Whether no value can pass both tests.
+    fn excludes(&self, other: &Test) -> bool {
+        match (self, other) {
+            (Test::Exists(a), Test::Exists(b)) => a != b,
+            (Test::Exists(false), t) | (t, Test::Exists(false)) => t.strings().is_some(),
+            (Test::Exists(true), _) | (_, Test::Exists(true)) => false,
+            (a, b) => match (a.strings(), b.strings()) {
+                (Some(x), Some(y)) => !x.iter().any(|v| y.contains(v)),
+                _ => false,
+            },
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -220,6 +244,9 @@ impl Extractor {
                 Err(e) => errs.push(e),
             }
         }
+        if loaded.is_empty() && !errs.is_empty() {
+            return Err(SchemaErrors(errs));
+        }
         match Extractor::compile(loaded) {
             Ok(x) if errs.is_empty() => Ok(x),
             Ok(_) => Err(SchemaErrors(errs)),
@@ -247,6 +274,7 @@ impl Extractor {
         let (mut message_id, mut customer_id, mut event_time) =
             (Vec::new(), Vec::new(), Vec::new());
         let (mut rejects, mut classify) = (Vec::new(), Vec::new());
+        let mut seen_rules: Vec<(Vec<(usize, Test)>, Kind, String)> = Vec::new();
         for s in &schemas {
             let sc = &s.schema;
             let name = sc.name.get_ref();
@@ -334,7 +362,25 @@ impl Extractor {
                 let field = format!("classify[{i}]");
                 let when = conditions(s, &r.when, &field, &mut paths, &mut errs);
                 match Kind::from_name(r.kind.get_ref()) {
-                    Some(kind) => classify.push(Rule { when, then: kind }),
+                    Some(kind) => {
+                        let mut key: Vec<(usize, Test)> = when.iter().map(|c| (c.slot, c.test.clone())).collect();
+                        key.sort();
+                        if let Some((other_kind, where_)) = seen_rules.iter().find(|(k, _, _)| *k == key).map(|(_, kd, w)| (*kd, w.clone())) {
+                            if other_kind != kind {
+                                errs.push(s.error(
+                                    r.kind.span(),
+                                    &format!("{field}.kind"),
+                                    format!(
+                                        "conflicting classification: {where_} has the same conditions and classifies as {}; only the first kind in precedence order would ever apply",
+                                        other_kind.name()
+                                    ),
+                                ));
+                            }
+                        } else {
+                            seen_rules.push((key, kind, format!("{}:{field}", s.file.display())));
+                        }
+                        classify.push(Rule { when, then: kind });
+                    }
                     None => errs.push(s.error(
                         r.kind.span(),
                         &format!("{field}.kind"),
@@ -572,6 +618,15 @@ fn conditions(
                 continue;
             }
         };
+        if let Some(other) =
+            out.iter().position(|o: &Cond| o.slot == slot && o.test.excludes(&test))
+        {
+            errs.push(s.error(
+                c.path.span(),
+                &f,
+                format!("can never match together with {field}.when[{other}] on the same path: the rule never applies"),
+            ));
+        }
         out.push(Cond { slot, test });
     }
     out

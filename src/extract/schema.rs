@@ -192,6 +192,18 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// The table or key written on `line` (1-based): what an analyst calls the field.
+fn field_at(text: &str, line: usize) -> String {
+    let Some(l) = line.checked_sub(1).and_then(|i| text.lines().nth(i)) else { return "-".into() };
+    let l = l.trim();
+    let name = if l.starts_with('[') {
+        l.trim_matches(|c| c == '[' || c == ']' || c == ' ')
+    } else {
+        l.split('=').next().unwrap_or("").trim()
+    };
+    if name.is_empty() || name.len() > 80 { "-".into() } else { name.to_owned() }
+}
+
 fn whole_file(file: &Path, message: impl Into<String>) -> SchemaError {
     SchemaError {
         file: file.to_owned(),
@@ -237,13 +249,20 @@ pub fn load_file(file: &Path) -> Result<LoadedSchema, SchemaError> {
         Ok(schema) => Ok(LoadedSchema { file: file.to_owned(), text, schema }),
         Err(e) => {
             let (line, column) = e.span().map_or((0, 0), |s| line_col(&text, s.start));
-            Err(SchemaError {
-                file: file.to_owned(),
-                line,
-                column,
-                field: "-".into(),
-                message: e.message().trim().to_owned(),
-            })
+            let mut message = e.message().trim().to_owned();
+            if message.starts_with("invalid type")
+                && (message.contains("map") || message.contains("sequence"))
+            {
+                message.push_str(
+                    " (check the brackets: [name] is one table, [[name]] one entry of a list of tables, key = [ … ] a list)",
+                );
+            }
+            let field =
+                match message.strip_prefix("missing field `").and_then(|m| m.split('`').next()) {
+                    Some(missing) => missing.to_owned(),
+                    None => field_at(&text, line),
+                };
+            Err(SchemaError { file: file.to_owned(), line, column, field, message })
         }
     }
 }

@@ -162,8 +162,8 @@ fn schema_errors_name_file_line_and_field() {
             "fields.event_time[0].format",
             "unknown time format",
         ),
-        (GOOD.replace("version = 1", "version = \"one\""), 2, "-", "invalid type"),
-        (GOOD.replace("[fields]", "[fieldz]"), 3, "-", "fieldz"),
+        (GOOD.replace("version = 1", "version = \"one\""), 2, "version", "invalid type"),
+        (GOOD.replace("[fields]", "[fieldz]"), 3, "fieldz", "fieldz"),
         (
             format!(
                 "{GOOD}[[classify]]\nkind = \"purchase\"\nwhen = [{{ path = '$.e', equals = \"x\" }}]\n"
