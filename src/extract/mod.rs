@@ -174,6 +174,10 @@ impl Cond {
     }
 }
 
+/// A classification rule already seen while compiling: its conditions (slot, test) sorted, its
+/// kind, and where it was written.
+type SeenRule = (Vec<(usize, Test)>, Kind, String);
+
 #[derive(Debug)]
 struct Rule<T> {
     when: Vec<Cond>,
@@ -274,7 +278,7 @@ impl Extractor {
         let (mut message_id, mut customer_id, mut event_time) =
             (Vec::new(), Vec::new(), Vec::new());
         let (mut rejects, mut classify) = (Vec::new(), Vec::new());
-        let mut seen_rules: Vec<(Vec<(usize, Test)>, Kind, String)> = Vec::new();
+        let mut seen_rules: Vec<SeenRule> = Vec::new();
         for s in &schemas {
             let sc = &s.schema;
             let name = sc.name.get_ref();
