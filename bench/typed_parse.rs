@@ -1,6 +1,6 @@
-//! The yardstick for the end-to-end bench: a typed, borrowed serde_json parse of every line of
+//! The yardstick for the end-to-end bench: a typed, borrowed `serde_json` parse of every line of
 //! a file, reading the fields any producer uses for ids, time and kind. Prints lines/s.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::struct_field_names, missing_docs)]
 
 use serde::Deserialize;
 use serde_json::value::RawValue;

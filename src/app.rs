@@ -1,13 +1,14 @@
 //! Wiring: builds the stages from settings, runs them, and reports.
 
 use crate::checkpoint::{Committer, Coordinator, Job};
+use crate::event::SourcePosition;
 use crate::extract::Extractor;
 use crate::processor::{MetaBase, Processor, Rules};
 use crate::sink::file::FileSink;
 use crate::source::Message;
 use crate::source::replay::{BarrierPolicy, Input, ReplaySource};
 use crate::state::rocksdb::RocksDbStore;
-use crate::state::{Counters, StateStore};
+use crate::state::{Counters, Snapshot, StateStore};
 use crate::telemetry::LogWriter;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -87,6 +88,44 @@ fn progress_bar(inputs: &[Input]) -> ProgressBar {
     pb
 }
 
+enum Resume {
+    Fresh,
+    From(SourcePosition, u64),
+    Done(Counters),
+}
+
+/// Where a replay starts, given what its state holds; refuses state of another replay.
+fn resume_point(snapshot: &Snapshot, base: &MetaBase, state: &std::path::Path) -> Result<Resume> {
+    let Some(m) = &snapshot.meta else { return Ok(Resume::Fresh) };
+    if m.inputs != base.inputs {
+        bail!(
+            "state {} belongs to a replay of [{}], not of [{}]: give another --state (or remove it) to start over",
+            state.display(),
+            m.inputs.join(", "),
+            base.inputs.join(", ")
+        );
+    }
+    if m.settings != base.settings {
+        bail!(
+            "state {} was written with other settings ({}), not ({}): resuming would mix two results; give another --state (or remove it) to start over",
+            state.display(),
+            m.settings,
+            base.settings
+        );
+    }
+    if m.finished {
+        info!(checkpoint = m.checkpoint, state = %state.display(), "Replay already complete; nothing to do.");
+        return Ok(Resume::Done(m.counters.clone()));
+    }
+    info!(
+        checkpoint = m.checkpoint,
+        input = m.position.input,
+        line = m.position.line,
+        "Resuming from checkpoint."
+    );
+    Ok(Resume::From(m.position, m.checkpoint))
+}
+
 /// Runs a replay to its end, or until `cancel` fires.
 ///
 /// # Errors
@@ -113,37 +152,10 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
         inputs: inputs.iter().map(Input::fingerprint).collect(),
         settings: settings_fingerprint(&s.rules, &extractor),
     };
-    let (start, last) = match &snapshot.meta {
-        None => (Default::default(), 0),
-        Some(m) => {
-            if m.inputs != base.inputs {
-                bail!(
-                    "state {} belongs to a replay of [{}], not of [{}]: give another --state (or remove it) to start over",
-                    s.state.display(),
-                    m.inputs.join(", "),
-                    base.inputs.join(", ")
-                );
-            }
-            if m.settings != base.settings {
-                bail!(
-                    "state {} was written with other settings ({}), not ({}): resuming would mix two results; give another --state (or remove it) to start over",
-                    s.state.display(),
-                    m.settings,
-                    base.settings
-                );
-            }
-            if m.finished {
-                info!(checkpoint = m.checkpoint, state = %s.state.display(), "Replay already complete; nothing to do.");
-                return Ok(Outcome::AlreadyComplete(m.counters.clone()));
-            }
-            info!(
-                checkpoint = m.checkpoint,
-                input = m.position.input,
-                line = m.position.line,
-                "Resuming from checkpoint."
-            );
-            (m.position, m.checkpoint)
-        }
+    let (start, last) = match resume_point(&snapshot, &base, &s.state)? {
+        Resume::Fresh => (SourcePosition::default(), 0),
+        Resume::From(pos, last) => (pos, last),
+        Resume::Done(counters) => return Ok(Outcome::AlreadyComplete(counters)),
     };
     let removed = sink.recover(last)?;
     if removed > 0 {
@@ -173,49 +185,12 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
 
     let started = Instant::now();
     let mut committer = Committer::spawn(coord).context("starting the checkpoint thread")?;
-    let mut last_pos = start;
-    let mut finished = false;
-    let mut interrupted = false;
-    let mut checkpoint = |processor: &mut Processor, pos, end: bool| {
-        let taken = Instant::now();
-        let (out, batch) = processor.checkpoint(pos, end, base.clone());
-        committer.submit(Job { out, batch, lines: processor.counters().lines, taken })
-    };
-    loop {
-        let msg = match rx.recv_timeout(Duration::from_millis(250)) {
-            Ok(m) => m,
-            Err(RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
-                // The source may be blocked on a pipe that stays silent: checkpoint what was
-                // processed and stop without it.
-                checkpoint(&mut processor, last_pos, false)?;
-                interrupted = true;
-                break;
-            }
-            Err(RecvTimeoutError::Timeout) => continue,
-            Err(RecvTimeoutError::Disconnected) => break,
-        };
-        match msg {
-            Message::Lines(chunk) => {
-                last_pos = processor.process_chunk(&chunk);
-                let _ = pool_tx.send(chunk.data);
-            }
-            Message::Barrier(pos) => {
-                checkpoint(&mut processor, pos, false)?;
-                last_pos = pos;
-            }
-            Message::Oversized(o) => last_pos = processor.process_oversized(&o),
-            Message::End(pos) => {
-                checkpoint(&mut processor, pos, true)?;
-                finished = true;
-                break;
-            }
-        }
-    }
+    let ended = drive(&mut processor, &rx, &pool_tx, &mut committer, cancel, &base, start)?;
     drop(rx);
     let coord = committer.finish()?;
     progress.finish_and_clear();
     logs.detach();
-    if interrupted {
+    if ended == Ended::Interrupted {
         // The reader may still be blocked on its pipe; exiting ends it.
         return Ok(Outcome::Interrupted(coord.last()));
     }
@@ -229,7 +204,7 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
         }
         Err(_) => bail!("the reader thread panicked"),
     }
-    if !finished {
+    if ended != Ended::Finished {
         if cancel.is_cancelled() {
             return Ok(Outcome::Interrupted(coord.last()));
         }
@@ -240,6 +215,62 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     let secs = started.elapsed().as_secs_f64().max(f64::EPSILON);
     info!(lines = counters.lines, secs = %format!("{secs:.2}"), lines_per_sec = (counters.lines as f64 / secs) as u64, "Replay complete.");
     Ok(Outcome::Completed(counters))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    /// The end of the input was processed and committed.
+    Finished,
+    /// Cancelled while the source was silent; a checkpoint was committed.
+    Interrupted,
+    /// The source stopped sending (after its cancel barrier, or after an error).
+    SourceStopped,
+}
+
+/// Feeds the source's messages through the processor, handing checkpoints to the committer.
+fn drive<S: StateStore + Send + 'static>(
+    processor: &mut Processor,
+    rx: &std::sync::mpsc::Receiver<Message>,
+    pool: &std::sync::mpsc::Sender<Vec<u8>>,
+    committer: &mut Committer<S>,
+    cancel: &CancellationToken,
+    base: &MetaBase,
+    start: SourcePosition,
+) -> Result<Ended> {
+    let mut last_pos = start;
+    let mut checkpoint = |processor: &mut Processor, pos, end: bool| {
+        let taken = Instant::now();
+        let (out, batch) = processor.checkpoint(pos, end, base.clone());
+        committer.submit(Job { out, batch, lines: processor.counters().lines, taken })
+    };
+    loop {
+        let msg = match rx.recv_timeout(Duration::from_millis(250)) {
+            Ok(m) => m,
+            Err(RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
+                // The source may be blocked on a pipe that stays silent: checkpoint what was
+                // processed and stop without it.
+                checkpoint(processor, last_pos, false)?;
+                return Ok(Ended::Interrupted);
+            }
+            Err(RecvTimeoutError::Timeout) => continue,
+            Err(RecvTimeoutError::Disconnected) => return Ok(Ended::SourceStopped),
+        };
+        match msg {
+            Message::Lines(chunk) => {
+                last_pos = processor.process_chunk(&chunk);
+                let _ = pool.send(chunk.data);
+            }
+            Message::Barrier(pos) => {
+                checkpoint(processor, pos, false)?;
+                last_pos = pos;
+            }
+            Message::Oversized(o) => last_pos = processor.process_oversized(&o),
+            Message::End(pos) => {
+                checkpoint(processor, pos, true)?;
+                return Ok(Ended::Finished);
+            }
+        }
+    }
 }
 
 /// Parses a duration flag (`30m`, `7h`, `1day`).

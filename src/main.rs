@@ -52,7 +52,7 @@ struct ReplayArgs {
     /// Schema directory or file [default: schemas].
     #[arg(long, value_name = "DIR")]
     schemas: Option<PathBuf>,
-    /// RocksDB state directory [default: OUTPUT/_state].
+    /// `RocksDB` state directory [default: OUTPUT/_state].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
     /// Output directory [default: out].

@@ -55,6 +55,7 @@ impl<'a> MakeWriter<'a> for LogWriter {
 
 /// Installs the global subscriber. Call once, early; keep the returned writer to attach a
 /// progress bar.
+#[must_use]
 pub fn init() -> LogWriter {
     let writer = LogWriter::default();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));

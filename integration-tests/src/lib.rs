@@ -1,6 +1,6 @@
 //! Harness for the system tests: where the binary, the shared oracle and the generator are,
 //! and helpers to run the binary and read its output tree.
-#![allow(clippy::unwrap_used, missing_docs)]
+#![allow(clippy::unwrap_used, clippy::missing_panics_doc, missing_docs)]
 
 use std::collections::BTreeMap;
 use std::io::Read;
@@ -8,11 +8,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 /// The workspace root.
+#[must_use]
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// The `clickstream` binary: `CLICKSTREAM_BIN`, or the one cargo built beside this test.
+#[must_use]
 pub fn bin() -> PathBuf {
     if let Ok(p) = std::env::var("CLICKSTREAM_BIN") {
         return PathBuf::from(p);
@@ -41,6 +43,7 @@ pub fn shared_data() -> PathBuf {
     p
 }
 
+#[must_use]
 pub fn python() -> String {
     std::env::var("PYTHON").unwrap_or_else(|_| "python3".into())
 }
@@ -66,11 +69,13 @@ pub fn generate(out: &Path, events: u64, seed: u64, malformed: &str) {
 }
 
 /// Runs the binary with `args`.
+#[must_use]
 pub fn run(args: &[&str]) -> Output {
     Command::new(bin()).args(args).env("RUST_LOG", "warn").output().unwrap()
 }
 
 /// `clickstream replay` with the shipped schemas, writing to `out`, then `args` (flags, inputs).
+#[must_use]
 pub fn replay(out: &Path, args: &[&str]) -> Output {
     let schemas = root().join("schemas");
     let mut a =
@@ -80,12 +85,14 @@ pub fn replay(out: &Path, args: &[&str]) -> Output {
 }
 
 /// The last stdout line, parsed.
+#[must_use]
 pub fn summary(out: &Output) -> serde_json::Value {
     let s = String::from_utf8_lossy(&out.stdout);
     serde_json::from_str(s.lines().last().unwrap_or_default()).unwrap_or(serde_json::Value::Null)
 }
 
 /// Every file under `dir` (relative path → bytes), gz files decompressed, skipping `_state`.
+#[must_use]
 pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -100,7 +107,7 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
                 stack.push(p);
             } else {
                 let mut bytes = std::fs::read(&p).unwrap();
-                if rel.ends_with(".gz") {
+                if p.extension().is_some_and(|x| x == "gz") {
                     let mut s = Vec::new();
                     flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut s).unwrap();
                     bytes = s;
@@ -113,6 +120,7 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
 }
 
 /// All JSON lines of the files under `dir/sub`, sorted.
+#[must_use]
 pub fn rows(dir: &Path, sub: &str) -> Vec<String> {
     let mut v: Vec<String> = tree(dir)
         .into_iter()

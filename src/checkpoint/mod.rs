@@ -5,7 +5,7 @@
 //! durable. At a barrier the coordinator
 //! 1. writes the interval's session rows and dead letters under names derived from the
 //!    checkpoint id (write, sync, rename), then
-//! 2. writes state and source position in one atomic, synced RocksDB batch.
+//! 2. writes state and source position in one atomic, synced `RocksDB` batch.
 //!
 //! A crash before 2 leaves the previous checkpoint in force: the re-run reprocesses the same
 //! lines, deterministically, and rewrites the same file names with the same bytes. Recovery at

@@ -52,7 +52,9 @@ fn is_leap(y: i64) -> bool {
     y % 4 == 0 && (y % 100 != 0 || y % 400 == 0)
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm, whose
+/// names are kept).
+#[allow(clippy::many_single_char_names)]
 fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
     let y = if m <= 2 { y - 1 } else { y };
     let era = if y >= 0 { y } else { y - 399 } / 400;
@@ -65,6 +67,7 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 /// Parses `YYYY-MM-DD[T ]hh:mm:ss[.f{1,9}](Z|±hh:mm)` to UTC epoch milliseconds.
 /// Fractions are truncated to milliseconds; only uppercase `T` and `Z`; no leap seconds.
 #[must_use]
+#[allow(clippy::many_single_char_names)]
 pub fn parse_iso8601(s: &str) -> Option<i64> {
     let b = s.as_bytes();
     if b.len() < 20 {

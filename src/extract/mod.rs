@@ -6,7 +6,7 @@
 //! JSON validity, object-ness, reject rules, message id, customer id, timestamp.
 //!
 //! Compiling merges all schema files into one [`Extractor`]: every simple path goes into one
-//! trie that the parser follows in a single pass (see [`walk`]); general JSONPath queries are
+//! trie that the parser follows in a single pass (see [`walk`]); general `JSONPath` queries are
 //! evaluated by jsonpath-rust on a parsed `Value`, only when the set has some.
 
 pub mod coerce;

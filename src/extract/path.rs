@@ -21,7 +21,7 @@ pub enum Step {
     Index(usize),
 }
 
-/// A compiled JSONPath expression.
+/// A compiled `JSONPath` expression.
 #[derive(Debug, Clone)]
 pub struct JsonPath {
     text: String,
@@ -38,7 +38,7 @@ impl JsonPath {
     /// Parses and validates a path.
     ///
     /// # Errors
-    /// A message fit for an analyst when the text is not a JSONPath query.
+    /// A message fit for an analyst when the text is not a `JSONPath` query.
     pub fn parse(text: &str) -> Result<JsonPath, String> {
         if text.len() > MAX_PATH_LEN {
             return Err(format!("path is longer than {MAX_PATH_LEN} characters"));
@@ -87,7 +87,7 @@ impl JsonPath {
             PathKind::Query(q) => jsonpath_rust::query::js_path_process(q, value)
                 .ok()?
                 .into_iter()
-                .map(|r| r.val())
+                .map(jsonpath_rust::query::QueryRef::val)
                 .find(|v| !v.is_null()),
         }
     }

@@ -65,7 +65,7 @@ pub struct Fields {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimeField {
-    /// JSONPath of the value.
+    /// `JSONPath` of the value.
     pub path: Spanned<String>,
     /// `iso8601`, `epoch`, `epoch_seconds` or `epoch_millis`.
     pub format: Spanned<String>,
@@ -75,7 +75,7 @@ pub struct TimeField {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RejectRule {
-    /// The dead-letter reason (snake_case).
+    /// The dead-letter reason (`snake_case`).
     pub reason: Spanned<String>,
     /// Conditions, all of which must hold.
     pub when: Spanned<Vec<Condition>>,
@@ -95,7 +95,7 @@ pub struct ClassifyRule {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
-    /// JSONPath of the value tested.
+    /// `JSONPath` of the value tested.
     pub path: Spanned<String>,
     /// The value is this string (exact, case-sensitive; a non-string never matches).
     pub equals: Option<String>,

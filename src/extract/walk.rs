@@ -1,4 +1,4 @@
-//! The single-pass borrowed extractor: one serde_json parse of the line that validates all of it
+//! The single-pass borrowed extractor: one `serde_json` parse of the line that validates all of it
 //! and captures only the leaves the schema set reads, following a trie of simple paths.
 //!
 //! Captured leaves are taken as raw JSON text, so numbers keep their exact decimal form and
@@ -122,14 +122,13 @@ impl Trie {
         let mut insert = |steps: &[Step]| {
             let mut n = 0;
             for s in steps {
-                n = match nodes[n].children.iter().find(|(k, _)| k == s) {
-                    Some(&(_, c)) => c,
-                    None => {
-                        nodes.push(Node::default());
-                        let c = nodes.len() - 1;
-                        nodes[n].children.push((s.clone(), c));
-                        c
-                    }
+                n = if let Some(&(_, c)) = nodes[n].children.iter().find(|(k, _)| k == s) {
+                    c
+                } else {
+                    nodes.push(Node::default());
+                    let c = nodes.len() - 1;
+                    nodes[n].children.push((s.clone(), c));
+                    c
                 };
             }
             n
@@ -372,7 +371,7 @@ impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     }
 }
 
-impl<'de> Visitor<'de> for KeySeed<'_> {
+impl Visitor<'_> for KeySeed<'_> {
     type Value = Option<usize>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -16,7 +16,7 @@ fn rows(out: &mut Vec<ClosedSession>) -> Vec<(String, i64, i64, u64)> {
 
 /// The definition, computed offline: sort each customer's events, split where a gap exceeds GAP.
 fn offline(events: &[(String, i64)]) -> Vec<(String, i64, i64, u64)> {
-    let mut by: std::collections::BTreeMap<&str, Vec<i64>> = Default::default();
+    let mut by: std::collections::BTreeMap<&str, Vec<i64>> = std::collections::BTreeMap::default();
     for (c, t) in events {
         by.entry(c).or_default().push(*t);
     }

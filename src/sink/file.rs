@@ -71,8 +71,9 @@ impl FileSink {
             for e in fs::read_dir(&d).map_err(io("list", &d))? {
                 let p = e.map_err(io("list", &d))?.path();
                 let name = p.file_name().and_then(|n| n.to_str()).unwrap_or_default();
-                let stale =
-                    name.ends_with(".tmp") || part_id(name).is_some_and(|id| id > committed);
+                // Temporary names are ours, always lowercase.
+                let tmp = p.extension().is_some_and(|x| x == "tmp");
+                let stale = tmp || part_id(name).is_some_and(|id| id > committed);
                 if stale {
                     fs::remove_file(&p).map_err(io("remove", &p))?;
                     removed += 1;

@@ -84,7 +84,7 @@ impl Input {
         }
         Ok(Input {
             name: Arc::from(arg),
-            gzip: arg.ends_with(".gz"),
+            gzip: path.extension().is_some_and(|x| x.eq_ignore_ascii_case("gz")),
             size: Some(meta.len()),
             path: Some(path),
         })
@@ -183,13 +183,13 @@ struct Emitter<'a> {
 
 impl Emitter<'_> {
     fn buffer(&self) -> Vec<u8> {
-        self.pool
-            .try_recv()
-            .map(|mut b| {
+        self.pool.try_recv().map_or_else(
+            |_| Vec::with_capacity(2 * CHUNK_BYTES),
+            |mut b| {
                 b.clear();
                 b
-            })
-            .unwrap_or_else(|_| Vec::with_capacity(2 * CHUNK_BYTES))
+            },
+        )
     }
 
     /// Sends whole lines, cutting them where a barrier falls. Returns false if the receiver is gone.

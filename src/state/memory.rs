@@ -1,4 +1,4 @@
-//! In-memory [`StateStore`]: the model the RocksDB store is checked against, and a store for
+//! In-memory [`StateStore`]: the model the `RocksDB` store is checked against, and a store for
 //! tests of the pipeline that need no disk.
 
 use super::{CheckpointBatch, Meta, Snapshot, StateError, StateStore};

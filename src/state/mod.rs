@@ -22,12 +22,12 @@ pub const STATE_VERSION: u32 = 1;
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum StateError {
-    /// RocksDB refused an operation.
+    /// `RocksDB` refused an operation.
     #[error("state store {path}: {source}")]
     Rocks {
         /// The store's directory.
         path: String,
-        /// RocksDB's error.
+        /// `RocksDB`'s error.
         #[source]
         source: ::rocksdb::Error,
     },
@@ -110,7 +110,7 @@ pub struct CheckpointBatch {
     pub dedup: DedupChanges,
 }
 
-/// Durable state with atomic batches. Two implementations: RocksDB, and memory for tests.
+/// Durable state with atomic batches. Two implementations: `RocksDB`, and memory for tests.
 pub trait StateStore {
     /// Reads everything.
     ///

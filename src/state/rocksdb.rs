@@ -1,4 +1,4 @@
-//! RocksDB [`StateStore`]: one column family per record kind, one synced `WriteBatch` per
+//! `RocksDB` [`StateStore`]: one column family per record kind, one synced `WriteBatch` per
 //! checkpoint.
 //!
 //! Message ids are not stored one key each (a million puts would cost more than the rest of a
@@ -21,7 +21,7 @@ const CF_DEDUP: &str = "dedup";
 const META_KEY: &[u8] = b"checkpoint";
 const SEQ_KEY: &[u8] = b"dedup_segment";
 
-/// State in a RocksDB directory.
+/// State in a `RocksDB` directory.
 pub struct RocksDbStore {
     db: DB,
     path: String,
@@ -39,7 +39,7 @@ impl RocksDbStore {
     /// Opens (creating if needed) the store in `dir`.
     ///
     /// # Errors
-    /// RocksDB cannot open the directory (missing permissions, locked by another process, …).
+    /// `RocksDB` cannot open the directory (missing permissions, locked by another process, …).
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         let path = dir.display().to_string();
         let mut opts = Options::default();

@@ -1,4 +1,4 @@
-//! Model check: the RocksDB store behaves like the in-memory model under random batches and
+//! Model check: the `RocksDB` store behaves like the in-memory model under random batches and
 //! reopens.
 
 use super::memory::MemoryStore;
