@@ -3,6 +3,7 @@
 use crate::checkpoint::{Committer, Coordinator, Job};
 use crate::event::SourcePosition;
 use crate::extract::Extractor;
+use crate::extract::sample::{SampleReport, SampleTest};
 use crate::processor::{MetaBase, Processor, Rules};
 use crate::sink::file::FileSink;
 use crate::source::Message;
@@ -280,4 +281,38 @@ fn drive<S: StateStore + Send + 'static>(
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s)
         .map_err(|e| format!("`{s}` is not a duration like 30s, 30m or 7h ({e})"))
+}
+
+/// Runs `clickstream schema test`: the schema set on a sample, no state, no output files.
+///
+/// # Errors
+/// Bad schemas, or a sample that cannot be read.
+pub fn schema_test(
+    schemas: &std::path::Path,
+    sample: &str,
+    limit: Option<u64>,
+) -> Result<SampleReport> {
+    use std::io::BufRead;
+    let extractor = Extractor::load(schemas)?;
+    let input = Input::new(sample)?;
+    let progress = progress_bar(std::slice::from_ref(&input));
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, input.reader(&progress)?);
+    let mut test = SampleTest::default();
+    let mut line = Vec::new();
+    let mut n = 0u64;
+    while limit.is_none_or(|l| n < l) {
+        line.clear();
+        let read =
+            reader.read_until(b'\n', &mut line).with_context(|| format!("reading {sample}"))?;
+        if read == 0 {
+            break;
+        }
+        if line.last() == Some(&b'\n') {
+            line.pop();
+        }
+        n += 1;
+        test.observe(&extractor, n, &line);
+    }
+    progress.finish_and_clear();
+    Ok(test.finish(10))
 }

@@ -82,6 +82,30 @@ enum SchemaCommand {
         /// Schema files or directories [default: schemas].
         paths: Vec<PathBuf>,
     },
+    /// Dry-run a schema set on sample events: matches, fill rates, classification, rejects.
+    ///
+    /// Touches no state and writes no output.
+    Test {
+        /// Schema file or directory.
+        path: PathBuf,
+        /// Sample events (.jsonl, .jsonl.gz, or - for stdin).
+        #[arg(long, value_name = "EVENTS")]
+        sample: String,
+        /// Read at most this many lines.
+        #[arg(long, value_name = "N")]
+        limit: Option<u64>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Format {
+    /// Aligned tables for a terminal.
+    Text,
+    /// One JSON object.
+    Json,
 }
 
 fn ms(d: Duration) -> i64 {
@@ -159,6 +183,14 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
                     Ok(ExitCode::from(EXIT_INTERRUPTED))
                 }
             }
+        }
+        Command::Schema(SchemaCommand::Test { path, sample, limit, format }) => {
+            let report = app::schema_test(&path, &sample, limit)?;
+            match format {
+                Format::Text => print!("{}", report.to_text(&sample)),
+                Format::Json => println!("{}", serde_json::to_string(&report)?),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Command::Schema(SchemaCommand::Validate { paths }) => {
             let paths = if paths.is_empty() { vec![PathBuf::from("schemas")] } else { paths };

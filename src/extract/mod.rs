@@ -11,6 +11,7 @@
 
 pub mod coerce;
 pub mod path;
+pub mod sample;
 pub mod schema;
 pub mod walk;
 
@@ -20,6 +21,7 @@ use path::{JsonPath, Step};
 use schema::{Condition, LoadedSchema, SchemaError, SchemaErrors};
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
@@ -199,6 +201,25 @@ pub struct Extractor {
     slot_paths: Vec<Arc<str>>,
     classify: Vec<Rule<Kind>>,
     versions: Vec<(String, u32)>,
+    /// For each slot, the first schema (in merge order) that names it as a field candidate.
+    slot_schema: Vec<Option<Arc<str>>>,
+}
+
+/// The path that supplied a field, and the schema that declared it.
+pub type Source = (Arc<str>, Option<Arc<str>>);
+
+/// What [`Extractor::explain`] found out about one line, for analysts' reports.
+#[derive(Debug)]
+pub struct Explanation<'a> {
+    /// The extraction's outcome, as the pipeline would see it.
+    pub result: Result<ClickEvent<'a>, ExtractError>,
+    /// Per canonical field (message id, customer id, event time): the path that supplied it
+    /// and the schema that declared that path. `None` when the line never got that far or
+    /// no candidate was present.
+    pub fields: [Option<Source>; 3],
+    /// `path=value` of every classification input present as a string (for events no rule
+    /// classified).
+    pub label: String,
 }
 
 /// Collects slots for paths while a schema set compiles.
@@ -279,9 +300,12 @@ impl Extractor {
             (Vec::new(), Vec::new(), Vec::new());
         let (mut rejects, mut classify) = (Vec::new(), Vec::new());
         let mut seen_rules: Vec<SeenRule> = Vec::new();
+        // (path index, schema) of every field candidate, in merge order.
+        let mut field_owner: Vec<(usize, Arc<str>)> = Vec::new();
         for s in &schemas {
             let sc = &s.schema;
             let name = sc.name.get_ref();
+            let owner: Arc<str> = Arc::from(name.as_str());
             if name.is_empty()
                 || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
             {
@@ -311,19 +335,19 @@ impl Extractor {
                 }
             }
             for (i, p) in sc.fields.message_id.iter().enumerate() {
-                message_id.push(paths.intern(s, p, &format!("fields.message_id[{i}]"), &mut errs));
+                let idx = paths.intern(s, p, &format!("fields.message_id[{i}]"), &mut errs);
+                field_owner.push((idx, Arc::clone(&owner)));
+                message_id.push(idx);
             }
             for (i, p) in sc.fields.customer_id.iter().enumerate() {
-                customer_id.push(paths.intern(
-                    s,
-                    p,
-                    &format!("fields.customer_id[{i}]"),
-                    &mut errs,
-                ));
+                let idx = paths.intern(s, p, &format!("fields.customer_id[{i}]"), &mut errs);
+                field_owner.push((idx, Arc::clone(&owner)));
+                customer_id.push(idx);
             }
             for (i, t) in sc.fields.event_time.iter().enumerate() {
                 let field = format!("fields.event_time[{i}]");
                 let slot = paths.intern(s, &t.path, &field, &mut errs);
+                field_owner.push((slot, Arc::clone(&owner)));
                 match TimeFormat::parse(t.format.get_ref()) {
                     Some(f) => event_time.push((slot, f)),
                     None => errs.push(s.error(
@@ -465,6 +489,10 @@ impl Extractor {
             describe(&mut customer_id.iter().copied()),
             describe(&mut event_time.iter().map(|&(s, _)| s)),
         ];
+        let mut slot_schema: Vec<Option<Arc<str>>> = vec![None; extra];
+        for (idx, owner) in field_owner {
+            slot_schema[slot_of[idx]].get_or_insert(owner);
+        }
         let versions =
             schemas.iter().map(|s| (s.schema.name.get_ref().clone(), s.schema.version)).collect();
         Ok(Extractor {
@@ -478,7 +506,45 @@ impl Extractor {
             slot_paths,
             classify,
             versions,
+            slot_schema,
         })
+    }
+
+    /// Extracts one line like [`Extractor::extract`], and tells which path and schema supplied
+    /// each field. For analysts' reports, not for the hot path.
+    pub fn explain<'a>(&self, text: &'a str, slots: &mut Vec<Slot<'a>>) -> Explanation<'a> {
+        let result = self.extract(text, slots);
+        let mut fields: [Option<Source>; 3] = [None, None, None];
+        let got_that_far = !matches!(
+            result,
+            Err(ExtractError::InvalidJson(_)
+                | ExtractError::NotObject
+                | ExtractError::Rejected { .. })
+        );
+        let mut label = String::new();
+        if got_that_far {
+            let times: Vec<usize> = self.event_time.iter().map(|&(s, _)| s).collect();
+            for (i, list) in [&self.message_id, &self.customer_id, &times].into_iter().enumerate() {
+                fields[i] = list
+                    .iter()
+                    .find(|&&s| slots[s].is_present())
+                    .map(|&s| (Arc::clone(&self.slot_paths[s]), self.slot_schema[s].clone()));
+            }
+            let mut seen = Vec::new();
+            for c in self.classify.iter().flat_map(|r| &r.when) {
+                if seen.contains(&c.slot) {
+                    continue;
+                }
+                seen.push(c.slot);
+                if let Slot::Str(v) = &slots[c.slot] {
+                    if !label.is_empty() {
+                        label.push(' ');
+                    }
+                    let _ = write!(label, "{}={v}", self.slot_paths[c.slot]);
+                }
+            }
+        }
+        Explanation { result, fields, label }
     }
 
     /// `name@version` of every schema in the set, in merge order.
@@ -540,7 +606,7 @@ impl Extractor {
 
     fn id<'a>(
         &self,
-        slots: &mut [Slot<'a>],
+        slots: &[Slot<'a>],
         candidates: &[usize],
         field: usize,
     ) -> Result<Cow<'a, str>, ExtractError> {
@@ -552,7 +618,8 @@ impl Extractor {
                 ExtractError::MissingCustomerId(d)
             });
         };
-        let id = match std::mem::take(&mut slots[slot]) {
+        // Cloned, not taken: a borrowed slot costs nothing, and `explain` reads the slots after.
+        let id = match slots[slot].clone() {
             Slot::Str(s) if !s.is_empty() => Some(s),
             Slot::Num(n) => match n {
                 Cow::Borrowed(t) => coerce::id_from_number(t),

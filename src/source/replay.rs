@@ -105,6 +105,14 @@ impl Input {
         self.size
     }
 
+    /// The input from its start, decompressed.
+    ///
+    /// # Errors
+    /// It cannot be opened.
+    pub fn reader(&self, progress: &ProgressBar) -> Result<Box<dyn Read + Send>, SourceError> {
+        self.open(0, progress)
+    }
+
     fn open(
         &self,
         offset: u64,

@@ -91,3 +91,42 @@ fn a_huge_schema_file_is_refused_before_it_is_read() {
     assert_eq!(code, Some(1));
     assert!(err.contains("a schema file is at most"), "{err}");
 }
+
+#[test]
+fn schema_test_reports_on_a_sample_without_touching_anything() {
+    let sample = root().join("integration-tests/fixtures/events/edge_cases.jsonl");
+    let before: Vec<_> =
+        std::fs::read_dir(root()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let o = run(&[
+        "schema",
+        "test",
+        root().join("schemas").to_str().unwrap(),
+        "--sample",
+        sample.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let r: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    // The oracle's answer for this fixture: 31 lines, 20 accepted + 1 duplicate (dedup needs
+    // state, so a dry run counts the copy as accepted), 10 rejected.
+    assert_eq!(r["lines"], 31);
+    assert_eq!(r["accepted"], 21);
+    assert_eq!(r["rejected"]["bad_timestamp"]["count"], 2);
+    assert_eq!(r["kinds"]["support_call"], 4);
+    assert_eq!(r["fields"]["customer_id"]["by_path"]["$.user.id"], 2);
+    assert_eq!(r["schemas"]["legacy"], 6);
+    let after: Vec<_> =
+        std::fs::read_dir(root()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(before, after, "a dry run writes nothing");
+
+    let text = run(&[
+        "schema",
+        "test",
+        root().join("schemas").to_str().unwrap(),
+        "--sample",
+        sample.to_str().unwrap(),
+    ]);
+    let t = String::from_utf8_lossy(&text.stdout);
+    assert!(t.contains("31 lines, 21 accepted, 10 rejected"), "{t}");
+}
