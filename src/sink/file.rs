@@ -39,8 +39,13 @@ impl FileSink {
     /// # Errors
     /// The directory cannot be created or written.
     pub fn open(root: &Path) -> Result<FileSink, SinkError> {
-        for d in [root.to_path_buf(), root.join(SESSIONS), root.join(DEAD_LETTER)] {
-            fs::create_dir_all(&d).map_err(io("create directory", &d))?;
+        let dirs = [root.to_path_buf(), root.join(SESSIONS), root.join(DEAD_LETTER)];
+        for d in &dirs {
+            fs::create_dir_all(d).map_err(io("create directory", d))?;
+        }
+        // Their entries must be durable before any checkpoint relies on files inside them.
+        for d in &dirs {
+            fs::File::open(d).and_then(|f| f.sync_all()).map_err(io("sync", d))?;
         }
         let probe = root.join(".write-probe.tmp");
         fs::write(&probe, b"").map_err(io("write to", root))?;
@@ -102,7 +107,13 @@ impl FileSink {
         }
         for (date, buf) in by_date {
             let dir = self.root.join(SESSIONS).join(format!("dt={date}"));
-            fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
+                // A new partition's own entry must be durable too, or a power cut could take
+                // the directory, and the files in it, away after the checkpoint committed.
+                let parent = self.root.join(SESSIONS);
+                fs::File::open(&parent).and_then(|d| d.sync_all()).map_err(io("sync", &parent))?;
+            }
             write_atomic(&dir, &part_name(id), &buf)?;
         }
         if !dead.is_empty() {
