@@ -156,7 +156,16 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     let (start, last) = match resume_point(&snapshot, &base, &s.state)? {
         Resume::Fresh => (SourcePosition::default(), 0),
         Resume::From(pos, last) => (pos, last),
-        Resume::Done(counters) => return Ok(Outcome::AlreadyComplete(counters)),
+        Resume::Done(counters) => {
+            if !s.output.join(crate::sink::file::SUCCESS).is_file() {
+                bail!(
+                    "state {} says this replay completed, but its output in {} is gone: remove the state too to run it again",
+                    s.state.display(),
+                    s.output.display()
+                );
+            }
+            return Ok(Outcome::AlreadyComplete(counters));
+        }
     };
     let removed = sink.recover(last)?;
     if removed > 0 {

@@ -242,3 +242,17 @@ fn a_line_too_long_to_buffer_is_dead_lettered_by_its_start() {
     assert_eq!(dead["raw"].as_str().unwrap().len(), 64 << 10);
     assert_eq!(dead["source"]["line"], 2);
 }
+
+#[test]
+fn a_finished_state_whose_output_is_gone_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"id\":\"a\",\"uid\":\"1\",\"ts\":1709633730}\n").unwrap();
+    let (out, state) = (dir.path().join("out"), dir.path().join("state"));
+    let args = ["--state", state.to_str().unwrap(), input.to_str().unwrap()];
+    assert!(replay(&out, &args).status.success());
+    std::fs::remove_dir_all(&out).unwrap();
+    let again = replay(&out, &args);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).contains("is gone"), "{}", stderr(&again));
+}
