@@ -82,6 +82,8 @@ enum SchemaCommand {
         /// Schema files or directories [default: schemas].
         paths: Vec<PathBuf>,
     },
+    /// Print the JSON Schema of the schema-file format (for editors; kept in schemas/schema.json).
+    JsonSchema,
     /// Dry-run a schema set on sample events: matches, fill rates, classification, rejects.
     ///
     /// Touches no state and writes no output.
@@ -183,6 +185,10 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
                     Ok(ExitCode::from(EXIT_INTERRUPTED))
                 }
             }
+        }
+        Command::Schema(SchemaCommand::JsonSchema) => {
+            print!("{}", clickstream::extract::schema::json_schema());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Schema(SchemaCommand::Test { path, sample, limit, format }) => {
             let report = app::schema_test(&path, &sample, limit)?;

@@ -4,6 +4,7 @@
 //! and a hint, so an analyst fixes a directory in one pass. See `schemas/README.md` for the
 //! format as analysts read it.
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 use std::fmt;
 use std::ops::Range;
@@ -15,10 +16,11 @@ use toml::Spanned;
 pub const MAX_SCHEMA_BYTES: u64 = 256 * 1024;
 
 /// One schema file as written.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SchemaFile {
-    /// Unique name of the producer family.
+    /// Unique name of the producer family (letters, digits, `_` and `-`).
+    #[schemars(with = "String", extend("pattern" = "^[A-Za-z0-9_-]+$"))]
     pub name: Spanned<String>,
     /// Version, recorded in the state so a resumed run uses the same rules.
     pub version: u32,
@@ -30,6 +32,7 @@ pub struct SchemaFile {
     pub priority: i64,
     /// Paths whose string values hold JSON documents that longer paths read into.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub json_strings: Vec<Spanned<String>>,
     /// Where the canonical fields are found.
     #[serde(default)]
@@ -47,14 +50,16 @@ fn default_priority() -> i64 {
 }
 
 /// Candidate paths for the canonical fields, tried in order.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Fields {
     /// Message id paths (dedup key).
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub message_id: Vec<Spanned<String>>,
     /// Customer id paths.
     #[serde(default)]
+    #[schemars(with = "Vec<String>")]
     pub customer_id: Vec<Spanned<String>>,
     /// Event time paths with their formats.
     #[serde(default)]
@@ -62,40 +67,47 @@ pub struct Fields {
 }
 
 /// One event-time candidate.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TimeField {
     /// `JSONPath` of the value.
+    #[schemars(with = "String", extend("pattern" = "^\\$"))]
     pub path: Spanned<String>,
     /// `iso8601`, `epoch`, `epoch_seconds` or `epoch_millis`.
+    #[schemars(with = "String", extend("enum" = ["iso8601", "epoch", "epoch_seconds", "epoch_millis"]))]
     pub format: Spanned<String>,
 }
 
 /// A reject rule: when all conditions hold, the event is dead-lettered with `reason`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RejectRule {
     /// The dead-letter reason (`snake_case`).
+    #[schemars(with = "String", extend("pattern" = "^[a-z0-9_]+$"))]
     pub reason: Spanned<String>,
     /// Conditions, all of which must hold.
+    #[schemars(with = "Vec<Condition>", extend("minItems" = 1))]
     pub when: Spanned<Vec<Condition>>,
 }
 
 /// A classification rule: when all conditions hold, the event counts as `kind`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyRule {
     /// `support_call`, `subscribe_click`, `subscribe_hover` or `page_view`.
+    #[schemars(with = "String", extend("enum" = ["support_call", "subscribe_click", "subscribe_hover", "page_view"]))]
     pub kind: Spanned<String>,
     /// Conditions, all of which must hold.
+    #[schemars(with = "Vec<Condition>", extend("minItems" = 1))]
     pub when: Spanned<Vec<Condition>>,
 }
 
 /// One test on one path. Exactly one of `equals`, `in`, `exists` is given.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Condition {
     /// `JSONPath` of the value tested.
+    #[schemars(with = "String", extend("pattern" = "^\\$"))]
     pub path: Spanned<String>,
     /// The value is this string (exact, case-sensitive; a non-string never matches).
     pub equals: Option<String>,
@@ -212,6 +224,15 @@ fn whole_file(file: &Path, message: impl Into<String>) -> SchemaError {
         field: "-".into(),
         message: message.into(),
     }
+}
+
+/// The JSON Schema of the schema-file format, for editors (`schemas/schema.json`).
+#[must_use]
+pub fn json_schema() -> String {
+    let mut schema = schemars::schema_for!(SchemaFile);
+    schema.insert("title".into(), "clickstream schema file".into());
+    // Serializing a JSON value to a string cannot fail.
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
 /// Reads one schema file; syntax and shape errors carry their position.

@@ -130,3 +130,17 @@ fn schema_test_reports_on_a_sample_without_touching_anything() {
     let t = String::from_utf8_lossy(&text.stdout);
     assert!(t.contains("31 lines, 21 accepted, 10 rejected"), "{t}");
 }
+
+#[test]
+fn the_committed_json_schema_is_the_one_the_loader_implies() {
+    let o = run(&["schema", "json-schema"]);
+    assert!(o.status.success());
+    let committed = std::fs::read_to_string(root().join("schemas/schema.json")).unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout) == committed,
+        "schemas/schema.json is stale: regenerate it with `clickstream schema json-schema > schemas/schema.json`"
+    );
+    let v: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    assert_eq!(v["additionalProperties"], false, "unknown keys are errors for editors too");
+    assert!(v["required"].as_array().unwrap().contains(&"name".into()));
+}
