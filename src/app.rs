@@ -77,10 +77,7 @@ fn progress_bar(inputs: &[Input]) -> ProgressBar {
         return ProgressBar::hidden();
     }
     let total: Option<u64> = inputs.iter().map(Input::size).sum();
-    let pb = match total {
-        Some(t) => ProgressBar::with_draw_target(Some(t), ProgressDrawTarget::stderr()),
-        None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
-    };
+    let pb = ProgressBar::with_draw_target(total, ProgressDrawTarget::stderr());
     let style = ProgressStyle::with_template(
         "{spinner} [{elapsed_precise}] {wide_bar} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
     )
