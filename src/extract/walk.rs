@@ -175,9 +175,16 @@ impl Trie {
         text: &'a str,
         slots: &mut [Slot<'a>],
     ) -> Result<bool, serde_json::Error> {
-        self.walk_nested(0, text, slots).or_else(|e| {
-            // The top level is walked with `deserialize_any`, which converts scalars: a top-level
-            // 1e400 or "\ud800" is valid JSON that is merely not an object.
+        // Fast: containers on the way to leaves are walked as they are parsed. That converts any
+        // scalar found where a container was expected, and serde refuses some valid JSON there
+        // (1e400, "\ud800"); only then walk again in exact mode, which takes such values raw.
+        if let Ok(is_object) = self.walk_nested(0, text, slots, false) {
+            return Ok(is_object);
+        }
+        slots.iter_mut().for_each(|s| *s = Slot::Absent);
+        self.walk_nested(0, text, slots, true).or_else(|e| {
+            // A top-level scalar is converted even in exact mode; it is valid JSON that is
+            // merely not an object.
             match serde_json::from_str::<&RawValue>(text) {
                 Ok(raw) if !raw.get().starts_with('{') => Ok(false),
                 _ => Err(e),
@@ -203,6 +210,7 @@ struct NodeSeed<'t, 's, 'a> {
     trie: &'t Trie,
     node: usize,
     slots: &'s mut [Slot<'a>],
+    exact: bool,
 }
 
 impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
@@ -210,13 +218,18 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
         let node = &self.trie.nodes[self.node];
+        if node.slot.is_none() && !self.exact {
+            let Self { trie, node, slots, .. } = self;
+            d.deserialize_any(Interior { trie, node, slots, exact: false })?;
+            return Ok(());
+        }
         let raw = <&'de RawValue>::deserialize(d)?;
         let Some(slot) = node.slot else {
-            // A container on the way to read leaves. Taken raw first, so that a scalar here
-            // (a huge number, a lone surrogate) is skipped as the oracle's parser skips it, not
-            // refused by a number or string conversion nobody needs.
+            // Exact mode: a container on the way to read leaves, taken raw first so that a
+            // scalar here (a huge number, a lone surrogate) is skipped as the reference parser
+            // skips it, not refused by a conversion nobody needs.
             if matches!(raw.get().as_bytes().first(), Some(b'{' | b'[')) {
-                let _ = self.trie.walk_nested(self.node, raw.get(), self.slots);
+                let _ = self.trie.walk_nested(self.node, raw.get(), self.slots, true);
             }
             return Ok(());
         };
@@ -230,15 +243,15 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
         if !node.children.is_empty() {
             match (&value, node.json_string) {
                 (Slot::Object | Slot::Array, _) => {
-                    // Already validated by the outer parse, so this cannot fail.
-                    let _ = self.trie.walk_nested(self.node, text, self.slots);
+                    // Already validated by the outer parse; exactness as the caller asked.
+                    let _ = self.trie.walk_nested(self.node, text, self.slots, self.exact);
                 }
                 (Slot::Str(Cow::Borrowed(s)), true) => {
-                    let _ = self.trie.walk_nested(self.node, s, self.slots);
+                    let _ = self.trie.walk_nested(self.node, s, self.slots, true);
                 }
                 (Slot::Str(Cow::Owned(s)), true) => {
                     let mut tmp = vec![Slot::Absent; self.slots.len()];
-                    if self.trie.walk_nested(self.node, s, &mut tmp).is_ok() {
+                    if self.trie.walk_nested(self.node, s, &mut tmp, true).is_ok() {
                         for i in node.subtree.clone() {
                             self.slots[i] = std::mem::take(&mut tmp[i]).into_owned();
                         }
@@ -259,9 +272,10 @@ impl Trie {
         node: usize,
         text: &'a str,
         slots: &mut [Slot<'a>],
+        exact: bool,
     ) -> Result<bool, serde_json::Error> {
         let mut de = serde_json::Deserializer::from_str(text);
-        let is_object = de.deserialize_any(Interior { trie: self, node, slots })?;
+        let is_object = de.deserialize_any(Interior { trie: self, node, slots, exact })?;
         de.end()?;
         Ok(is_object)
     }
@@ -285,6 +299,7 @@ struct Interior<'t, 's, 'a> {
     trie: &'t Trie,
     node: usize,
     slots: &'s mut [Slot<'a>],
+    exact: bool,
 }
 
 impl<'de> Visitor<'de> for Interior<'_, '_, 'de> {
@@ -306,6 +321,7 @@ impl<'de> Visitor<'de> for Interior<'_, '_, 'de> {
                         trie: self.trie,
                         node: c,
                         slots: &mut *self.slots,
+                        exact: self.exact,
                     })?;
                 }
                 None => {
@@ -327,6 +343,7 @@ impl<'de> Visitor<'de> for Interior<'_, '_, 'de> {
                         trie: self.trie,
                         node: c,
                         slots: &mut *self.slots,
+                        exact: self.exact,
                     })?
                     .is_some(),
                 None => seq.next_element::<IgnoredAny>()?.is_some(),
