@@ -181,7 +181,7 @@ impl Trie {
         if let Ok(is_object) = self.walk_nested(0, text, slots, false) {
             return Ok(is_object);
         }
-        slots.iter_mut().for_each(|s| *s = Slot::Absent);
+        slots.fill(Slot::Absent);
         self.walk_nested(0, text, slots, true).or_else(|e| {
             // A top-level scalar is converted even in exact mode; it is valid JSON that is
             // merely not an object.
@@ -311,7 +311,7 @@ impl<'de> Visitor<'de> for Interior<'_, '_, 'de> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let node = &self.trie.nodes[self.node];
-        while let Some(child) = map.next_key_seed(KeySeed(node))? {
+        while let Some(child) = map.next_key_seed(KeySeed { node, exact: self.exact })? {
             match child {
                 Some(c) => {
                     for s in &mut self.slots[self.trie.nodes[c].subtree.clone()] {
@@ -376,15 +376,19 @@ impl<'de> Visitor<'de> for Interior<'_, '_, 'de> {
 }
 
 /// Resolves an object key to the child node that reads it, if any.
-struct KeySeed<'t>(&'t Node);
+struct KeySeed<'t> {
+    node: &'t Node,
+    exact: bool,
+}
 
 impl<'de> DeserializeSeed<'de> for KeySeed<'_> {
     type Value = Option<usize>;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<usize>, D::Error> {
-        // As bytes: the line is valid UTF-8 already, and a key with a lone surrogate escape is
-        // valid JSON (it just never names a path).
-        d.deserialize_bytes(self)
+        // Exact mode reads keys as bytes: a key with a lone surrogate escape is valid JSON (it
+        // just never names a path), but not a Rust string. The fast path's string scan is
+        // quicker on short keys.
+        if self.exact { d.deserialize_bytes(self) } else { d.deserialize_str(self) }
     }
 }
 
@@ -396,7 +400,11 @@ impl Visitor<'_> for KeySeed<'_> {
     }
 
     fn visit_bytes<E>(self, key: &[u8]) -> Result<Option<usize>, E> {
-        Ok(self.0.by_key.get(key).copied())
+        Ok(self.node.by_key.get(key).copied())
+    }
+
+    fn visit_str<E>(self, key: &str) -> Result<Option<usize>, E> {
+        Ok(self.node.by_key.get(key.as_bytes()).copied())
     }
 }
 
