@@ -154,12 +154,17 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
         Resume::Fresh => (SourcePosition::default(), 0),
         Resume::From(pos, last) => (pos, last),
         Resume::Done(counters) => {
-            if !s.output.join(crate::sink::file::SUCCESS).is_file() {
-                bail!(
-                    "state {} says this replay completed, but its output in {} is gone: remove the state too to run it again",
-                    s.state.display(),
-                    s.output.display()
-                );
+            if !sink.is_marked_complete() {
+                // Stopped between the last commit and the marker, or the output was removed.
+                let dead: u64 = counters.dead_lettered.values().sum();
+                if sink.count_records()? != (counters.sessions, dead) {
+                    bail!(
+                        "state {} says this replay completed, but its output in {} is incomplete or gone: remove the state too to run it again",
+                        s.state.display(),
+                        s.output.display()
+                    );
+                }
+                sink.write_success(&summary_json(&counters))?;
             }
             return Ok(Outcome::AlreadyComplete(counters));
         }

@@ -123,6 +123,30 @@ impl FileSink {
         Ok(())
     }
 
+    /// Whether a completion marker is present.
+    #[must_use]
+    pub fn is_marked_complete(&self) -> bool {
+        self.root.join(SUCCESS).is_file()
+    }
+
+    /// Counts the records in the part files: (session rows, dead letters).
+    ///
+    /// # Errors
+    /// A directory or file cannot be read.
+    pub fn count_records(&self) -> Result<(u64, u64), SinkError> {
+        let count_in = |dir: &Path| -> Result<u64, SinkError> {
+            let mut n = 0;
+            for e in fs::read_dir(dir).map_err(io("list", dir))? {
+                let p = e.map_err(io("list", dir))?.path();
+                if p.is_dir() {
+                    n += count_in_dir(&p)?;
+                }
+            }
+            Ok(n + count_in_dir(dir)?)
+        };
+        Ok((count_in(&self.root.join(SESSIONS))?, count_in_dir(&self.root.join(DEAD_LETTER))?))
+    }
+
     /// Marks the output complete.
     ///
     /// # Errors
@@ -130,6 +154,19 @@ impl FileSink {
     pub fn write_success(&self, summary: &str) -> Result<(), SinkError> {
         write_atomic(&self.root, SUCCESS, format!("{summary}\n").as_bytes())
     }
+}
+
+/// Lines in the part files directly in `dir`.
+fn count_in_dir(dir: &Path) -> Result<u64, SinkError> {
+    let mut n = 0;
+    for e in fs::read_dir(dir).map_err(io("list", dir))? {
+        let p = e.map_err(io("list", dir))?.path();
+        if p.file_name().and_then(|f| f.to_str()).and_then(part_id).is_some() {
+            let data = fs::read(&p).map_err(io("read", &p))?;
+            n += memchr::memchr_iter(b'\n', &data).count() as u64;
+        }
+    }
+    Ok(n)
 }
 
 /// Write to a temporary name, sync, rename over the final name, sync the directory.

@@ -254,5 +254,21 @@ fn a_finished_state_whose_output_is_gone_is_refused() {
     std::fs::remove_dir_all(&out).unwrap();
     let again = replay(&out, &args);
     assert_eq!(again.status.code(), Some(1));
-    assert!(stderr(&again).contains("is gone"), "{}", stderr(&again));
+    assert!(stderr(&again).contains("incomplete or gone"), "{}", stderr(&again));
+}
+
+#[test]
+fn a_stop_between_the_last_commit_and_the_marker_completes_on_rerun() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    generate(&input, 2_000, 4, "0.02");
+    let out = dir.path().join("out");
+    let first = replay(&out, &[input.to_str().unwrap()]);
+    assert!(first.status.success());
+    // As if killed after the final checkpoint committed, before _SUCCESS was written.
+    std::fs::remove_file(out.join("_SUCCESS")).unwrap();
+    let again = replay(&out, &[input.to_str().unwrap()]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(summary(&again), summary(&first));
+    assert!(out.join("_SUCCESS").is_file());
 }
