@@ -31,6 +31,14 @@ pub enum StateError {
         #[source]
         source: ::rocksdb::Error,
     },
+    /// Another process has the store open.
+    #[error(
+        "state store {path} is in use by another process (a replay or run with the same --state is still going)"
+    )]
+    Locked {
+        /// The store's directory.
+        path: String,
+    },
     /// A stored record does not decode.
     #[error("state store {path}: corrupt {what} record: {source}")]
     Corrupt {

@@ -50,8 +50,13 @@ impl RocksDbStore {
         opts.set_write_buffer_size(16 << 20);
         let cfs =
             [CF_META, CF_SESSIONS, CF_DEDUP].map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
-        let db = DB::open_cf_descriptors(&opts, dir, cfs)
-            .map_err(|source| StateError::Rocks { path: path.clone(), source })?;
+        let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| {
+            if source.as_ref().contains("LOCK") {
+                StateError::Locked { path: path.clone() }
+            } else {
+                StateError::Rocks { path: path.clone(), source }
+            }
+        })?;
         let mut store = RocksDbStore { db, path, next_segment: 0 };
         store.next_segment = store.read_meta::<u64>(SEQ_KEY)?.unwrap_or(0);
         Ok(store)

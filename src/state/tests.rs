@@ -115,3 +115,11 @@ fn a_store_from_a_future_version_is_refused() {
     let err = s.load().unwrap_err().to_string();
     assert!(err.contains("format version"), "{err}");
 }
+
+#[test]
+fn a_store_open_elsewhere_is_reported_as_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = RocksDbStore::open(dir.path()).unwrap();
+    let err = RocksDbStore::open(dir.path()).unwrap_err().to_string();
+    assert!(err.contains("in use by another process"), "{err}");
+}
