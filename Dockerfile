@@ -23,12 +23,13 @@ FROM debian:bookworm-slim
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
- && useradd --system --uid 10001 --home-dir /var/lib/clickstream clickstream \
- && mkdir -p /var/lib/clickstream && chown clickstream /var/lib/clickstream
+ && groupadd --system --gid 10001 clickstream \
+ && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/clickstream clickstream \
+ && mkdir -p /var/lib/clickstream && chown 10001:10001 /var/lib/clickstream
 COPY --from=builder /src/target/release/clickstream /usr/local/bin/clickstream
 COPY config /etc/clickstream/config
 COPY schemas /etc/clickstream/schemas
-USER clickstream
+USER 10001:10001
 WORKDIR /var/lib/clickstream
 VOLUME ["/var/lib/clickstream"]
 ENV CLICKSTREAM__REPLAY__SCHEMAS=/etc/clickstream/schemas
