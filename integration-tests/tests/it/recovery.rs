@@ -6,7 +6,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-fn args(input: &str, out: &str, state: &str) -> Vec<String> {
+/// The replay command under test; `every` is the count-based checkpoint interval (0: none).
+fn args(input: &str, out: &str, state: &str, every: &str) -> Vec<String> {
     let schemas = integration_tests::root().join("schemas").to_string_lossy().to_string();
     [
         "replay",
@@ -17,7 +18,7 @@ fn args(input: &str, out: &str, state: &str) -> Vec<String> {
         "--state",
         state,
         "--checkpoint-every",
-        "1500",
+        every,
         "--allowed-lateness",
         "20m",
         input,
@@ -48,7 +49,7 @@ fn sigkill_at_any_moment_then_rerun_gives_identical_output() {
     let input = d("in.jsonl");
     generate(Path::new(&input), 60_000, 11, "0.02");
 
-    let reference = run(&args(&input, &d("ref"), &d("ref-state"))
+    let reference = run(&args(&input, &d("ref"), &d("ref-state"), "1500")
         .iter()
         .map(String::as_str)
         .collect::<Vec<_>>());
@@ -60,7 +61,7 @@ fn sigkill_at_any_moment_then_rerun_gives_identical_output() {
     let mut killed_mid_run = 0;
     for (i, ms) in [3u64, 15, 40, 80, 140, 220, 350].into_iter().enumerate() {
         let (out, state) = (d(&format!("out{i}")), d(&format!("state{i}")));
-        let a = args(&input, &out, &state);
+        let a = args(&input, &out, &state, "1500");
         // Kill it twice at different moments before letting it finish.
         for delay in [ms, ms / 2 + 1] {
             if spawn_and_kill(&a, Duration::from_millis(delay))
@@ -152,23 +153,6 @@ fn kills_under_time_based_checkpoints_leave_the_same_rows() {
     let d = |p: &str| dir.path().join(p).to_string_lossy().to_string();
     let input = d("in.jsonl");
     generate(Path::new(&input), 40_000, 17, "0.02");
-    let schemas = integration_tests::root().join("schemas").to_string_lossy().to_string();
-    let args = |out: &str, state: &str| -> Vec<String> {
-        [
-            "replay",
-            "--schemas",
-            &schemas,
-            "--output",
-            out,
-            "--state",
-            state,
-            "--checkpoint-every",
-            "0",
-            &input,
-        ]
-        .map(str::to_owned)
-        .to_vec()
-    };
     let timed = |a: &[String]| {
         Command::new(bin())
             .args(a)
@@ -179,13 +163,14 @@ fn kills_under_time_based_checkpoints_leave_the_same_rows() {
             .spawn()
             .unwrap()
     };
-    let reference = timed(&args(&d("ref"), &d("ref-state"))).wait_with_output().unwrap();
+    let reference =
+        timed(&args(&input, &d("ref"), &d("ref-state"), "0")).wait_with_output().unwrap();
     assert!(reference.status.success());
     let want_rows = integration_tests::rows(Path::new(&d("ref")), "sessions/");
     let want_dead = integration_tests::rows(Path::new(&d("ref")), "dead-letter/");
     let mut mid_run = 0;
     for (i, ms) in [20u64, 60, 120, 200].into_iter().enumerate() {
-        let a = args(&d(&format!("out{i}")), &d(&format!("state{i}")));
+        let a = args(&input, &d(&format!("out{i}")), &d(&format!("state{i}")), "0");
         let mut child = timed(&a);
         std::thread::sleep(Duration::from_millis(ms));
         let _ = child.kill();
