@@ -43,12 +43,16 @@ pub struct Processor {
     inputs: Vec<Arc<str>>,
     dead: Vec<DeadLetter>,
     late: Arc<str>,
+    /// Schema sets seen by this state, by index; the last one is in force.
+    schema_sets: Vec<String>,
+    schema_set: Arc<str>,
 }
 
 impl Processor {
     /// A processor with empty state; `inputs` names the inputs for dead-letter records.
     #[must_use]
     pub fn new(extractor: Arc<Extractor>, rules: Rules, inputs: Vec<Arc<str>>) -> Self {
+        let set = extractor.versions();
         Processor {
             extractor,
             sessions: Sessionizer::new(rules.gap_ms, rules.lateness_ms),
@@ -57,6 +61,8 @@ impl Processor {
             inputs,
             dead: Vec::new(),
             late: Arc::from("late"),
+            schema_set: Arc::from(set.as_str()),
+            schema_sets: vec![set],
         }
     }
 
@@ -65,8 +71,35 @@ impl Processor {
         if let Some(m) = &snap.meta {
             self.counters = m.counters.clone();
             self.sessions.restore(m.max_time, snap.sessions);
+            if !m.schema_sets.is_empty() {
+                self.schema_sets.clone_from(&m.schema_sets);
+                self.use_set(self.extractor.versions());
+            }
         }
         self.dedup.restore(snap.ids);
+    }
+
+    /// Swaps in another schema set: the lines processed from now on use it.
+    pub fn set_extractor(&mut self, x: Arc<Extractor>) {
+        let id = x.versions();
+        self.extractor = x;
+        self.use_set(id);
+    }
+
+    /// The schema set in force (`name@version,…`).
+    #[must_use]
+    pub fn schema_set(&self) -> &str {
+        &self.schema_set
+    }
+
+    fn use_set(&mut self, id: String) {
+        // The last entry is the set in force; a set that comes back gets a new index, so
+        // indices keep growing with time and a session's (min, max) is its (first, last).
+        if self.schema_sets.last() != Some(&id) {
+            self.schema_sets.push(id.clone());
+        }
+        self.sessions.set_schema_set((self.schema_sets.len() - 1) as u32);
+        self.schema_set = Arc::from(id);
     }
 
     /// Totals so far.
@@ -168,6 +201,7 @@ impl Processor {
             position,
             raw: line.to_vec(),
             truncated_from: None,
+            schema_set: Arc::clone(&self.schema_set),
         });
     }
 
@@ -187,7 +221,8 @@ impl Processor {
             self.sessions.close_expired(&mut closed);
         }
         self.dedup.expire(self.sessions.watermark());
-        let mut rows: Vec<SessionRow> = closed.into_iter().map(SessionRow::fold).collect();
+        let mut rows: Vec<SessionRow> =
+            closed.into_iter().map(|c| SessionRow::fold(c, &self.schema_sets)).collect();
         rows.sort_by(|a, b| {
             (&a.customer_id, a.session_start).cmp(&(&b.customer_id, b.session_start))
         });
@@ -202,6 +237,7 @@ impl Processor {
                 inputs: meta.inputs,
                 settings: meta.settings,
                 finished: end_of_input,
+                schema_sets: self.schema_sets.clone(),
             }),
             sessions: self.sessions.take_changes(),
             dedup: self.dedup.take_changes(),
@@ -217,4 +253,56 @@ pub struct MetaBase {
     pub inputs: Vec<String>,
     /// Output-shaping settings.
     pub settings: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::extract::schema::parse_bytes;
+
+    fn set(version: u32, classify_view: bool) -> Arc<Extractor> {
+        let mut text = format!(
+            "name = \"a\"\nversion = {version}\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.c']\nevent_time = [{{ path = '$.t', format = \"epoch\" }}]\n"
+        );
+        if classify_view {
+            text.push_str(
+                "[[classify]]\nkind = \"page_view\"\nwhen = [{ path = '$.e', equals = \"v\" }]\n",
+            );
+        }
+        let l = parse_bytes(std::path::Path::new("a.toml"), text.into_bytes()).unwrap();
+        Arc::new(Extractor::compile(vec![l]).unwrap())
+    }
+
+    fn line(p: &mut Processor, n: u64, text: &str) {
+        let mut slots = Vec::new();
+        let pos = LinePosition { input: 0, line: n, offset: 0 };
+        p.process_line(text.as_bytes(), pos, &mut slots);
+    }
+
+    #[test]
+    fn rows_and_dead_letters_name_the_sets_that_read_them() {
+        let rules = Rules { gap_ms: 1_000_000, lateness_ms: 0, dedup_horizon_ms: 0 };
+        let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
+        line(&mut p, 1, r#"{"id":1,"c":"x","t":1709510400,"e":"v"}"#);
+        line(&mut p, 2, r#"{"id":2,"c":"y","t":1709510401,"e":"v"}"#);
+        line(&mut p, 3, "not json");
+        p.set_extractor(set(2, true));
+        assert_eq!(p.schema_set(), "a@2");
+        line(&mut p, 4, r#"{"id":3,"c":"x","t":1709510402,"e":"v"}"#);
+        line(&mut p, 5, "not json either");
+        let base = MetaBase { inputs: vec![], settings: String::new() };
+        let (out, batch) = p.checkpoint(SourcePosition::default(), true, base);
+        let sets: Vec<(&str, Vec<String>, u64)> = out
+            .rows
+            .iter()
+            .map(|r| (&*r.customer_id, r.schema_sets.clone(), r.page_views))
+            .collect();
+        assert_eq!(
+            sets,
+            [("x", vec!["a@1".into(), "a@2".into()], 1), ("y", vec!["a@1".into()], 0)]
+        );
+        let dead: Vec<&str> = out.dead.iter().map(|d| &*d.schema_set).collect();
+        assert_eq!(dead, ["a@1", "a@2"]);
+        assert_eq!(batch.meta.unwrap().schema_sets, ["a@1", "a@2"]);
+    }
 }

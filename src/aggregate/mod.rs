@@ -24,13 +24,22 @@ pub struct SessionRow {
     pub subscribe_clicks: u64,
     /// Support calls.
     pub support_calls: u64,
+    /// The schema sets (`name@version,…`) that extracted the session's events: one, or the
+    /// first and the last when the set was reloaded during the session.
+    pub schema_sets: Vec<String>,
 }
 
 impl SessionRow {
-    /// The row of a closed session.
+    /// The row of a closed session; `sets` names the schema sets by index.
     #[must_use]
-    pub fn fold(c: ClosedSession) -> SessionRow {
+    pub fn fold(c: ClosedSession, sets: &[String]) -> SessionRow {
         let (s, n) = (c.session, c.session.counts);
+        let name = |i: u32| sets.get(i as usize).cloned().unwrap_or_else(|| format!("#{i}"));
+        let (first, last) = s.schema_sets;
+        let mut schema_sets = vec![name(first)];
+        if last != first {
+            schema_sets.push(name(last));
+        }
         SessionRow {
             customer_id: c.customer_id,
             session_start: s.start,
@@ -41,6 +50,7 @@ impl SessionRow {
             subscribe_hovers: n.subscribe_hovers,
             subscribe_clicks: n.subscribe_clicks,
             support_calls: n.support_calls,
+            schema_sets,
         }
     }
 
@@ -49,6 +59,13 @@ impl SessionRow {
     pub fn date(&self) -> String {
         utc_date(self.session_start)
     }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ` of a UTC epoch-millisecond time.
+#[must_use]
+pub fn utc_datetime(ms: i64) -> String {
+    let secs = ms.div_euclid(1000).rem_euclid(86_400);
+    format!("{}T{:02}:{:02}:{:02}Z", utc_date(ms), secs / 3600, secs / 60 % 60, secs % 60)
 }
 
 /// `YYYY-MM-DD` of a UTC epoch-millisecond time (proleptic Gregorian).
@@ -80,6 +97,8 @@ mod tests {
         assert_eq!(utc_date(1_709_510_399_999), "2024-03-03");
         assert_eq!(utc_date(951_782_400_000), "2000-02-29");
         assert_eq!(utc_date(4_102_444_799_999), "2099-12-31");
+        assert_eq!(utc_datetime(1_709_510_399_999), "2024-03-03T23:59:59Z");
+        assert_eq!(utc_datetime(1_709_514_061_000), "2024-03-04T01:01:01Z");
     }
 
     #[test]
@@ -96,12 +115,13 @@ mod tests {
                     subscribe_clicks: 1,
                     support_calls: 0,
                 },
+                schema_sets: (0, 1),
             },
         };
-        let row = SessionRow::fold(c);
+        let row = SessionRow::fold(c, &["web@1".into(), "web@2".into()]);
         assert_eq!(
             serde_json::to_string(&row).unwrap(),
-            r#"{"customer_id":"433120","session_start":10,"session_end":25,"duration_ms":15,"event_count":3,"page_views":1,"subscribe_hovers":1,"subscribe_clicks":1,"support_calls":0}"#
+            r#"{"customer_id":"433120","session_start":10,"session_end":25,"duration_ms":15,"event_count":3,"page_views":1,"subscribe_hovers":1,"subscribe_clicks":1,"support_calls":0,"schema_sets":["web@1","web@2"]}"#
         );
     }
 }

@@ -60,6 +60,9 @@ pub struct Session {
     pub end: i64,
     /// What happened in it.
     pub counts: Counts,
+    /// Lowest and highest index of the schema sets that extracted its events (indices grow
+    /// with each reload, so these are the first and the last set).
+    pub schema_sets: (u32, u32),
 }
 
 /// A session that will not change any more.
@@ -100,6 +103,8 @@ pub struct Sessionizer {
     customers: HashMap<String, Customer, FxBuildHasher>,
     /// Customers whose last open session closed since the last checkpoint.
     gone: Vec<Box<str>>,
+    /// Index of the schema set extracting the events observed now.
+    schema_set: u32,
 }
 
 /// What changed since the last checkpoint, for write-back to the state store.
@@ -121,7 +126,13 @@ impl Sessionizer {
             max_time: None,
             customers: HashMap::default(),
             gone: Vec::new(),
+            schema_set: 0,
         }
+    }
+
+    /// Marks the events observed from now on as extracted by schema set `index`.
+    pub fn set_schema_set(&mut self, index: u32) {
+        self.schema_set = index;
     }
 
     /// Restores the state a checkpoint saved.
@@ -175,13 +186,20 @@ impl Sessionizer {
         let hi = s.partition_point(|x| x.start.saturating_sub(gap) <= time);
         let mut counts = Counts::default();
         counts.add(kind);
+        let set = self.schema_set;
         if lo >= hi {
-            s.insert(lo, Session { start: time, end: time, counts });
+            s.insert(lo, Session { start: time, end: time, counts, schema_sets: (set, set) });
         } else {
-            let mut merged =
-                Session { start: time.min(s[lo].start), end: time.max(s[hi - 1].end), counts };
+            let mut merged = Session {
+                start: time.min(s[lo].start),
+                end: time.max(s[hi - 1].end),
+                counts,
+                schema_sets: (set, set),
+            };
             for x in &s[lo..hi] {
                 merged.counts.merge(&x.counts);
+                merged.schema_sets.0 = merged.schema_sets.0.min(x.schema_sets.0);
+                merged.schema_sets.1 = merged.schema_sets.1.max(x.schema_sets.1);
             }
             s.splice(lo..hi, [merged]);
         }

@@ -198,6 +198,7 @@ mod tests {
             subscribe_hovers: 0,
             subscribe_clicks: 0,
             support_calls: 0,
+            schema_sets: vec!["web@1".into()],
         }
     }
 
@@ -212,6 +213,7 @@ mod tests {
             position: LinePosition::default(),
             raw: b"{}".to_vec(),
             truncated_from: None,
+            schema_set: "web@1".into(),
         };
         sink.write_epoch(1, &[row("a", 1_709_510_400_000), row("b", 0)], std::slice::from_ref(&dl))
             .unwrap();

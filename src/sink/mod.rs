@@ -44,6 +44,8 @@ pub struct DeadLetter {
     pub raw: Vec<u8>,
     /// Set when `raw` is only the start of a line of this many bytes.
     pub truncated_from: Option<u64>,
+    /// The schema set (`name@version,…`) in force when the line was processed.
+    pub schema_set: Arc<str>,
 }
 
 #[derive(Serialize)]
@@ -51,6 +53,7 @@ struct DeadLetterJson<'a> {
     reason: &'a str,
     detail: &'a str,
     source: SourceJson<'a>,
+    schema_set: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     raw: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -80,6 +83,7 @@ impl DeadLetter {
                 line: self.position.line,
                 offset: self.position.offset,
             },
+            schema_set: &self.schema_set,
             raw: text,
             raw_base64: text
                 .is_none()
@@ -106,9 +110,11 @@ mod tests {
             position: LinePosition { input: 0, line: 3, offset: 120 },
             raw: b"{\"a\":\r".to_vec(),
             truncated_from: None,
+            schema_set: "web@1".into(),
         };
         let v: serde_json::Value = serde_json::from_slice(&d.to_json_line()).unwrap();
         assert_eq!(v["raw"], "{\"a\":\r");
+        assert_eq!(v["schema_set"], "web@1");
         assert_eq!(v["source"]["line"], 3);
         d.raw = b"caf\xe9".to_vec();
         let v: serde_json::Value = serde_json::from_slice(&d.to_json_line()).unwrap();

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// Format version of the stored records; bump on an incompatible change.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// A state-store failure.
 #[derive(Debug, Error)]
@@ -94,6 +94,8 @@ pub struct Meta {
     pub settings: String,
     /// Every input was read to the end and every session flushed.
     pub finished: bool,
+    /// Schema sets (`name@version,…`) by the index that open sessions record.
+    pub schema_sets: Vec<String>,
 }
 
 /// Everything a store holds, read at start-up.

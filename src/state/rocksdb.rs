@@ -67,7 +67,17 @@ impl RocksDbStore {
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
         match self.db.get_cf(self.cf(CF_META)?, key).map_err(self.rocks())? {
-            Some(v) => Ok(Some(postcard::from_bytes(&v).map_err(self.corrupt("checkpoint"))?)),
+            Some(v) => {
+                // The format version leads the record: check it before decoding the rest, whose
+                // shape depends on it.
+                if key == META_KEY
+                    && let Ok((found, _)) = postcard::take_from_bytes::<u32>(&v)
+                    && found != STATE_VERSION
+                {
+                    return Err(StateError::Version { path: self.path.clone(), found });
+                }
+                Ok(Some(postcard::from_bytes(&v).map_err(self.corrupt("checkpoint"))?))
+            }
             None => Ok(None),
         }
     }

@@ -21,6 +21,7 @@ fn session() -> impl Strategy<Value = Session> {
         start: s,
         end: s + d,
         counts: Counts { events: n, page_views: n / 2, ..Counts::default() },
+        schema_sets: (n as u32 % 3, n as u32 % 3 + 1),
     })
 }
 
@@ -64,6 +65,7 @@ fn meta(checkpoint: u64) -> Meta {
         inputs: vec!["x.jsonl:10".into()],
         settings: "gap=30m".into(),
         finished: false,
+        schema_sets: vec!["web@1".into()],
     }
 }
 
