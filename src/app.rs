@@ -1,10 +1,13 @@
 //! Wiring: builds the stages from settings, runs them, and reports.
 
+use crate::admin::{self, Admin};
 use crate::checkpoint::{Committer, Coordinator, Job};
 use crate::event::SourcePosition;
 use crate::extract::Extractor;
 use crate::extract::sample::{SampleReport, SampleTest};
 use crate::processor::{MetaBase, Processor, Rules};
+use crate::registry::watch::{self, Switchboard};
+use crate::registry::{Registry, VersionRecord};
 use crate::sink::file::FileSink;
 use crate::source::Message;
 use crate::source::replay::{BarrierPolicy, Input, ReplaySource};
@@ -36,6 +39,18 @@ pub struct ReplaySettings {
     pub rules: Rules,
     /// Barrier policy.
     pub barriers: BarrierPolicy,
+    /// Schema registry location (replaces `schemas`; reloaded while running).
+    pub registry: Option<String>,
+    /// How often the registry is checked.
+    pub poll_interval: Duration,
+    /// S3 path-style addressing.
+    pub force_path_style: bool,
+    /// Keep reading the last input as it grows.
+    pub follow: bool,
+    /// Admin API address.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Admin API token.
+    pub admin_token: Option<String>,
 }
 
 /// How a replay ended.
@@ -62,14 +77,18 @@ pub fn summary_json(c: &Counters) -> String {
     .to_string()
 }
 
-fn settings_fingerprint(rules: &Rules, extractor: &Extractor) -> String {
-    format!(
-        "gap_ms={} lateness_ms={} dedup_horizon_ms={} schemas={}",
-        rules.gap_ms,
-        rules.lateness_ms,
-        rules.dedup_horizon_ms,
-        extractor.versions()
-    )
+fn settings_fingerprint(rules: &Rules, extractor: Option<&Extractor>) -> String {
+    let mut s = format!(
+        "gap_ms={} lateness_ms={} dedup_horizon_ms={}",
+        rules.gap_ms, rules.lateness_ms, rules.dedup_horizon_ms
+    );
+    // Plain schema files must stay the same across a resume; a registry's sets may change
+    // (that is its point), and every row and dead letter records the set that made it.
+    if let Some(x) = extractor {
+        s.push_str(" schemas=");
+        s.push_str(&x.versions());
+    }
+    s
 }
 
 fn progress_bar(inputs: &[Input]) -> ProgressBar {
@@ -137,8 +156,13 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
         bail!("stdin (-) can be read only once");
     }
     let inputs: Vec<Input> = s.inputs.iter().map(|i| Input::new(i)).collect::<Result<_, _>>()?;
-    let extractor = Arc::new(Extractor::load(&s.schemas)?);
-    info!(schemas = %extractor.versions(), "Loaded schemas.");
+    if s.follow && inputs.last().is_some_and(Input::is_gzip) {
+        bail!("--follow reads a growing file: the last input cannot be gzip-compressed");
+    }
+    // Stops the registry watcher and the admin API when the replay ends, however it ends.
+    let services = CancellationToken::new();
+    let _stop_services = services.clone().drop_guard();
+    let (extractor, board, with_registry) = start_schemas(s, &services)?;
     let sink = FileSink::open(&s.output)
         .with_context(|| format!("output directory {}", s.output.display()))?;
     std::fs::create_dir_all(&s.state)
@@ -147,8 +171,12 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     let snapshot = store.load()?;
 
     let base = MetaBase {
-        inputs: inputs.iter().map(Input::fingerprint).collect(),
-        settings: settings_fingerprint(&s.rules, &extractor),
+        // A followed input grows: its size is no identity.
+        inputs: inputs
+            .iter()
+            .map(|i| if s.follow { i.name.to_string() } else { i.fingerprint() })
+            .collect(),
+        settings: settings_fingerprint(&s.rules, (!with_registry).then_some(&*extractor)),
     };
     let (start, last) = match resume_point(&snapshot, &base, &s.state)? {
         Resume::Fresh => (SourcePosition::default(), 0),
@@ -187,7 +215,7 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     logs.attach(&progress);
     let (tx, rx) = std::sync::mpsc::sync_channel::<Message>(4);
     let (pool_tx, pool_rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let source = ReplaySource::new(inputs, start, s.barriers);
+    let source = ReplaySource::new(inputs, start, s.barriers).follow(s.follow);
     let reader_cancel = cancel.clone();
     let reader_progress = progress.clone();
     let reader = std::thread::Builder::new()
@@ -197,7 +225,7 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
 
     let started = Instant::now();
     let mut committer = Committer::spawn(coord).context("starting the checkpoint thread")?;
-    let ended = drive(&mut processor, &rx, &pool_tx, &mut committer, cancel, &base, start)?;
+    let ended = drive(&mut processor, &rx, &pool_tx, &mut committer, cancel, &base, start, &board)?;
     drop(rx);
     let coord = committer.finish()?;
     progress.finish_and_clear();
@@ -229,6 +257,47 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     Ok(Outcome::Completed(counters))
 }
 
+/// Loads the schema set (from the registry, or plain files), and starts the registry watcher
+/// and the admin API, which stop with `services`. Returns the set, the switchboard through which
+/// new sets arrive, and whether a registry is in use.
+fn start_schemas(
+    s: &ReplaySettings,
+    services: &CancellationToken,
+) -> Result<(Arc<Extractor>, Arc<Switchboard>, bool)> {
+    let rt = tokio::runtime::Handle::current();
+    let (extractor, registry) = match &s.registry {
+        Some(location) => {
+            let reg = rt.block_on(Registry::open(location, s.force_path_style))?;
+            let seen = rt.block_on(reg.fingerprint())?;
+            let (x, _) = rt.block_on(reg.load_set())?;
+            (x, Some((reg, seen)))
+        }
+        None => (Extractor::load(&s.schemas)?, None),
+    };
+    let extractor = Arc::new(extractor);
+    info!(schemas = %extractor.versions(), "Loaded schemas.");
+    let board = Arc::new(Switchboard::new(&extractor));
+    if let Some((reg, seen)) = &registry {
+        rt.spawn(watch::watch(
+            reg.clone(),
+            Arc::clone(&board),
+            s.poll_interval,
+            seen.clone(),
+            services.clone(),
+        ));
+    }
+    if let Some(addr) = s.admin_listen {
+        let admin = Admin {
+            registry: registry.as_ref().map(|(r, _)| r.clone()),
+            board: Some(Arc::clone(&board)),
+            token: s.admin_token.as_deref().map(Arc::from),
+            metrics: crate::telemetry::metrics(),
+        };
+        rt.block_on(admin::serve(admin, addr, services.clone()))?;
+    }
+    Ok((extractor, board, registry.is_some()))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Ended {
     /// The end of the input was processed and committed.
@@ -240,6 +309,8 @@ enum Ended {
 }
 
 /// Feeds the source's messages through the processor, handing checkpoints to the committer.
+/// A new schema set from `board` takes over between two messages, never inside a batch.
+#[allow(clippy::too_many_arguments)]
 fn drive<S: StateStore + Send + 'static>(
     processor: &mut Processor,
     rx: &std::sync::mpsc::Receiver<Message>,
@@ -248,6 +319,7 @@ fn drive<S: StateStore + Send + 'static>(
     cancel: &CancellationToken,
     base: &MetaBase,
     start: SourcePosition,
+    board: &Switchboard,
 ) -> Result<Ended> {
     let mut last_pos = start;
     let mut checkpoint = |processor: &mut Processor, pos, end: bool| {
@@ -256,6 +328,16 @@ fn drive<S: StateStore + Send + 'static>(
         committer.submit(Job { out, batch, lines: processor.counters().lines, taken })
     };
     loop {
+        if let Some(x) = board.take() {
+            info!(
+                schemas = %x.versions(),
+                previous = %processor.schema_set(),
+                input = last_pos.input,
+                after_line = last_pos.line,
+                "Schema set switched."
+            );
+            processor.set_extractor(x);
+        }
         let msg = match rx.recv_timeout(Duration::from_millis(250)) {
             Ok(m) => m,
             Err(RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
@@ -326,4 +408,50 @@ pub fn schema_test(
     }
     progress.finish_and_clear();
     Ok(test.finish(10))
+}
+
+/// Reads at most `limit` lines of a sample (`.jsonl`, `.jsonl.gz`, `-`) into memory.
+///
+/// # Errors
+/// The sample cannot be read.
+pub fn read_sample(sample: &str, limit: u64) -> Result<Vec<u8>> {
+    use std::io::BufRead;
+    let input = Input::new(sample)?;
+    let mut reader =
+        std::io::BufReader::with_capacity(1 << 20, input.reader(&ProgressBar::hidden())?);
+    let mut out = Vec::new();
+    for _ in 0..limit {
+        let read =
+            reader.read_until(b'\n', &mut out).with_context(|| format!("reading {sample}"))?;
+        if read == 0 {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// `clickstream schema diff`: a unified diff of two versions' text, and what registering the
+/// second over the first would be told.
+///
+/// # Errors
+/// A stored version does not parse.
+pub fn schema_diff(a: &VersionRecord, b: &VersionRecord) -> Result<String> {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let diff = similar::TextDiff::from_lines(&a.source, &b.source);
+    let _ = write!(out, "{}", diff.unified_diff().context_radius(3).header(&a.id(), &b.id()));
+    let (old, new) = (a.parse()?, b.parse()?);
+    let findings = crate::extract::compat::static_findings(&old, &new, false);
+    if findings.is_empty() {
+        let _ = writeln!(out, "\ncompatibility: no finding");
+    } else {
+        let _ = writeln!(out, "\ncompatibility (without a sample):");
+        for f in findings {
+            let _ = writeln!(out, "  {}: {}: {}", f.severity.name(), f.field, f.message);
+        }
+    }
+    if let Some(r) = &b.reason {
+        let _ = writeln!(out, "{} was forced: {r}", b.id());
+    }
+    Ok(out)
 }

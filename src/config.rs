@@ -34,6 +34,51 @@ pub struct RawConfig {
     pub checkpoint: CheckpointConfig,
     /// Replay defaults.
     pub replay: ReplayConfig,
+    /// Schema registry.
+    pub registry: RegistryConfig,
+    /// S3 client settings.
+    pub s3: S3Config,
+    /// Admin API.
+    pub admin: AdminConfig,
+}
+
+/// `[registry]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Directory or `s3://bucket/prefix`; empty: no registry.
+    pub location: String,
+    /// How often to look for new versions.
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+}
+
+/// `[s3]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Config {
+    /// Path-style addressing.
+    pub force_path_style: bool,
+}
+
+/// `[admin]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// Listen address; empty: off.
+    pub listen: String,
+    /// Bearer token for the schema routes; empty: none.
+    pub token: String,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    // The token is a secret: never in logs or error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .finish()
+    }
 }
 
 /// `[session]`.
@@ -119,6 +164,17 @@ impl RawConfig {
                 return Err(ConfigError::Invalid(format!("session.{name} is over ten years")));
             }
         }
+        if self.registry.poll_interval.is_zero() {
+            return Err(ConfigError::Invalid("registry.poll_interval must be above zero".into()));
+        }
+        if !self.admin.listen.is_empty()
+            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
+        {
+            return Err(ConfigError::Invalid(format!(
+                "admin.listen = {:?} is not an address like 127.0.0.1:8081",
+                self.admin.listen
+            )));
+        }
         if self.checkpoint.every_lines == 0 && self.checkpoint.interval.is_zero() {
             return Err(ConfigError::Invalid("checkpoint.every_lines and checkpoint.interval are both 0: no checkpoint would ever be taken".into()));
         }
@@ -145,6 +201,13 @@ mod tests {
         std::fs::write(&f, "[session]\ngapp = \"1m\"\n").unwrap();
         let e = RawConfig::load(Some(&f)).unwrap_err().to_string();
         assert!(e.contains("gapp"), "{e}");
+    }
+
+    #[test]
+    fn the_admin_token_is_never_printed() {
+        let mut c = RawConfig::load(None).unwrap();
+        c.admin.token = "s3cret".into();
+        assert!(!format!("{c:?}").contains("s3cret"));
     }
 
     #[test]

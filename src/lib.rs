@@ -16,6 +16,8 @@
 //! - [`sink`]: durable output under deterministic names.
 //! - [`checkpoint`]: the ordering that makes output effectively exactly-once.
 //! - [`processor`]: the stages above, run over lines.
+//! - [`registry`]: versioned schemas (directory or S3), compatibility checks, hot reload.
+//! - [`admin`]: the HTTP admin API (schemas, health, metrics).
 
 pub mod aggregate;
 pub mod checkpoint;
@@ -26,9 +28,12 @@ pub mod sink;
 pub mod source;
 pub mod state;
 
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod event;
 pub mod processor;
+pub mod registry;
+pub mod s3;
 pub mod shutdown;
 pub mod telemetry;

@@ -1,11 +1,12 @@
 //! The `clickstream` command line.
 
-use anyhow::Result;
+use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use clickstream::app::{self, Outcome, ReplaySettings};
 use clickstream::config::RawConfig;
 use clickstream::extract::Extractor;
 use clickstream::processor::Rules;
+use clickstream::registry::{self, Candidate, Registered, Registry};
 use clickstream::source::replay::BarrierPolicy;
 use clickstream::telemetry::LogWriter;
 use std::path::PathBuf;
@@ -28,6 +29,9 @@ const EXIT_INTERRUPTED: u8 = 130;
     about = "Raw clickstream JSON → per-customer session aggregates."
 )]
 struct Cli {
+    /// Configuration file (TOML) over the built-in defaults (see config/default.toml).
+    #[arg(long, value_name = "FILE", global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -46,12 +50,19 @@ enum Command {
 
 #[derive(Debug, clap::Args)]
 struct ReplayArgs {
-    /// Configuration file (TOML) over the built-in defaults.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
     /// Schema directory or file [default: schemas].
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", conflicts_with = "registry")]
     schemas: Option<PathBuf>,
+    /// Schema registry (directory or `s3://bucket/prefix`): use its latest versions and pick up
+    /// new ones while running.
+    #[arg(long, value_name = "LOCATION")]
+    registry: Option<String>,
+    /// Keep reading the last input as it grows, until SIGINT or SIGTERM.
+    #[arg(long)]
+    follow: bool,
+    /// Serve the admin API (schemas, /healthz, /metrics) on this address, e.g. 127.0.0.1:8081.
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
     /// `RocksDB` state directory [default: OUTPUT/_state].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
@@ -70,6 +81,9 @@ struct ReplayArgs {
     /// Lines between checkpoints [default: 100000].
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<u64>,
+    /// Wall time between checkpoints, e.g. 1s [default: off].
+    #[arg(long, value_name = "DURATION", value_parser = app::parse_duration)]
+    checkpoint_interval: Option<Duration>,
     /// Input files (.jsonl or .jsonl.gz), read in order; - reads stdin.
     #[arg(value_name = "INPUT", required = true)]
     inputs: Vec<String>,
@@ -100,6 +114,68 @@ enum SchemaCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Store a schema file as its next version, refusing incompatible changes.
+    ///
+    /// The file's `version` must be the next number. A change is refused when it removes or
+    /// retypes a field the aggregates use, drops a path without keeping it as an alias, or (on
+    /// --sample) moves events between kinds, customers or into the dead letters.
+    Register {
+        /// The schema file.
+        path: PathBuf,
+        #[command(flatten)]
+        registry: RegistryArg,
+        /// Sample events to judge rule changes on (.jsonl, .jsonl.gz).
+        #[arg(long, value_name = "EVENTS")]
+        sample: Option<String>,
+        /// Read at most this many sample lines.
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        limit: u64,
+        /// Register even if the change is incompatible (needs --reason).
+        #[arg(long, requires = "reason")]
+        force: bool,
+        /// Why a forced change is safe; stored with the version.
+        #[arg(long, value_name = "TEXT")]
+        reason: Option<String>,
+    },
+    /// List registered schemas and their versions.
+    List {
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+    /// Print a registered version (the latest without @VERSION).
+    Show {
+        /// NAME or NAME@VERSION.
+        schema: String,
+        #[command(flatten)]
+        registry: RegistryArg,
+        /// toml: the schema file as registered; json: the whole record.
+        #[arg(long, value_enum, default_value_t = ShowFormat::Toml)]
+        format: ShowFormat,
+    },
+    /// Show what changed between two versions, and what the compatibility check says of it.
+    Diff {
+        /// NAME@V1.
+        from: String,
+        /// NAME@V2 (or V2).
+        to: String,
+        #[command(flatten)]
+        registry: RegistryArg,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RegistryArg {
+    /// Registry: a directory or `s3://bucket/prefix` [default: registry.location of the config].
+    #[arg(long, value_name = "LOCATION")]
+    registry: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ShowFormat {
+    /// The schema file.
+    Toml,
+    /// The stored record.
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -114,8 +190,8 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-fn replay_settings(a: ReplayArgs) -> Result<ReplaySettings> {
-    let mut c = RawConfig::load(a.config.as_deref())?;
+fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<ReplaySettings> {
+    let mut c = RawConfig::load(config)?;
     if let Some(g) = a.gap {
         c.session.gap = g;
     }
@@ -131,6 +207,15 @@ fn replay_settings(a: ReplayArgs) -> Result<ReplaySettings> {
     }
     if let Some(n) = a.checkpoint_every {
         c.checkpoint.every_lines = n;
+    }
+    if let Some(i) = a.checkpoint_interval {
+        c.checkpoint.interval = i;
+    }
+    if let Some(r) = a.registry {
+        c.registry.location = r;
+    }
+    if let Some(l) = a.admin_listen {
+        c.admin.listen = l;
     }
     if let Some(p) = a.schemas {
         c.replay.schemas = p;
@@ -161,13 +246,19 @@ fn replay_settings(a: ReplayArgs) -> Result<ReplaySettings> {
             every_lines: c.checkpoint.every_lines,
             interval: (!c.checkpoint.interval.is_zero()).then_some(c.checkpoint.interval),
         },
+        registry: (!c.registry.location.is_empty()).then_some(c.registry.location),
+        poll_interval: c.registry.poll_interval,
+        force_path_style: c.s3.force_path_style,
+        follow: a.follow,
+        admin_listen: c.admin.listen.parse().ok(),
+        admin_token: (!c.admin.token.is_empty()).then_some(c.admin.token),
     })
 }
 
 async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
     match cli.command {
         Command::Replay(args) => {
-            let settings = replay_settings(args)?;
+            let settings = replay_settings(cli.config.as_deref(), args)?;
             let cancel = CancellationToken::new();
             clickstream::shutdown::install(cancel.clone());
             let outcome =
@@ -186,11 +277,17 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
                 }
             }
         }
-        Command::Schema(SchemaCommand::JsonSchema) => {
+        Command::Schema(cmd) => schema(cli.config.as_deref(), cmd).await,
+    }
+}
+
+async fn schema(config: Option<&std::path::Path>, cmd: SchemaCommand) -> Result<ExitCode> {
+    match cmd {
+        SchemaCommand::JsonSchema => {
             print!("{}", clickstream::extract::schema::json_schema());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema(SchemaCommand::Test { path, sample, limit, format }) => {
+        SchemaCommand::Test { path, sample, limit, format } => {
             let report = app::schema_test(&path, &sample, limit)?;
             match format {
                 Format::Text => print!("{}", report.to_text(&sample)),
@@ -198,7 +295,66 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema(SchemaCommand::Validate { paths }) => {
+        SchemaCommand::Register { path, registry, sample, limit, force, reason } => {
+            let reg = open_registry(config, registry).await?;
+            let text = std::fs::read(&path)
+                .with_context(|| format!("cannot read schema file {}", path.display()))?;
+            let sample = match sample {
+                Some(s) => Some(app::read_sample(&s, limit)?),
+                None => None,
+            };
+            let c = Candidate { text, label: path, sample, force, reason };
+            match reg.register(c).await? {
+                (Registered::New(rec), findings) => {
+                    for f in &findings {
+                        eprintln!("{}: {}: {}", f.severity.name(), f.field, f.message);
+                    }
+                    let forced = if rec.forced { " (forced)" } else { "" };
+                    println!("registered {} in {}{forced}", rec.id(), reg.location());
+                }
+                (Registered::Unchanged(rec), _) => {
+                    println!("unchanged: {} already has this text", rec.id());
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemaCommand::List { registry } => {
+            let reg = open_registry(config, registry).await?;
+            let current = reg.current().await?;
+            let versions = reg.versions().await?;
+            println!("{:<24} {:>7}  {:<20}  VERSIONS", "SCHEMA", "LATEST", "REGISTERED");
+            for r in &current {
+                let all = versions.get(&r.name).map(Vec::len).unwrap_or_default();
+                let forced = if r.forced { "  (forced)" } else { "" };
+                println!("{:<24} {:>7}  {:<20}  {all}{forced}", r.name, r.version, r.registered_at);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemaCommand::Show { schema, registry, format } => {
+            let reg = open_registry(config, registry).await?;
+            let (name, version) = registry::parse_ref(&schema)?;
+            let rec = reg.get(&name, version).await?;
+            match format {
+                ShowFormat::Toml => print!("{}", rec.source),
+                ShowFormat::Json => println!("{}", serde_json::to_string_pretty(&rec)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemaCommand::Diff { from, to, registry } => {
+            let reg = open_registry(config, registry).await?;
+            let (name, v1) = registry::parse_ref(&from)?;
+            let (name2, v2) = match registry::parse_ref(&to)? {
+                (n, None) if n.bytes().all(|b| b.is_ascii_digit()) => {
+                    (name.clone(), n.parse().ok())
+                }
+                other => other,
+            };
+            let a = reg.get(&name, v1).await?;
+            let b = reg.get(&name2, v2).await?;
+            print!("{}", app::schema_diff(&a, &b)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        SchemaCommand::Validate { paths } => {
             let paths = if paths.is_empty() { vec![PathBuf::from("schemas")] } else { paths };
             let mut ok = true;
             for p in &paths {
@@ -215,9 +371,22 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
     }
 }
 
+async fn open_registry(config: Option<&std::path::Path>, arg: RegistryArg) -> Result<Registry> {
+    let c = RawConfig::load(config)?;
+    let location = arg.registry.unwrap_or(c.registry.location);
+    if location.is_empty() {
+        bail!(
+            "no registry given: --registry DIR|s3://BUCKET/PREFIX, or registry.location in the config"
+        );
+    }
+    Ok(Registry::open(&location, c.s3.force_path_style).await?)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let logs = clickstream::telemetry::init();
+    // Installed before anything counts, so that no early increment is lost.
+    let _ = clickstream::telemetry::metrics();
     let rt =
         match tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build() {
             Ok(rt) => rt,

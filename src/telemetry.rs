@@ -67,3 +67,16 @@ pub fn init() -> LogWriter {
     }
     writer
 }
+
+static METRICS: std::sync::OnceLock<Option<metrics_exporter_prometheus::PrometheusHandle>> =
+    std::sync::OnceLock::new();
+
+/// The Prometheus recorder's handle, installed as the global `metrics` recorder on first use;
+/// `None` if another recorder was installed first.
+pub fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
+    METRICS
+        .get_or_init(|| {
+            metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder().ok()
+        })
+        .clone()
+}

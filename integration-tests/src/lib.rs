@@ -132,3 +132,94 @@ pub fn rows(dir: &Path, sub: &str) -> Vec<String> {
     v.sort();
     v
 }
+
+/// A `clickstream` process in the background whose stderr (JSON log lines) is collected.
+pub struct Running {
+    pub child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Running {
+    /// Starts the binary with `args` and `env`, logging at info level.
+    #[must_use]
+    pub fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        use std::io::BufRead;
+        let mut child = Command::new(bin())
+            .args(args)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (sink, stderr) = (std::sync::Arc::clone(&log), child.stderr.take().unwrap());
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        Running { child, log }
+    }
+
+    /// The log lines so far.
+    #[must_use]
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to `secs` for a log line containing `needle`; returns it.
+    #[allow(clippy::must_use_candidate)] // called for the wait as often as for the line
+    pub fn wait_log(&self, needle: &str, secs: u64) -> String {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(l) = self.log().into_iter().find(|l| l.contains(needle)) {
+                return l;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "no log line with `{needle}` within {secs}s; log:\n{}",
+                self.log().join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// The admin API's address, from its start-up log line.
+    #[must_use]
+    pub fn admin_addr(&self) -> String {
+        let l = self.wait_log("Admin API listening", 30);
+        let v: serde_json::Value = serde_json::from_str(&l).unwrap();
+        v["addr"].as_str().unwrap().to_owned()
+    }
+
+    /// SIGINT, then the exit code.
+    #[must_use]
+    pub fn interrupt(mut self) -> Option<i32> {
+        let st =
+            Command::new("kill").args(["-INT", &self.child.id().to_string()]).status().unwrap();
+        assert!(st.success());
+        self.child.wait().unwrap().code()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `curl` with `args` (a real HTTP client); (status code, body).
+#[must_use]
+pub fn curl(args: &[&str]) -> (u16, String) {
+    let o = Command::new("curl")
+        .args(["-s", "-o", "-", "-w", "\n%{http_code}"])
+        .args(args)
+        .output()
+        .expect("curl is needed by the admin API tests (scripts/setup installs it)");
+    let text = String::from_utf8_lossy(&o.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}

@@ -10,6 +10,7 @@
 //! evaluated by jsonpath-rust on a parsed `Value`, only when the set has some.
 
 pub mod coerce;
+pub mod compat;
 pub mod path;
 pub mod sample;
 pub mod schema;
@@ -465,6 +466,19 @@ impl Extractor {
                 queries.push((p.clone(), extra));
                 extra += 1;
             }
+        }
+        if queries.len() > path::MAX_GENERAL_QUERIES
+            && let Some(first) = schemas.first()
+        {
+            return Err(SchemaErrors(vec![first.error(
+                0..0,
+                "-",
+                format!(
+                    "the set uses {} general JSONPath queries (wildcards, filters, ..); at most {} are allowed, because each costs a second parse of every event: use simple paths ($.a.b, $.a[0]) where you can",
+                    queries.len(),
+                    path::MAX_GENERAL_QUERIES
+                ),
+            )]));
         }
         let mut slot_paths = vec![Arc::<str>::from("?"); extra];
         for (p, &slot) in paths.compiled.iter().zip(&slot_of) {

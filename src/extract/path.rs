@@ -11,6 +11,11 @@ use std::fmt;
 
 /// Longest path text accepted, which bounds the work one path can cost per event.
 pub const MAX_PATH_LEN: usize = 256;
+/// Most general (non-simple) queries a schema set may hold. Each is evaluated on a parsed copy
+/// of every event that reaches it, in time linear in the event's size (≤ 1 MiB, depth ≤ 64)
+/// times the path's length: this keeps the work per event bounded by a constant factor of the
+/// simple single-pass read.
+pub const MAX_GENERAL_QUERIES: usize = 16;
 
 /// One step of a simple path.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

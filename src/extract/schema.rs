@@ -178,6 +178,8 @@ impl fmt::Display for SchemaError {
     }
 }
 
+impl std::error::Error for SchemaError {}
+
 /// Every problem found in a schema set.
 #[derive(Debug, Error)]
 pub struct SchemaErrors(pub Vec<SchemaError>);
@@ -249,6 +251,21 @@ pub fn load_file(file: &Path) -> Result<LoadedSchema, SchemaError> {
         ));
     }
     let bytes = std::fs::read(file).map_err(|e| whole_file(file, format!("cannot read: {e}")))?;
+    parse_bytes(file, bytes)
+}
+
+/// Parses a schema from its bytes; `file` names it in errors (a path, or `NAME@VERSION` for a
+/// registered version).
+///
+/// # Errors
+/// Not UTF-8, empty, not TOML, or not of the schema shape.
+pub fn parse_bytes(file: &Path, bytes: Vec<u8>) -> Result<LoadedSchema, SchemaError> {
+    if bytes.len() as u64 > MAX_SCHEMA_BYTES {
+        return Err(whole_file(
+            file,
+            format!("the schema is {} bytes; a schema is at most {MAX_SCHEMA_BYTES}", bytes.len()),
+        ));
+    }
     let text = String::from_utf8(bytes).map_err(|e| {
         let at = e.utf8_error().valid_up_to();
         let (line, column) = line_col(&String::from_utf8_lossy(&e.into_bytes()[..at]), at);

@@ -99,6 +99,12 @@ impl Input {
         }
     }
 
+    /// Whether it is read through gzip.
+    #[must_use]
+    pub fn is_gzip(&self) -> bool {
+        self.gzip
+    }
+
     /// Size on disk, if known.
     #[must_use]
     pub fn size(&self) -> Option<u64> {
@@ -178,7 +184,11 @@ pub struct ReplaySource {
     inputs: Vec<Input>,
     start: SourcePosition,
     policy: BarrierPolicy,
+    follow: bool,
 }
+
+/// How often a followed input is checked for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(100);
 
 struct Emitter<'a> {
     tx: &'a SyncSender<Message>,
@@ -284,7 +294,15 @@ impl ReplaySource {
     /// A replay of `inputs` from `start`.
     #[must_use]
     pub fn new(inputs: Vec<Input>, start: SourcePosition, policy: BarrierPolicy) -> Self {
-        ReplaySource { inputs, start, policy }
+        ReplaySource { inputs, start, policy, follow: false }
+    }
+
+    /// Keeps reading the last input as it grows (like `tail -f`) until cancelled, instead of
+    /// ending at its end. Lines are taken only once their `\n` is written.
+    #[must_use]
+    pub fn follow(mut self, follow: bool) -> Self {
+        self.follow = follow;
+        self
     }
 
     /// Runs to the end of the inputs or until cancelled (then it sends a last barrier and stops).
@@ -338,6 +356,27 @@ impl ReplaySource {
                             return Err(SourceError::Read { path: input.name.to_string(), source });
                         }
                     }
+                }
+                if eof && self.follow && idx + 1 == self.inputs.len() {
+                    // Complete lines go now; a partial last line waits for its newline.
+                    match memchr::memrchr(b'\n', &buf) {
+                        Some(p) => {
+                            carry.extend_from_slice(&buf[p + 1..]);
+                            buf.truncate(p + 1);
+                            if !em.send_lines(buf, false) {
+                                return Ok(());
+                            }
+                        }
+                        None => carry = buf,
+                    }
+                    if em.since_barrier > 0
+                        && em.policy.interval.is_some_and(|i| em.last_barrier.elapsed() >= i)
+                        && !em.barrier()
+                    {
+                        return Ok(());
+                    }
+                    std::thread::sleep(FOLLOW_POLL);
+                    continue;
                 }
                 if eof {
                     if !buf.is_empty() && !em.send_lines(buf, true) {

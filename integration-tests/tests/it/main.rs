@@ -5,4 +5,5 @@ mod cli;
 mod conformance;
 mod golden;
 mod recovery;
+mod registry;
 mod schemas;

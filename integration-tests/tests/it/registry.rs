@@ -1,0 +1,473 @@
+//! The schema registry through the CLI (a local directory and S3 on the loopback S3 API
+//! server), hot reload under load, and the HTTP admin API through curl.
+
+use integration_tests::{Running, curl, root, run};
+use std::io::Write as _;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+fn ok(o: &std::process::Output) -> String {
+    assert!(o.status.success(), "stderr: {}", String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn refused(o: &std::process::Output) -> String {
+    assert_eq!(o.status.code(), Some(1), "stdout: {}", String::from_utf8_lossy(&o.stdout));
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+fn register(reg: &str, file: &Path, extra: &[&str]) -> std::process::Output {
+    let mut a = vec!["schema", "register", file.to_str().unwrap(), "--registry", reg];
+    a.extend_from_slice(extra);
+    run(&a)
+}
+
+/// The shipped `web` schema with `version = 1` replaced and `edit` applied.
+fn web_version(dir: &Path, version: u32, edit: impl Fn(String) -> String) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(root().join("schemas/web.toml")).unwrap();
+    let text = edit(text.replace("version = 1", &format!("version = {version}")));
+    let f = dir.join(format!("web-v{version}.toml"));
+    std::fs::write(&f, text).unwrap();
+    f
+}
+
+/// Register, list, show, diff, refusals and --force on `reg` (a directory or s3:// URL).
+fn registry_workflow(reg: &str, env: &[(&str, &str)]) {
+    let work = tempfile::tempdir().unwrap();
+    let runv = |a: &[&str]| {
+        std::process::Command::new(integration_tests::bin())
+            .args(a)
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let reg_args = |f: &Path, extra: &[&str]| {
+        let mut a = vec!["schema", "register", f.to_str().unwrap(), "--registry", reg];
+        a.extend_from_slice(extra);
+        runv(&a)
+    };
+    for s in ["segment", "web", "ivr", "legacy"] {
+        let out = ok(&reg_args(&root().join(format!("schemas/{s}.toml")), &[]));
+        assert!(out.contains(&format!("registered {s}@1")), "{out}");
+    }
+    // Again: nothing to do, and no new version.
+    let out = ok(&reg_args(&root().join("schemas/web.toml"), &[]));
+    assert!(out.contains("unchanged: web@1"), "{out}");
+
+    // The new app version renamed customer.id to customer.uid: without an alias, refused.
+    let renamed = web_version(work.path(), 2, |t| t.replace("'$.customer.id'", "'$.customer.uid'"));
+    let err = refused(&reg_args(&renamed, &[]));
+    assert!(err.contains("web@2 is incompatible with web@1"), "{err}");
+    assert!(err.contains("breaking: fields.customer_id: drops path $.customer.id"), "{err}");
+    // A wrong version number is named.
+    let skipped = web_version(work.path(), 3, |t| t);
+    assert!(refused(&reg_args(&skipped, &[])).contains("the next version is 2"));
+    // With the old path kept as an alias: registered.
+    let aliased = web_version(work.path(), 2, |t| {
+        t.replace("'$.customer.id'", "'$.customer.uid', '$.customer.id'")
+    });
+    let out = ok(&reg_args(&aliased, &[]));
+    assert!(out.contains("registered web@2"), "{out}");
+
+    // A classification change: refused without a sample, judged on one, forced with a reason.
+    let moved = web_version(work.path(), 3, |t| {
+        t.replace("in = [\"mouseover\", \"hover\"]", "in = [\"mouseover\"]")
+            .replace("'$.customer.id'", "'$.customer.uid', '$.customer.id'")
+    });
+    let err = refused(&reg_args(&moved, &[]));
+    assert!(err.contains("breaking: classify: rules changed") && err.contains("--sample"), "{err}");
+    let sample = root().join("integration-tests/fixtures/sample/clicks-2k.jsonl.gz");
+    let err = refused(&reg_args(&moved, &["--sample", sample.to_str().unwrap()]));
+    assert!(
+        err.contains("sample events move from subscribe_hover to other")
+            || err.contains("accepted before"),
+        "{err}"
+    );
+    let o = reg_args(&moved, &["--force"]);
+    assert_eq!(o.status.code(), Some(2), "clap refuses --force without --reason");
+    let out = ok(&reg_args(
+        &moved,
+        &["--sample", sample.to_str().unwrap(), "--force", "--reason", "3.3 dropped hover"],
+    ));
+    assert!(out.contains("registered web@3") && out.contains("(forced)"), "{out}");
+
+    let list = ok(&runv(&["schema", "list", "--registry", reg]));
+    let web = list.lines().find(|l| l.starts_with("web ")).unwrap();
+    assert!(web.contains(" 3 ") && web.ends_with("3  (forced)"), "{list}");
+    assert_eq!(list.lines().count(), 5, "{list}");
+
+    let shown = ok(&runv(&["schema", "show", "web@1", "--registry", reg]));
+    assert_eq!(shown, std::fs::read_to_string(root().join("schemas/web.toml")).unwrap());
+    let rec: serde_json::Value = serde_json::from_str(&ok(&runv(&[
+        "schema",
+        "show",
+        "web",
+        "--registry",
+        reg,
+        "--format",
+        "json",
+    ])))
+    .unwrap();
+    assert_eq!(rec["version"], 3);
+    assert_eq!(rec["reason"], "3.3 dropped hover");
+    assert_eq!(rec["forced"], true);
+    let err = refused(&runv(&["schema", "show", "web@9", "--registry", reg]));
+    assert!(err.contains("web@9 is not registered"), "{err}");
+
+    let diff = ok(&runv(&["schema", "diff", "web@1", "web@2", "--registry", reg]));
+    assert!(diff.contains("--- web@1") && diff.contains("+++ web@2"), "{diff}");
+    assert!(diff.contains("+customer_id = ['$.customer.uid', '$.customer.id']"), "{diff}");
+    assert!(diff.contains("info: fields.customer_id: adds path $.customer.uid"), "{diff}");
+}
+
+#[test]
+fn a_directory_registry_versions_and_guards_schemas() {
+    let reg = tempfile::tempdir().unwrap();
+    registry_workflow(reg.path().to_str().unwrap(), &[]);
+    // Versions are plain files an operator can back up; nothing else is written there.
+    let web: Vec<_> = std::fs::read_dir(reg.path().join("web"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    assert_eq!(web.len(), 3, "{web:?}");
+}
+
+/// The loopback S3 API server (`scripts/services up s3`), from the standard variables.
+fn s3_env() -> Vec<(&'static str, String)> {
+    let get = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
+    vec![
+        ("AWS_ENDPOINT_URL", get("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")),
+        ("AWS_ACCESS_KEY_ID", get("AWS_ACCESS_KEY_ID", "test")),
+        ("AWS_SECRET_ACCESS_KEY", get("AWS_SECRET_ACCESS_KEY", "test")),
+        ("AWS_REGION", get("AWS_REGION", "us-east-1")),
+        ("AWS_EC2_METADATA_DISABLED", "true".into()),
+        ("CLICKSTREAM__S3__FORCE_PATH_STYLE", "true".into()),
+    ]
+}
+
+/// Creates a fresh bucket with curl (a real client; the S3 API server takes unsigned calls).
+fn fresh_bucket(endpoint: &str) -> String {
+    let name = format!("registry-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    let (code, body) = curl(&["-X", "PUT", &format!("{endpoint}/{name}")]);
+    assert_eq!(
+        code, 200,
+        "cannot create a bucket on the S3 API server at {endpoint} (start it: scripts/services up s3): {body}"
+    );
+    name
+}
+
+#[test]
+fn an_s3_registry_versions_and_guards_schemas() {
+    let env = s3_env();
+    let bucket = fresh_bucket(&env[0].1);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    registry_workflow(&format!("s3://{bucket}/team/schemas"), &env);
+}
+
+/// One generated event per line: its own customer, one second after the previous line, so
+/// every session holds exactly one event and closes as the next lines arrive.
+fn event_line(i: u64) -> String {
+    if i.is_multiple_of(97) {
+        return format!("{{\"id\": {i}, \"broken\": \n");
+    }
+    let evt = if i.is_multiple_of(2) { "signup" } else { "click" };
+    format!(
+        "{{\"id\": {i}, \"user\": \"u{i}\", \"ts\": {}, \"evt\": \"{evt}\"}}\n",
+        1_709_510_400 + i
+    )
+}
+
+const APP_V1: &str = r#"name = "app"
+version = 1
+[fields]
+message_id = ['$.id']
+customer_id = ['$.user']
+event_time = [{ path = '$.ts', format = "epoch" }]
+[[classify]]
+kind = "subscribe_click"
+when = [{ path = '$.evt', equals = "click" }]
+"#;
+
+const LINES: u64 = 60_000;
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, told in order
+fn hot_reload_under_load_switches_whole_sets_between_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let (reg, out) = (dir.path().join("registry"), dir.path().join("out"));
+    let reg_s = reg.to_str().unwrap();
+    let v1 = dir.path().join("app-v1.toml");
+    std::fs::write(&v1, APP_V1).unwrap();
+    ok(&register(reg_s, &v1, &[]));
+
+    let input = dir.path().join("events.jsonl");
+    let mut file = std::fs::File::create(&input).unwrap();
+    let p = Running::start(
+        &[
+            "replay",
+            "--follow",
+            "--registry",
+            reg_s,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--output",
+            out.to_str().unwrap(),
+            "--gap",
+            "1s",
+            "--allowed-lateness",
+            "0s",
+            "--checkpoint-every",
+            "2000",
+            "--checkpoint-interval",
+            "200ms",
+            input.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let admin = p.admin_addr();
+    // A writer keeps appending while the new version is registered. Halfway it waits until the
+    // watcher has the new set, so that both sets certainly see events, whatever the load.
+    let (go, halfway) = std::sync::mpsc::channel::<()>();
+    let writer = std::thread::spawn(move || {
+        for i in 1..=LINES {
+            if i == LINES / 2 {
+                file.flush().unwrap();
+                halfway.recv().unwrap();
+            }
+            file.write_all(event_line(i).as_bytes()).unwrap();
+            if i % 500 == 0 {
+                file.flush().unwrap();
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    });
+    // Register once the first rows are out, while lines keep coming.
+    let until = Instant::now() + Duration::from_secs(30);
+    while !out.join("sessions").exists() {
+        assert!(Instant::now() < until, "no rows from the first set");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // v2 also classifies sign-ups (as page views): compatible, it moves nothing classified.
+    let v2 = dir.path().join("app-v2.toml");
+    std::fs::write(
+        &v2,
+        APP_V1.replace("version = 1", "version = 2")
+            + "[[classify]]\nkind = \"page_view\"\nwhen = [{ path = '$.evt', equals = \"signup\" }]\n",
+    )
+    .unwrap();
+    // A rule change is judged on a sample: sign-ups were unclassified, so nothing moves.
+    let sample = dir.path().join("sample.jsonl");
+    std::fs::write(&sample, (1..=200).map(event_line).collect::<String>()).unwrap();
+    let said = ok(&register(reg_s, &v2, &["--sample", sample.to_str().unwrap()]));
+    assert!(said.contains("registered app@2"), "{said}");
+    p.wait_log("Loaded a new schema set", 30);
+    go.send(()).unwrap();
+    p.wait_log("Schema set switched", 30);
+    // A version that does not parse reaches the directory behind the registry's back: refused,
+    // the set in force stays.
+    std::fs::write(
+        reg.join("app/v000003.json"),
+        r#"{"name":"app","version":3,"registered_at":"x","forced":false,"source":"name = \"app\"\nversion = 3\n[fields]\nmessage_id = ['$.id[']\n"}"#,
+    )
+    .unwrap();
+    p.wait_log("Refused a new schema set", 30);
+    writer.join().unwrap();
+
+    let (code, status) = curl(&[&format!("http://{admin}/schemas/active")]);
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["active"], "app@2");
+    assert_eq!(status["refused"], 1);
+    assert!(status["last_error"].as_str().unwrap().contains("app@3"), "{status}");
+    let (_, metrics) = curl(&[&format!("http://{admin}/metrics")]);
+    assert!(
+        metrics.contains("clickstream_schema_reloads_total{result=\"refused\"} 1")
+            && metrics.contains("clickstream_schema_reloads_total{result=\"loaded\"} 1"),
+        "{metrics}"
+    );
+
+    // Wait for the rows of every closed session, then stop.
+    // The last two sessions stay open: a session closes once the watermark is past end + gap.
+    let expected = LINES - LINES / 97 - 2;
+    let until = Instant::now() + Duration::from_mins(1);
+    while !out.join("sessions").exists()
+        || integration_tests::rows(&out, "sessions").len() < expected as usize
+    {
+        assert!(Instant::now() < until, "rows did not arrive");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(p.interrupt(), Some(130));
+
+    let mut rows: Vec<serde_json::Value> = integration_tests::rows(&out, "sessions")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len() as u64, expected, "every closed session once");
+    rows.sort_by_key(|r| r["session_start"].as_i64().unwrap());
+    // Each event was extracted by one whole set, and the sets switch once, in input order.
+    let mut switch_at = None;
+    for (i, r) in rows.iter().enumerate() {
+        let sets = r["schema_sets"].as_array().unwrap();
+        assert_eq!(sets.len(), 1, "{r}");
+        let v2 = sets[0] == "app@2";
+        assert!(v2 || sets[0] == "app@1", "{r}");
+        let signup = (r["session_start"].as_i64().unwrap() / 1000 - 1_709_510_400) % 2 == 0;
+        assert_eq!(r["page_views"] == 1, v2 && signup, "v2 and only v2 counts sign-ups: {r}");
+        assert_eq!(r["subscribe_clicks"] == 1, !signup, "{r}");
+        match (switch_at, v2) {
+            (None, true) => switch_at = Some(i),
+            (Some(_), false) => panic!("app@1 after the switch: {r}"),
+            _ => {}
+        }
+    }
+    let at = switch_at.expect("the switch is visible in the rows");
+    assert!(at > 0, "some events were processed before the switch");
+    // Dead letters name the set in force, switching at the same point of the input.
+    let dead: Vec<serde_json::Value> = integration_tests::rows(&out, "dead-letter")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(dead.len() as u64, LINES / 97);
+    let line_of =
+        |r: &serde_json::Value| r["session_start"].as_i64().unwrap() / 1000 - 1_709_510_400;
+    let (last_v1, first_v2) = (line_of(&rows[at - 1]), line_of(&rows[at]));
+    for d in &dead {
+        let line = d["source"]["line"].as_i64().unwrap();
+        let set = d["schema_set"].as_str().unwrap();
+        if line < last_v1 {
+            assert_eq!(set, "app@1", "{d}");
+        } else if line > first_v2 {
+            assert_eq!(set, "app@2", "{d}");
+        } else {
+            assert!(set == "app@1" || set == "app@2", "{d}");
+        }
+    }
+}
+
+#[test]
+fn the_admin_api_serves_schema_operations_behind_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = dir.path().join("registry");
+    let reg_s = reg.to_str().unwrap();
+    let v1 = dir.path().join("app-v1.toml");
+    std::fs::write(&v1, APP_V1).unwrap();
+    ok(&register(reg_s, &v1, &[]));
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let out = dir.path().join("out");
+    let p = Running::start(
+        &[
+            "replay",
+            "--follow",
+            "--registry",
+            reg_s,
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--output",
+            out.to_str().unwrap(),
+            input.to_str().unwrap(),
+        ],
+        &[("CLICKSTREAM__ADMIN__TOKEN", "s3cret-token")],
+    );
+    let base = format!("http://{}", p.admin_addr());
+    let auth = "Authorization: Bearer s3cret-token";
+    let url = |path: &str| format!("{base}{path}");
+
+    assert_eq!(curl(&[&url("/healthz")]).0, 200);
+    assert_eq!(curl(&[&url("/schemas")]).0, 401, "no token");
+    assert_eq!(curl(&["-H", "Authorization: Bearer wrong", &url("/schemas")]).0, 401);
+    let (code, body) = curl(&["-H", auth, &url("/schemas")]);
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""name":"app""#) && body.contains(r#""latest":1"#), "{body}");
+    let (code, body) = curl(&["-H", auth, &url("/schemas/app/1")]);
+    assert_eq!(code, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&body).unwrap()["source"], APP_V1);
+    assert_eq!(curl(&["-H", auth, &url("/schemas/nope")]).0, 404);
+
+    // Validate: errors carry line and column.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, APP_V1.replace("'$.user'", "'$.user['")).unwrap();
+    let (code, body) = curl(&[
+        "-H",
+        auth,
+        "--data-binary",
+        &format!("@{}", bad.display()),
+        &url("/schemas/validate"),
+    ]);
+    assert_eq!(code, 422, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["errors"][0]["line"], 5, "{body}");
+    assert_eq!(v["errors"][0]["field"], "fields.customer_id[0]", "{body}");
+
+    // Test a candidate on a posted sample.
+    let sample = dir.path().join("sample.jsonl");
+    std::fs::write(&sample, (1..=10).map(event_line).collect::<String>()).unwrap();
+    let v2 = dir.path().join("app-v2.toml");
+    std::fs::write(
+        &v2,
+        APP_V1.replace("version = 1", "version = 2").replace("'$.user'", "'$.uid'"),
+    )
+    .unwrap();
+    let (code, body) = curl(&[
+        "-H",
+        auth,
+        "-F",
+        &format!("schema=@{}", v2.display()),
+        "-F",
+        &format!("sample=@{}", sample.display()),
+        &url("/schemas/test"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let r: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(r["lines"], 10, "{body}");
+    assert_eq!(r["rejected"]["missing_customer_id"]["count"], 10, "{body}");
+
+    // Register: the rename is refused (409), the aliased version is created (201).
+    let (code, body) =
+        curl(&["-H", auth, "-F", &format!("schema=@{}", v2.display()), &url("/schemas/register")]);
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("drops path $.user"), "{body}");
+    std::fs::write(
+        &v2,
+        APP_V1.replace("version = 1", "version = 2").replace("'$.user'", "'$.uid', '$.user'"),
+    )
+    .unwrap();
+    let (code, body) = curl(&[
+        "-H",
+        "Authorization: Bearer wrong",
+        "-F",
+        &format!("schema=@{}", v2.display()),
+        &url("/schemas/register"),
+    ]);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) =
+        curl(&["-H", auth, "-F", &format!("schema=@{}", v2.display()), &url("/schemas/register")]);
+    assert_eq!(code, 201, "{body}");
+    assert!(body.contains(r#""registered":"app@2""#), "{body}");
+    // The running processor picks it up.
+    p.wait_log("Schema set switched", 30);
+    let line = p.wait_log("Loaded a new schema set", 30);
+    assert!(line.contains("app@2"), "{line}");
+    assert!(!p.log().join("\n").contains("s3cret-token"), "the token is never logged");
+    assert_eq!(p.interrupt(), Some(130));
+}
+
+#[test]
+fn the_admin_api_needs_a_token_off_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, "").unwrap();
+    let o = run(&[
+        "replay",
+        "--admin-listen",
+        "0.0.0.0:0",
+        "--output",
+        dir.path().join("out").to_str().unwrap(),
+        "--schemas",
+        root().join("schemas").to_str().unwrap(),
+        input.to_str().unwrap(),
+    ]);
+    let err = refused(&o);
+    assert!(err.contains("not a loopback address: set admin.token"), "{err}");
+}

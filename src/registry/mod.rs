@@ -1,0 +1,594 @@
+//! The schema registry: immutable, numbered versions of each schema, in a local directory or
+//! under an S3 prefix, with compatibility checks on registration.
+//!
+//! Layout (the same in a directory and under a prefix): `NAME/v000001.json`, one JSON record
+//! per version holding the schema's TOML text, when it was registered, and — for a forced
+//! change — why. A version is written once, atomically (a directory: hard link of a synced
+//! temporary file, which fails if the name exists; S3: a conditional put), so a reader sees a
+//! version whole or not at all. The set in force is the latest version of every name.
+
+pub mod watch;
+
+use crate::extract::Extractor;
+use crate::extract::compat::{self, Finding, SampleDiff};
+use crate::extract::schema::{self, LoadedSchema, SchemaError, SchemaErrors};
+use crate::s3::{self, S3Location};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// A registry failure.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// A file-system operation failed.
+    #[error("registry {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: String,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An S3 request failed.
+    #[error("registry {location}: {message}")]
+    S3 {
+        /// The registry.
+        location: String,
+        /// What S3 said.
+        message: String,
+    },
+    /// The location is neither a directory path nor `s3://bucket/prefix`.
+    #[error("{0}")]
+    Location(String),
+    /// A stored record does not decode.
+    #[error("registry record {key} is corrupt: {message}")]
+    Corrupt {
+        /// Its key.
+        key: String,
+        /// Why.
+        message: String,
+    },
+    /// No such schema or version.
+    #[error("{0} is not registered")]
+    NotFound(String),
+    /// The schema, or the set it would make, does not validate.
+    #[error(transparent)]
+    Invalid(#[from] SchemaErrors),
+    /// The file's `version` is not the next one.
+    #[error(
+        "{name}: the file says version = {found}, but the next version is {expected}: set version = {expected} (versions are immutable and consecutive)"
+    )]
+    WrongVersion {
+        /// Schema name.
+        name: String,
+        /// The version the file gives.
+        found: u32,
+        /// The version it must give.
+        expected: u32,
+    },
+    /// The change is incompatible and was not forced.
+    #[error("{name}@{version} is incompatible with {name}@{previous}:{}\nfix the schema, or register anyway with --force --reason \"…\"", list(.findings))]
+    Incompatible {
+        /// Schema name.
+        name: String,
+        /// The version refused.
+        version: u32,
+        /// The previous version.
+        previous: u32,
+        /// Everything found (breaking and not).
+        findings: Vec<Finding>,
+    },
+    /// `--force` without `--reason`.
+    #[error("--force needs --reason \"…\": the reason is stored with the version")]
+    ForceWithoutReason,
+    /// Someone else registered the same version first.
+    #[error(
+        "{0} was registered by someone else meanwhile: look at it, then register the next version"
+    )]
+    Raced(String),
+}
+
+fn list(findings: &[Finding]) -> String {
+    use std::fmt::Write as _;
+    findings.iter().fold(String::new(), |mut out, f| {
+        let _ = write!(out, "\n  {}: {}: {}", f.severity.name(), f.field, f.message);
+        out
+    })
+}
+
+/// One registered version.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VersionRecord {
+    /// Schema name.
+    pub name: String,
+    /// Version number (1, 2, …).
+    pub version: u32,
+    /// When it was registered (UTC, RFC 3339).
+    pub registered_at: String,
+    /// Registered over breaking findings with `--force`.
+    pub forced: bool,
+    /// Why it was forced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// What the compatibility check found.
+    #[serde(default)]
+    pub findings: Vec<Finding>,
+    /// The schema file's text.
+    pub source: String,
+}
+
+impl VersionRecord {
+    /// `NAME@VERSION`.
+    #[must_use]
+    pub fn id(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+
+    /// Parses the stored schema text.
+    ///
+    /// # Errors
+    /// The text is not a valid schema, or names another schema or version than the record.
+    pub fn parse(&self) -> Result<LoadedSchema, SchemaError> {
+        let label = PathBuf::from(self.id());
+        let loaded = schema::parse_bytes(&label, self.source.clone().into_bytes())?;
+        let s = &loaded.schema;
+        if s.name.get_ref() != &self.name || s.version != self.version {
+            return Err(loaded.error(
+                s.name.span(),
+                "name",
+                format!("the stored text is {}@{}, not {}", s.name.get_ref(), s.version, self.id()),
+            ));
+        }
+        Ok(loaded)
+    }
+}
+
+fn key(name: &str, version: u32) -> String {
+    format!("{name}/v{version:06}.json")
+}
+
+/// `NAME/vNNNNNN.json` → (name, version).
+fn parse_key(key: &str) -> Option<(&str, u32)> {
+    let (name, file) = key.split_once('/')?;
+    let v = file.strip_prefix('v')?.strip_suffix(".json")?;
+    if name.is_empty() || v.len() != 6 || !v.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((name, v.parse().ok()?))
+}
+
+/// `NAME` or `NAME@VERSION`.
+///
+/// # Errors
+/// A version that is not a number.
+pub fn parse_ref(s: &str) -> Result<(String, Option<u32>), RegistryError> {
+    match s.split_once('@') {
+        None => Ok((s.to_owned(), None)),
+        Some((n, v)) => v.parse().map(|v| (n.to_owned(), Some(v))).map_err(|_| {
+            RegistryError::Location(format!("`{s}`: write NAME or NAME@VERSION, e.g. web@2"))
+        }),
+    }
+}
+
+/// Where versions are stored.
+#[derive(Debug, Clone)]
+enum Backend {
+    Dir(PathBuf),
+    S3 { client: aws_sdk_s3::Client, location: S3Location },
+}
+
+/// A registry, local or in S3.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    backend: Backend,
+}
+
+/// What a registration did.
+#[derive(Debug)]
+pub enum Registered {
+    /// A new version was stored.
+    New(VersionRecord),
+    /// The latest version already has exactly this text.
+    Unchanged(VersionRecord),
+}
+
+/// A schema offered for registration.
+#[derive(Debug)]
+pub struct Candidate {
+    /// The schema text.
+    pub text: Vec<u8>,
+    /// Its name in messages (the file path, or `request`).
+    pub label: PathBuf,
+    /// Sample events to judge rule changes on, one per line.
+    pub sample: Option<Vec<u8>>,
+    /// Register over breaking findings.
+    pub force: bool,
+    /// Why (required with `force`).
+    pub reason: Option<String>,
+}
+
+impl Registry {
+    /// Opens `location`: a directory (created if missing) or `s3://bucket/prefix`.
+    ///
+    /// # Errors
+    /// A malformed `s3://` URL, or a directory that cannot be created.
+    pub async fn open(location: &str, force_path_style: bool) -> Result<Registry, RegistryError> {
+        match S3Location::parse(location) {
+            Some(Ok(location)) => {
+                let client = s3::client(force_path_style).await;
+                Ok(Registry { backend: Backend::S3 { client, location } })
+            }
+            Some(Err(m)) => Err(RegistryError::Location(m)),
+            None if location.is_empty() => Err(RegistryError::Location(
+                "no registry given: --registry DIR|s3://BUCKET/PREFIX".into(),
+            )),
+            None => {
+                let dir = PathBuf::from(location);
+                std::fs::create_dir_all(&dir)
+                    .map_err(|source| RegistryError::Io { path: location.to_owned(), source })?;
+                Ok(Registry { backend: Backend::Dir(dir) })
+            }
+        }
+    }
+
+    /// The location as given.
+    #[must_use]
+    pub fn location(&self) -> String {
+        match &self.backend {
+            Backend::Dir(d) => d.display().to_string(),
+            Backend::S3 { location, .. } => location.to_string(),
+        }
+    }
+
+    /// The directory, for a local registry (watched with file-system notifications).
+    #[must_use]
+    pub fn dir(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Dir(d) => Some(d),
+            Backend::S3 { .. } => None,
+        }
+    }
+
+    fn s3_err(&self, message: String) -> RegistryError {
+        RegistryError::S3 { location: self.location(), message }
+    }
+
+    /// Every version key, sorted.
+    async fn keys(&self) -> Result<Vec<String>, RegistryError> {
+        let mut out = Vec::new();
+        match &self.backend {
+            Backend::Dir(root) => {
+                let io = |p: &Path| {
+                    let path = p.display().to_string();
+                    move |source| RegistryError::Io { path, source }
+                };
+                for e in std::fs::read_dir(root).map_err(io(root))? {
+                    let e = e.map_err(io(root))?;
+                    if !e.file_type().map_err(io(&e.path()))?.is_dir() {
+                        continue;
+                    }
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    for f in std::fs::read_dir(e.path()).map_err(io(&e.path()))? {
+                        let f = f.map_err(io(&e.path()))?;
+                        let k = format!("{name}/{}", f.file_name().to_string_lossy());
+                        if parse_key(&k).is_some() {
+                            out.push(k);
+                        }
+                    }
+                }
+            }
+            Backend::S3 { client, location } => {
+                let base = location.list_prefix();
+                let mut pages = client
+                    .list_objects_v2()
+                    .bucket(&location.bucket)
+                    .prefix(&base)
+                    .into_paginator()
+                    .send();
+                while let Some(page) = pages.next().await {
+                    let page = page.map_err(|e| self.s3_err(s3::describe(&e)))?;
+                    for o in page.contents() {
+                        if let Some(k) = o.key().and_then(|k| k.strip_prefix(&base))
+                            && parse_key(k).is_some()
+                        {
+                            out.push(k.to_owned());
+                        }
+                    }
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    async fn read(&self, key: &str) -> Result<Option<Vec<u8>>, RegistryError> {
+        match &self.backend {
+            Backend::Dir(root) => {
+                let p = root.join(key);
+                match std::fs::read(&p) {
+                    Ok(b) => Ok(Some(b)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(RegistryError::Io { path: p.display().to_string(), source }),
+                }
+            }
+            Backend::S3 { client, location } => {
+                let r = client
+                    .get_object()
+                    .bucket(&location.bucket)
+                    .key(location.key(key))
+                    .send()
+                    .await;
+                match r {
+                    Ok(o) => {
+                        let body =
+                            o.body.collect().await.map_err(|e| self.s3_err(e.to_string()))?;
+                        Ok(Some(body.into_bytes().to_vec()))
+                    }
+                    Err(e)
+                        if e.as_service_error().is_some_and(
+                            aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
+                        ) =>
+                    {
+                        Ok(None)
+                    }
+                    Err(e) => Err(self.s3_err(s3::describe(&e))),
+                }
+            }
+        }
+    }
+
+    /// Writes `key` if it does not exist; `Ok(false)` if it does.
+    async fn create(&self, key: &str, bytes: Vec<u8>) -> Result<bool, RegistryError> {
+        match &self.backend {
+            Backend::Dir(root) => {
+                let path = root.join(key);
+                let io = |source| RegistryError::Io { path: path.display().to_string(), source };
+                let dir = path.parent().unwrap_or(root);
+                std::fs::create_dir_all(dir).map_err(io)?;
+                let tmp =
+                    dir.join(format!(".tmp-{}-{}", std::process::id(), key.replace('/', "_")));
+                let mut f = std::fs::File::create(&tmp).map_err(io)?;
+                f.write_all(&bytes).and_then(|()| f.sync_all()).map_err(io)?;
+                drop(f);
+                // A hard link fails when the name exists: create-if-absent, atomically.
+                let linked = std::fs::hard_link(&tmp, &path);
+                let _ = std::fs::remove_file(&tmp);
+                match linked {
+                    Ok(()) => {
+                        if let Ok(d) = std::fs::File::open(dir) {
+                            let _ = d.sync_all();
+                        }
+                        Ok(true)
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+                    Err(e) => Err(io(e)),
+                }
+            }
+            Backend::S3 { client, location } => {
+                let r = client
+                    .put_object()
+                    .bucket(&location.bucket)
+                    .key(location.key(key))
+                    .if_none_match("*")
+                    .content_type("application/json")
+                    .body(bytes.into())
+                    .send()
+                    .await;
+                match r {
+                    Ok(_) => Ok(true),
+                    Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+                        Ok(false)
+                    }
+                    Err(e) => Err(self.s3_err(s3::describe(&e))),
+                }
+            }
+        }
+    }
+
+    /// Every name with its versions, ascending.
+    ///
+    /// # Errors
+    /// The registry cannot be listed.
+    pub async fn versions(&self) -> Result<BTreeMap<String, Vec<u32>>, RegistryError> {
+        let mut m: BTreeMap<String, Vec<u32>> = BTreeMap::new();
+        for k in self.keys().await? {
+            if let Some((n, v)) = parse_key(&k) {
+                m.entry(n.to_owned()).or_default().push(v);
+            }
+        }
+        Ok(m)
+    }
+
+    /// A cheap token that changes whenever a version is added (for polling).
+    ///
+    /// # Errors
+    /// The registry cannot be listed.
+    pub async fn fingerprint(&self) -> Result<String, RegistryError> {
+        Ok(self.keys().await?.join(","))
+    }
+
+    /// One version (the latest when `version` is `None`).
+    ///
+    /// # Errors
+    /// Not registered, unreadable or corrupt.
+    pub async fn get(
+        &self,
+        name: &str,
+        version: Option<u32>,
+    ) -> Result<VersionRecord, RegistryError> {
+        let v = match version {
+            Some(v) => v,
+            None => *self
+                .versions()
+                .await?
+                .get(name)
+                .and_then(|v| v.last())
+                .ok_or_else(|| RegistryError::NotFound(name.to_owned()))?,
+        };
+        let k = key(name, v);
+        let bytes =
+            self.read(&k).await?.ok_or_else(|| RegistryError::NotFound(format!("{name}@{v}")))?;
+        let rec: VersionRecord = serde_json::from_slice(&bytes)
+            .map_err(|e| RegistryError::Corrupt { key: k.clone(), message: e.to_string() })?;
+        if rec.name != name || rec.version != v {
+            return Err(RegistryError::Corrupt {
+                key: k,
+                message: format!("it holds {}", rec.id()),
+            });
+        }
+        Ok(rec)
+    }
+
+    /// The set in force: the latest version of every name.
+    ///
+    /// # Errors
+    /// Unreadable or corrupt.
+    pub async fn current(&self) -> Result<Vec<VersionRecord>, RegistryError> {
+        let mut out = Vec::new();
+        for (name, versions) in self.versions().await? {
+            if let Some(&v) = versions.last() {
+                out.push(self.get(&name, Some(v)).await?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Loads and compiles the set in force; also returns its records.
+    ///
+    /// # Errors
+    /// Unreadable, empty, or the set does not validate.
+    pub async fn load_set(&self) -> Result<(Extractor, Vec<VersionRecord>), RegistryError> {
+        let records = self.current().await?;
+        if records.is_empty() {
+            return Err(RegistryError::NotFound(format!(
+                "no schema in registry {} (register one with `clickstream schema register`)",
+                self.location()
+            )));
+        }
+        Ok((compile_set(&records, None)?, records))
+    }
+
+    /// Validates, checks compatibility and stores a new version.
+    ///
+    /// # Errors
+    /// Invalid, incompatible and not forced, wrong version number, or a storage failure.
+    pub async fn register(
+        &self,
+        c: Candidate,
+    ) -> Result<(Registered, Vec<Finding>), RegistryError> {
+        let current = self.current().await?;
+        let (outcome, findings) = plan(&current, c, &crate::aggregate::utc_datetime(now_ms()))?;
+        if let Registered::New(rec) = &outcome {
+            let bytes = serde_json::to_vec_pretty(rec).map_err(|e| RegistryError::Corrupt {
+                key: key(&rec.name, rec.version),
+                message: e.to_string(),
+            })?;
+            if !self.create(&key(&rec.name, rec.version), bytes).await? {
+                return Err(RegistryError::Raced(rec.id()));
+            }
+        }
+        Ok((outcome, findings))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Compiles a set of records, with `replace` standing in for the record of its name.
+///
+/// # Errors
+/// Every problem of the set.
+pub fn compile_set(
+    records: &[VersionRecord],
+    replace: Option<LoadedSchema>,
+) -> Result<Extractor, SchemaErrors> {
+    let mut loaded = Vec::new();
+    let mut errs = Vec::new();
+    let replaced = replace.as_ref().map(|r| r.schema.name.get_ref().clone());
+    for r in records {
+        if replaced.as_deref() == Some(r.name.as_str()) {
+            continue;
+        }
+        match r.parse() {
+            Ok(l) => loaded.push(l),
+            Err(e) => errs.push(e),
+        }
+    }
+    loaded.extend(replace);
+    if !errs.is_empty() {
+        return Err(SchemaErrors(errs));
+    }
+    Extractor::compile(loaded)
+}
+
+/// Decides what registering `c` over `current` does, without storing anything.
+///
+/// # Errors
+/// Invalid, incompatible and not forced, wrong version, or `force` without a reason.
+pub fn plan(
+    current: &[VersionRecord],
+    c: Candidate,
+    now: &str,
+) -> Result<(Registered, Vec<Finding>), RegistryError> {
+    let reason = c.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
+    if c.force && reason.is_none() {
+        return Err(RegistryError::ForceWithoutReason);
+    }
+    let new = schema::parse_bytes(&c.label, c.text).map_err(|e| SchemaErrors(vec![e]))?;
+    let name = new.schema.name.get_ref().clone();
+    let prev = current.iter().find(|r| r.name == name);
+    if let Some(p) = prev
+        && p.source == new.text
+    {
+        return Ok((Registered::Unchanged(p.clone()), Vec::new()));
+    }
+    let expected = prev.map_or(1, |p| p.version + 1);
+    if new.schema.version != expected {
+        return Err(RegistryError::WrongVersion { name, found: new.schema.version, expected });
+    }
+    let source = new.text.clone();
+    let mut findings = Vec::new();
+    if let Some(p) = prev {
+        let old = p.parse().map_err(|e| SchemaErrors(vec![e]))?;
+        findings = compat::static_findings(&old, &new, c.sample.is_some());
+    }
+    let new_set = compile_set(current, Some(new))?;
+    if let (Some(_), Some(sample)) = (prev, &c.sample) {
+        let old_set = compile_set(current, None)?;
+        let mut diff = SampleDiff::default();
+        for (i, line) in sample.split(|&b| b == b'\n').enumerate() {
+            if !line.is_empty() {
+                diff.observe(&old_set, &new_set, i as u64 + 1, line);
+            }
+        }
+        findings.extend(diff.findings());
+    }
+    findings.sort_by_key(|f| f.severity);
+    if compat::is_breaking(&findings) && !c.force {
+        return Err(RegistryError::Incompatible {
+            name,
+            version: expected,
+            previous: expected - 1,
+            findings,
+        });
+    }
+    let rec = VersionRecord {
+        name,
+        version: expected,
+        registered_at: now.to_owned(),
+        forced: c.force && compat::is_breaking(&findings),
+        reason,
+        findings: findings.clone(),
+        source,
+    };
+    Ok((Registered::New(rec), findings))
+}
+
+#[cfg(test)]
+mod tests;

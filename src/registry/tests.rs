@@ -1,0 +1,174 @@
+use super::*;
+use crate::extract::compat::Severity;
+
+const V1: &str = r#"name = "app"
+version = 1
+[fields]
+message_id = ['$.id']
+customer_id = ['$.userId']
+event_time = [{ path = '$.ts', format = "epoch" }]
+[[classify]]
+kind = "subscribe_click"
+when = [{ path = '$.evt', equals = "click" }]
+"#;
+
+fn candidate(text: &str) -> Candidate {
+    Candidate {
+        text: text.as_bytes().to_vec(),
+        label: "app.toml".into(),
+        sample: None,
+        force: false,
+        reason: None,
+    }
+}
+
+fn registered(text: &str) -> Vec<VersionRecord> {
+    match plan(&[], candidate(text), "2026-11-27T00:00:00Z").unwrap().0 {
+        Registered::New(r) => vec![r],
+        Registered::Unchanged(_) => panic!("first version is new"),
+    }
+}
+
+fn v2(from: &str, to: &str) -> String {
+    assert!(V1.contains(from), "{from}");
+    V1.replace("version = 1", "version = 2").replace(from, to)
+}
+
+fn refused(current: &[VersionRecord], c: Candidate) -> Vec<Finding> {
+    match plan(current, c, "now") {
+        Err(RegistryError::Incompatible { findings, .. }) => findings,
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn keys_round_trip_and_reject_strangers() {
+    assert_eq!(parse_key(&key("web", 12)), Some(("web", 12)));
+    for k in ["web/v12.json", "web/v000001.toml", "/v000001.json", "web/.tmp-1-web_v000001.json"] {
+        assert_eq!(parse_key(k), None, "{k}");
+    }
+    assert_eq!(parse_ref("web@3").unwrap(), ("web".into(), Some(3)));
+    assert_eq!(parse_ref("web").unwrap(), ("web".into(), None));
+    assert!(parse_ref("web@x").is_err());
+}
+
+#[test]
+fn first_version_must_be_one_and_versions_are_consecutive() {
+    let e = plan(&[], candidate(&V1.replace("version = 1", "version = 2")), "now").unwrap_err();
+    assert!(e.to_string().contains("next version is 1"), "{e}");
+    let cur = registered(V1);
+    let e = plan(&cur, candidate(&V1.replace("version = 1", "version = 3")), "now").unwrap_err();
+    assert!(matches!(e, RegistryError::WrongVersion { expected: 2, found: 3, .. }), "{e}");
+}
+
+#[test]
+fn the_same_text_again_is_unchanged() {
+    let cur = registered(V1);
+    assert!(matches!(plan(&cur, candidate(V1), "now").unwrap().0, Registered::Unchanged(_)));
+}
+
+#[test]
+fn a_rename_without_alias_is_refused_and_with_alias_accepted() {
+    let cur = registered(V1);
+    let f = refused(&cur, candidate(&v2("'$.userId'", "'$.user_id'")));
+    assert!(f.iter().any(|f| f.severity == Severity::Breaking
+        && f.field == "fields.customer_id"
+        && f.message.contains("$.userId")));
+    let (r, findings) =
+        plan(&cur, candidate(&v2("'$.userId'", "'$.user_id', '$.userId'")), "now").unwrap();
+    assert!(matches!(r, Registered::New(ref rec) if rec.version == 2 && !rec.forced));
+    assert!(findings.iter().all(|f| f.severity == Severity::Info), "{findings:?}");
+}
+
+#[test]
+fn removing_or_retyping_a_used_field_is_refused() {
+    // Another schema keeps the set valid without app's customer id: only compat can object.
+    let mut cur = registered(V1);
+    cur.extend(registered(
+        "name = \"other\"\nversion = 1\n[fields]\nmessage_id = ['$.mid']\ncustomer_id = ['$.cid']\nevent_time = [{ path = '$.t', format = \"epoch\" }]\n",
+    ));
+    let f = refused(&cur, candidate(&v2("customer_id = ['$.userId']\n", "")));
+    assert!(f.iter().any(|f| f.message.contains("removes customer_id")), "{f:?}");
+    let f = refused(&cur, candidate(&v2(r#"format = "epoch""#, r#"format = "iso8601""#)));
+    assert!(f.iter().any(|f| f.message.contains("retypes $.ts from epoch to iso8601")), "{f:?}");
+}
+
+#[test]
+fn rule_changes_need_a_sample_and_are_judged_on_it() {
+    let cur = registered(V1);
+    let moved = v2("kind = \"subscribe_click\"", "kind = \"subscribe_hover\"");
+    let f = refused(&cur, candidate(&moved));
+    assert!(f.iter().any(|f| f.field == "classify" && f.message.contains("--sample")), "{f:?}");
+
+    let sample = b"{\"id\":1,\"userId\":\"u\",\"ts\":1709510400,\"evt\":\"click\"}\n\
+{\"id\":2,\"userId\":\"u\",\"ts\":1709510401,\"evt\":\"view\"}\n"
+        .to_vec();
+    let mut c = candidate(&moved);
+    c.sample = Some(sample.clone());
+    let f = refused(&cur, c);
+    assert!(
+        f.iter().any(|f| f.severity == Severity::Breaking
+            && f.message
+                .contains("1 of 2 sample events move from subscribe_click to subscribe_hover")),
+        "{f:?}"
+    );
+
+    // A new rule that classifies events nobody classified before moves nothing.
+    let added = V1.replace("version = 1", "version = 2")
+        + "[[classify]]\nkind = \"page_view\"\nwhen = [{ path = '$.evt', equals = \"view\" }]\n";
+    let mut c = candidate(&added);
+    c.sample = Some(sample);
+    let (r, findings) = plan(&cur, c, "now").unwrap();
+    assert!(matches!(r, Registered::New(_)));
+    assert!(findings.iter().any(|f| f.message.contains("become page_view")), "{findings:?}");
+}
+
+#[test]
+fn force_needs_a_reason_and_stores_it() {
+    let cur = registered(V1);
+    let mut c = candidate(&v2("'$.userId'", "'$.user_id'"));
+    c.force = true;
+    assert!(matches!(plan(&cur, c, "now"), Err(RegistryError::ForceWithoutReason)));
+    let mut c = candidate(&v2("'$.userId'", "'$.user_id'"));
+    c.force = true;
+    c.reason = Some("all apps upgraded on 2026-11-01".into());
+    match plan(&cur, c, "now").unwrap().0 {
+        Registered::New(rec) => {
+            assert!(rec.forced);
+            assert_eq!(rec.reason.as_deref(), Some("all apps upgraded on 2026-11-01"));
+            assert!(compat::is_breaking(&rec.findings));
+        }
+        Registered::Unchanged(_) => panic!("a new version"),
+    }
+}
+
+#[test]
+fn an_invalid_version_is_refused_with_its_position() {
+    let cur = registered(V1);
+    match plan(&cur, candidate(&v2("'$.id'", "'$.id[?'")), "now") {
+        Err(RegistryError::Invalid(e)) => {
+            assert!(e.to_string().contains("app.toml:4:"), "{e}");
+        }
+        other => panic!("expected invalid, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_directory_registry_stores_immutable_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().to_str().unwrap(), false).await.unwrap();
+    let (r, _) = reg.register(candidate(V1)).await.unwrap();
+    assert!(matches!(r, Registered::New(_)));
+    let (r, _) =
+        reg.register(candidate(&v2("'$.userId'", "'$.user_id', '$.userId'"))).await.unwrap();
+    assert!(matches!(r, Registered::New(ref rec) if rec.version == 2));
+    assert_eq!(reg.versions().await.unwrap()["app"], vec![1, 2]);
+    assert_eq!(reg.get("app", Some(1)).await.unwrap().source, V1);
+    assert_eq!(reg.get("app", None).await.unwrap().version, 2);
+    let (x, recs) = reg.load_set().await.unwrap();
+    assert_eq!((x.versions(), recs.len()), ("app@2".to_owned(), 1));
+    // A second writer of the same version loses.
+    let rec = reg.get("app", Some(2)).await.unwrap();
+    assert!(!reg.create(&key("app", 2), serde_json::to_vec(&rec).unwrap()).await.unwrap());
+    assert!(matches!(reg.get("nope", None).await, Err(RegistryError::NotFound(_))));
+}
