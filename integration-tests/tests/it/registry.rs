@@ -148,7 +148,9 @@ fn s3_env() -> Vec<(&'static str, String)> {
 
 /// Creates a fresh bucket with curl (a real client; the S3 API server takes unsigned calls).
 fn fresh_bucket(endpoint: &str) -> String {
-    let name = format!("registry-{}-{}", std::process::id(), Instant::now().elapsed().as_nanos());
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("registry-{}-{n}", std::process::id());
     let (code, body) = curl(&["-X", "PUT", &format!("{endpoint}/{name}")]);
     assert_eq!(
         code, 200,
@@ -470,4 +472,73 @@ fn the_admin_api_needs_a_token_off_loopback() {
     ]);
     let err = refused(&o);
     assert!(err.contains("not a loopback address: set admin.token"), "{err}");
+}
+
+#[test]
+fn an_s3_registry_is_polled_and_a_new_version_takes_over() {
+    let env = s3_env();
+    let bucket = fresh_bucket(&env[0].1);
+    let mut env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("CLICKSTREAM__REGISTRY__POLL_INTERVAL", "200ms"));
+    let reg = format!("s3://{bucket}/schemas");
+    let dir = tempfile::tempdir().unwrap();
+    let register_s3 = |file: &Path| {
+        std::process::Command::new(integration_tests::bin())
+            .args(["schema", "register", file.to_str().unwrap(), "--registry", &reg])
+            .args(["--sample", dir.path().join("sample.jsonl").to_str().unwrap()])
+            .envs(env.iter().copied())
+            .output()
+            .unwrap()
+    };
+    std::fs::write(dir.path().join("sample.jsonl"), (1..=50).map(event_line).collect::<String>())
+        .unwrap();
+    let v1 = dir.path().join("app-v1.toml");
+    std::fs::write(&v1, APP_V1).unwrap();
+    ok(&register_s3(&v1));
+    let input = dir.path().join("events.jsonl");
+    std::fs::write(&input, (1..=1000).map(event_line).collect::<String>()).unwrap();
+    let out = dir.path().join("out");
+    let p = Running::start(
+        &[
+            "replay",
+            "--follow",
+            "--registry",
+            &reg,
+            "--output",
+            out.to_str().unwrap(),
+            "--gap",
+            "1s",
+            "--allowed-lateness",
+            "0s",
+            "--checkpoint-interval",
+            "100ms",
+            input.to_str().unwrap(),
+        ],
+        &env,
+    );
+    p.wait_log("Loaded schemas", 30);
+    let v2 = dir.path().join("app-v2.toml");
+    std::fs::write(
+        &v2,
+        APP_V1.replace("version = 1", "version = 2")
+            + "[[classify]]\nkind = \"page_view\"\nwhen = [{ path = '$.evt', equals = \"signup\" }]\n",
+    )
+    .unwrap();
+    ok(&register_s3(&v2));
+    let line = p.wait_log("Schema set switched", 30);
+    assert!(line.contains("app@2"), "{line}");
+    // Lines written after the switch are read by app@2.
+    let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+    f.write_all((1001..=1010).map(event_line).collect::<String>().as_bytes()).unwrap();
+    drop(f);
+    let until = Instant::now() + Duration::from_secs(30);
+    let v2_rows = || {
+        out.join("sessions").exists()
+            && integration_tests::rows(&out, "sessions").iter().any(|l| l.contains("app@2"))
+    };
+    while !v2_rows() {
+        assert!(Instant::now() < until, "no row read by app@2");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(p.interrupt(), Some(130));
 }
