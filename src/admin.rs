@@ -60,6 +60,8 @@ pub struct Admin {
     pub token: Option<Arc<str>>,
     /// Prometheus exposition.
     pub metrics: Option<PrometheusHandle>,
+    /// Readiness of a running service (`/readyz`); absent for a replay, which is ready.
+    pub ready: Option<Arc<crate::run::Readiness>>,
 }
 
 /// Binds `addr` and serves until `cancel`; returns the bound address (port 0 picks one).
@@ -103,6 +105,7 @@ pub fn router(admin: Admin) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route("/readyz", get(readyz))
         .merge(schemas)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(admin)
@@ -186,6 +189,19 @@ async fn metrics(State(a): State<Admin>) -> Response {
         }
         None => problem(StatusCode::NOT_FOUND, "metrics are off"),
     }
+}
+
+async fn readyz(State(a): State<Admin>) -> Response {
+    let Some(r) = &a.ready else { return "ready\n".into_response() };
+    let checks = r.checks();
+    let body: serde_json::Map<String, Value> =
+        checks.iter().map(|(n, ok)| ((*n).to_owned(), Value::Bool(*ok))).collect();
+    let status = if checks.iter().all(|(_, ok)| *ok) {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
 }
 
 async fn list(State(a): State<Admin>) -> Response {

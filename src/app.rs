@@ -53,6 +53,21 @@ pub struct ReplaySettings {
     pub admin_token: Option<String>,
 }
 
+impl ReplaySettings {
+    /// The schema, registry and admin settings.
+    #[must_use]
+    pub fn services(&self) -> ServiceSettings {
+        ServiceSettings {
+            schemas: self.schemas.clone(),
+            registry: self.registry.clone(),
+            poll_interval: self.poll_interval,
+            force_path_style: self.force_path_style,
+            admin_listen: self.admin_listen,
+            admin_token: self.admin_token.clone(),
+        }
+    }
+}
+
 /// How a replay ended.
 #[derive(Debug)]
 pub enum Outcome {
@@ -162,7 +177,7 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     // Stops the registry watcher and the admin API when the replay ends, however it ends.
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
-    let (extractor, board, with_registry) = start_schemas(s, &services)?;
+    let (extractor, board, with_registry) = start_schemas(&s.services(), None, &services)?;
     let sink = FileSink::open(&s.output)
         .with_context(|| format!("output directory {}", s.output.display()))?;
     std::fs::create_dir_all(&s.state)
@@ -257,11 +272,32 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     Ok(Outcome::Completed(counters))
 }
 
+/// Schemas, registry and admin API settings, shared by `replay` and `run`.
+#[derive(Debug, Clone)]
+pub struct ServiceSettings {
+    /// Schema directory or file (when there is no registry).
+    pub schemas: PathBuf,
+    /// Schema registry location.
+    pub registry: Option<String>,
+    /// How often the registry is checked.
+    pub poll_interval: Duration,
+    /// S3 path-style addressing.
+    pub force_path_style: bool,
+    /// Admin API address.
+    pub admin_listen: Option<std::net::SocketAddr>,
+    /// Admin API token.
+    pub admin_token: Option<String>,
+}
+
 /// Loads the schema set (from the registry, or plain files), and starts the registry watcher
 /// and the admin API, which stop with `services`. Returns the set, the switchboard through which
 /// new sets arrive, and whether a registry is in use.
-fn start_schemas(
-    s: &ReplaySettings,
+///
+/// # Errors
+/// Schemas or registry unreadable or invalid; admin address refused.
+pub fn start_schemas(
+    s: &ServiceSettings,
+    ready: Option<Arc<crate::run::Readiness>>,
     services: &CancellationToken,
 ) -> Result<(Arc<Extractor>, Arc<Switchboard>, bool)> {
     let rt = tokio::runtime::Handle::current();
@@ -292,6 +328,7 @@ fn start_schemas(
             board: Some(Arc::clone(&board)),
             token: s.admin_token.as_deref().map(Arc::from),
             metrics: crate::telemetry::metrics(),
+            ready,
         };
         rt.block_on(admin::serve(admin, addr, services.clone()))?;
     }

@@ -40,6 +40,66 @@ pub struct RawConfig {
     pub s3: S3Config,
     /// Admin API.
     pub admin: AdminConfig,
+    /// Kafka source of `run`.
+    pub kafka: KafkaConfig,
+    /// Sink of `run`.
+    pub sink: SinkConfig,
+    /// `run` settings.
+    pub run: RunConfig,
+}
+
+/// `[kafka]`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic.
+    pub topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// Extra librdkafka properties.
+    #[serde(default)]
+    pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for KafkaConfig {
+    // Properties may hold credentials (sasl.password): names only.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("group", &self.group)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// `[sink]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// `s3://bucket/prefix`.
+    pub location: String,
+}
+
+/// `[run]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// Local state root.
+    pub state: PathBuf,
+    /// Wall time between checkpoints.
+    #[serde(with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
+    /// Close a quiet partition's sessions after this long.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Snapshot state to S3 every this many checkpoints.
+    pub snapshot_every: u64,
+    /// Time allowed for the final checkpoint on a signal.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_deadline: Duration,
 }
 
 /// `[registry]`.
@@ -201,6 +261,14 @@ mod tests {
         std::fs::write(&f, "[session]\ngapp = \"1m\"\n").unwrap();
         let e = RawConfig::load(Some(&f)).unwrap_err().to_string();
         assert!(e.contains("gapp"), "{e}");
+    }
+
+    #[test]
+    fn kafka_secrets_are_never_printed() {
+        let mut c = RawConfig::load(None).unwrap();
+        c.kafka.properties.insert("sasl.password".into(), "hunter2".into());
+        let shown = format!("{c:?}");
+        assert!(shown.contains("sasl.password") && !shown.contains("hunter2"));
     }
 
     #[test]

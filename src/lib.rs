@@ -18,6 +18,7 @@
 //! - [`processor`]: the stages above, run over lines.
 //! - [`registry`]: versioned schemas (directory or S3), compatibility checks, hot reload.
 //! - [`admin`]: the HTTP admin API (schemas, health, metrics).
+//! - [`run`]: `clickstream run`, Kafka in and S3 out, one pipeline per partition.
 
 pub mod aggregate;
 pub mod checkpoint;
@@ -34,6 +35,7 @@ pub mod config;
 pub mod event;
 pub mod processor;
 pub mod registry;
+pub mod run;
 pub mod s3;
 pub mod shutdown;
 pub mod telemetry;

@@ -43,6 +43,12 @@ enum Command {
     /// Resumable: killed at any point, the same command with the same --state and --output
     /// continues from the last checkpoint and ends with output identical to an uninterrupted run.
     Replay(ReplayArgs),
+    /// Run as a service: consume raw events from Kafka, write session rows to S3.
+    ///
+    /// Settings come from --config (see config/default.toml: [kafka], [sink], [run],
+    /// [session], [registry], [admin]) and `CLICKSTREAM__SECTION__KEY` variables. SIGTERM or
+    /// SIGINT: final checkpoint, then exit.
+    Run,
     /// Work with schema files.
     #[command(subcommand)]
     Schema(SchemaCommand),
@@ -278,7 +284,59 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
             }
         }
         Command::Schema(cmd) => schema(cli.config.as_deref(), cmd).await,
+        Command::Run => {
+            run_service(cli.config.as_deref()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+async fn run_service(config: Option<&std::path::Path>) -> Result<()> {
+    let c = RawConfig::load(config)?;
+    c.validate()?;
+    let Some(Ok(sink)) = clickstream::s3::S3Location::parse(&c.sink.location) else {
+        bail!(
+            "sink.location = {:?}: `clickstream run` writes to s3://BUCKET/PREFIX",
+            c.sink.location
+        );
+    };
+    let svc = app::ServiceSettings {
+        schemas: c.replay.schemas.clone(),
+        registry: (!c.registry.location.is_empty()).then(|| c.registry.location.clone()),
+        poll_interval: c.registry.poll_interval,
+        force_path_style: c.s3.force_path_style,
+        admin_listen: c.admin.listen.parse().ok(),
+        admin_token: (!c.admin.token.is_empty()).then(|| c.admin.token.clone()),
+    };
+    let settings = clickstream::run::RunSettings {
+        brokers: c.kafka.brokers,
+        topic: c.kafka.topic,
+        group: c.kafka.group,
+        properties: c.kafka.properties,
+        sink,
+        state: c.run.state,
+        rules: Rules {
+            gap_ms: ms(c.session.gap),
+            lateness_ms: ms(c.session.allowed_lateness),
+            dedup_horizon_ms: ms(c.session.dedup_horizon),
+        },
+        checkpoint_interval: c.run.checkpoint_interval,
+        idle_timeout: c.run.idle_timeout,
+        snapshot_every: c.run.snapshot_every,
+        shutdown_deadline: c.run.shutdown_deadline,
+        force_path_style: c.s3.force_path_style,
+    };
+    let cancel = CancellationToken::new();
+    clickstream::shutdown::install(cancel.clone());
+    tokio::task::spawn_blocking(move || {
+        let services = CancellationToken::new();
+        let _stop = services.clone().drop_guard();
+        let ready = std::sync::Arc::new(clickstream::run::Readiness::default());
+        let (x, board, _) =
+            app::start_schemas(&svc, Some(std::sync::Arc::clone(&ready)), &services)?;
+        clickstream::run::run(&settings, x, &board, &ready, &cancel)
+    })
+    .await?
 }
 
 async fn schema(config: Option<&std::path::Path>, cmd: SchemaCommand) -> Result<ExitCode> {

@@ -102,6 +102,12 @@ impl Processor {
         self.schema_set = Arc::from(id);
     }
 
+    /// Open sessions now.
+    #[must_use]
+    pub fn open_sessions(&self) -> usize {
+        self.sessions.open_sessions()
+    }
+
     /// Totals so far.
     #[must_use]
     pub fn counters(&self) -> &Counters {

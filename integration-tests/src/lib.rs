@@ -223,3 +223,182 @@ pub fn curl(args: &[&str]) -> (u16, String) {
     let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
     (code.trim().parse().unwrap_or(0), body.to_owned())
 }
+
+/// The loopback services (`scripts/services up`): endpoints from the standard variables, with
+/// loopback defaults.
+pub mod services {
+    use rdkafka::ClientConfig;
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer, ThreadedProducer};
+    use std::io::Read;
+    use std::time::Duration;
+
+    fn var(k: &str, d: &str) -> String {
+        std::env::var(k).unwrap_or_else(|_| d.to_owned())
+    }
+
+    /// Kafka bootstrap servers.
+    #[must_use]
+    pub fn brokers() -> String {
+        var("CLICKSTREAM_KAFKA_BROKERS", "127.0.0.1:9092")
+    }
+
+    /// The environment that points the binary (and the SDK) at the S3 API server.
+    #[must_use]
+    pub fn s3_env() -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL", var("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")),
+            ("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID", "test")),
+            ("AWS_SECRET_ACCESS_KEY", var("AWS_SECRET_ACCESS_KEY", "test")),
+            ("AWS_REGION", var("AWS_REGION", "us-east-1")),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("CLICKSTREAM__S3__FORCE_PATH_STYLE", "true".into()),
+        ]
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
+    }
+
+    fn s3() -> aws_sdk_s3::Client {
+        let env = s3_env();
+        let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap();
+        let creds = aws_sdk_s3::config::Credentials::new(
+            get("AWS_ACCESS_KEY_ID"),
+            get("AWS_SECRET_ACCESS_KEY"),
+            None,
+            None,
+            "tests",
+        );
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new(get("AWS_REGION")))
+            .endpoint_url(get("AWS_ENDPOINT_URL"))
+            .credentials_provider(creds)
+            .force_path_style(true)
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    /// A new, empty bucket.
+    #[must_use]
+    pub fn fresh_bucket(tag: &str) -> String {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let name = format!("{tag}-{}-{n}", std::process::id());
+        let rt = runtime();
+        let c = s3();
+        rt.block_on(c.create_bucket().bucket(&name).send()).unwrap_or_else(|e| {
+            panic!("cannot create bucket {name} (start the S3 API server: scripts/services up s3): {e:?}")
+        });
+        name
+    }
+
+    /// Every object under `prefix` in `bucket`: key → bytes (gzip objects decompressed).
+    #[must_use]
+    pub fn objects(bucket: &str, prefix: &str) -> std::collections::BTreeMap<String, Vec<u8>> {
+        let rt = runtime();
+        let c = s3();
+        rt.block_on(async {
+            let mut out = std::collections::BTreeMap::new();
+            let mut pages =
+                c.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                for o in page.unwrap().contents() {
+                    let key = o.key().unwrap().to_owned();
+                    let body = c.get_object().bucket(bucket).key(&key).send().await.unwrap();
+                    let mut bytes = body.body.collect().await.unwrap().into_bytes().to_vec();
+                    if std::path::Path::new(&key)
+                        .extension()
+                        .is_some_and(|x| x.eq_ignore_ascii_case("gz"))
+                    {
+                        let mut s = Vec::new();
+                        flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut s).unwrap();
+                        bytes = s;
+                    }
+                    out.insert(key, bytes);
+                }
+            }
+            out
+        })
+    }
+
+    /// All JSON lines of the objects under `prefix`.
+    #[must_use]
+    pub fn lines(bucket: &str, prefix: &str) -> Vec<String> {
+        objects(bucket, prefix)
+            .values()
+            .flat_map(|b| String::from_utf8_lossy(b).lines().map(str::to_owned).collect::<Vec<_>>())
+            .collect()
+    }
+
+    /// Creates `topic` with `partitions` partitions.
+    pub fn create_topic(topic: &str, partitions: i32) {
+        let admin: AdminClient<DefaultClientContext> =
+            ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+        let rt = runtime();
+        // Messages up to 16 MiB: the data holds lines over the 1 MiB default, which the
+        // pipeline must dead-letter as too_large rather than never see.
+        let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+            .set("max.message.bytes", "16777216");
+        let r = rt
+            .block_on(admin.create_topics(&[t], &AdminOptions::new()))
+            .unwrap_or_else(|e| panic!("Kafka at {} (scripts/services up kafka): {e}", brokers()));
+        for x in r {
+            x.unwrap();
+        }
+    }
+
+    /// Produces `(key, payload)` records to `topic`, waiting until all are acknowledged.
+    pub fn produce(topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+        let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("linger.ms", "20")
+            .set("enable.idempotence", "true")
+            .set("message.max.bytes", "16777216")
+            .create()
+            .unwrap();
+        for (k, v) in records {
+            let mut rec = BaseRecord::to(topic).key(k).payload(v);
+            loop {
+                match p.send(rec) {
+                    Ok(()) => break,
+                    Err((
+                        rdkafka::error::KafkaError::MessageProduction(
+                            rdkafka::types::RDKafkaErrorCode::QueueFull,
+                        ),
+                        back,
+                    )) => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => panic!("producing to {topic}: {e}"),
+                }
+            }
+        }
+        p.flush(Duration::from_mins(1)).unwrap();
+    }
+
+    /// The group's committed offset per partition.
+    #[must_use]
+    pub fn committed(topic: &str, group: &str, partitions: i32) -> Vec<i64> {
+        use rdkafka::consumer::{BaseConsumer, Consumer};
+        let c: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", group)
+            .create()
+            .unwrap();
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            tpl.add_partition(topic, p);
+        }
+        let got = c.committed_offsets(tpl, Duration::from_secs(10)).unwrap();
+        (0..partitions)
+            .map(|p| match got.find_partition(topic, p).map(|e| e.offset()) {
+                Some(rdkafka::Offset::Offset(o)) => o,
+                _ => 0,
+            })
+            .collect()
+    }
+}

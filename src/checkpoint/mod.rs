@@ -14,8 +14,8 @@
 
 use crate::event::CheckpointId;
 use crate::processor::EpochOutput;
-use crate::sink::SinkError;
 use crate::sink::file::FileSink;
+use crate::sink::{Sink, SinkError};
 use crate::state::{CheckpointBatch, StateError, StateStore};
 use thiserror::Error;
 
@@ -48,16 +48,21 @@ pub enum CheckpointError {
 
 /// Commits checkpoints in order.
 #[derive(Debug)]
-pub struct Coordinator<S: StateStore> {
+pub struct Coordinator<S: StateStore, K: Sink = FileSink> {
     store: S,
-    sink: FileSink,
+    sink: K,
     last: CheckpointId,
 }
 
-impl<S: StateStore> Coordinator<S> {
+impl<S: StateStore, K: Sink> Coordinator<S, K> {
     /// A coordinator continuing after checkpoint `last` (0 for a fresh run).
-    pub fn new(store: S, sink: FileSink, last: CheckpointId) -> Self {
+    pub fn new(store: S, sink: K, last: CheckpointId) -> Self {
         Coordinator { store, sink, last }
+    }
+
+    /// The state store (for snapshots).
+    pub fn store(&self) -> &S {
+        &self.store
     }
 
     /// The last committed checkpoint.
@@ -66,7 +71,7 @@ impl<S: StateStore> Coordinator<S> {
     }
 
     /// The sink, for the completion marker.
-    pub fn sink(&self) -> &FileSink {
+    pub fn sink(&self) -> &K {
         &self.sink
     }
 

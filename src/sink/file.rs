@@ -33,6 +33,21 @@ fn part_id(name: &str) -> Option<CheckpointId> {
     name.strip_prefix("part-")?.strip_suffix(".jsonl")?.parse().ok()
 }
 
+impl super::Sink for FileSink {
+    fn write_epoch(
+        &self,
+        id: CheckpointId,
+        rows: &[SessionRow],
+        dead: &[DeadLetter],
+    ) -> Result<(), SinkError> {
+        FileSink::write_epoch(self, id, rows, dead)
+    }
+
+    fn recover(&self, committed: CheckpointId) -> Result<usize, SinkError> {
+        FileSink::recover(self, committed)
+    }
+}
+
 impl FileSink {
     /// Opens the output directory, creating it, and checks that it is writable.
     ///

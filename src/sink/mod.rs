@@ -5,12 +5,35 @@
 //! ones, and recovery removes whatever a crashed run wrote after its last committed checkpoint.
 
 pub mod file;
+pub mod s3;
 
 use crate::event::LinePosition;
 use base64::Engine;
 use serde::Serialize;
 use std::sync::Arc;
 use thiserror::Error;
+
+/// Where checkpoints' output goes. Two implementations: a local directory and S3.
+pub trait Sink {
+    /// Writes checkpoint `id`'s rows and dead letters durably, under names derived from `id`
+    /// (a re-run rewrites the same names).
+    ///
+    /// # Errors
+    /// Nothing of it may be relied on; the checkpoint must not commit.
+    fn write_epoch(
+        &self,
+        id: crate::event::CheckpointId,
+        rows: &[crate::aggregate::SessionRow],
+        dead: &[DeadLetter],
+    ) -> Result<(), SinkError>;
+
+    /// Removes output written after checkpoint `committed` (by a run that crashed before
+    /// committing it); returns how much it removed.
+    ///
+    /// # Errors
+    /// The output cannot be listed or removed.
+    fn recover(&self, committed: crate::event::CheckpointId) -> Result<usize, SinkError>;
+}
 
 /// A sink failure.
 #[derive(Debug, Error)]
@@ -27,6 +50,19 @@ pub enum SinkError {
         #[source]
         source: std::io::Error,
     },
+    /// An S3 request failed (after retries).
+    #[error("{op} {key}: {message}")]
+    S3 {
+        /// What was being done.
+        op: &'static str,
+        /// The object or prefix.
+        key: String,
+        /// What S3 said.
+        message: String,
+    },
+    /// Shutting down while an S3 request was being retried.
+    #[error("stopped while retrying {0}")]
+    Cancelled(String),
 }
 
 /// A rejected line, with enough to find and replay it.

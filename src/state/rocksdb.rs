@@ -62,6 +62,17 @@ impl RocksDbStore {
         Ok(store)
     }
 
+    /// Writes a consistent copy of the store into `dir` (which must not exist): hard links of
+    /// the immutable files plus a copy of the rest, taken under `RocksDB`'s own checkpoint.
+    ///
+    /// # Errors
+    /// `RocksDB` cannot create the checkpoint.
+    pub fn snapshot_into(&self, dir: &Path) -> Result<(), StateError> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(self.rocks())?;
+        // Flush first so that the snapshot holds no write-ahead log to replay.
+        cp.create_checkpoint_with_log_size(dir, 0).map_err(self.rocks())
+    }
+
     fn read_meta<T: serde::de::DeserializeOwned>(
         &self,
         key: &[u8],

@@ -4,6 +4,7 @@
 mod cli;
 mod conformance;
 mod golden;
+mod kafka;
 mod recovery;
 mod registry;
 mod schemas;

@@ -133,18 +133,7 @@ fn a_directory_registry_versions_and_guards_schemas() {
     assert_eq!(web.len(), 3, "{web:?}");
 }
 
-/// The loopback S3 API server (`scripts/services up s3`), from the standard variables.
-fn s3_env() -> Vec<(&'static str, String)> {
-    let get = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_owned());
-    vec![
-        ("AWS_ENDPOINT_URL", get("AWS_ENDPOINT_URL", "http://127.0.0.1:5000")),
-        ("AWS_ACCESS_KEY_ID", get("AWS_ACCESS_KEY_ID", "test")),
-        ("AWS_SECRET_ACCESS_KEY", get("AWS_SECRET_ACCESS_KEY", "test")),
-        ("AWS_REGION", get("AWS_REGION", "us-east-1")),
-        ("AWS_EC2_METADATA_DISABLED", "true".into()),
-        ("CLICKSTREAM__S3__FORCE_PATH_STYLE", "true".into()),
-    ]
-}
+use integration_tests::services::s3_env;
 
 /// Creates a fresh bucket with curl (a real client; the S3 API server takes unsigned calls).
 fn fresh_bucket(endpoint: &str) -> String {

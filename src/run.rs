@@ -1,0 +1,515 @@
+//! `clickstream run`: Kafka in, S3 out, as a long-running service.
+//!
+//! Each assigned partition is its own pipeline — processor, `RocksDB` state
+//! (`STATE/pNNNN`), checkpoint sequence and output stream (`pNNNN-CHECKPOINT` objects) — so a
+//! rebalance moves whole partitions and nothing else. One thread polls the consumer and runs
+//! the pipelines; rebalance callbacks run on it too, inside `poll`.
+//!
+//! Checkpoint of a partition, in order: (1) its rows and dead letters to S3, (2) its state and
+//! next offset in one synced `RocksDB` batch, (3) the offset committed to Kafka. The state, not
+//! Kafka, says where to resume: a partition with local state resumes at the offset it
+//! recorded; one without takes the latest state snapshot from S3, or starts from the
+//! beginning of the partition. Committed Kafka offsets therefore never run ahead of S3 (they
+//! are for lag monitoring and for tools).
+
+use crate::checkpoint::CheckpointError;
+use crate::checkpoint::Coordinator;
+use crate::event::{LinePosition, SourcePosition};
+use crate::extract::Extractor;
+use crate::extract::walk::Slot;
+use crate::processor::{MetaBase, Processor, Rules};
+use crate::registry::watch::Switchboard;
+use crate::s3::S3Location;
+use crate::sink::s3::S3Sink;
+use crate::sink::{Sink, SinkError};
+use crate::state::StateStore;
+use crate::state::rocksdb::RocksDbStore;
+use anyhow::{Context as _, Result, anyhow, bail};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::message::Message as _;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+/// Everything `clickstream run` needs, resolved from config.
+#[derive(Debug, Clone)]
+pub struct RunSettings {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topic.
+    pub topic: String,
+    /// Consumer group.
+    pub group: String,
+    /// Extra librdkafka properties.
+    pub properties: BTreeMap<String, String>,
+    /// Output location.
+    pub sink: S3Location,
+    /// Local state root.
+    pub state: PathBuf,
+    /// Sessionization rules.
+    pub rules: Rules,
+    /// Wall time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Close a quiet partition's sessions after this long.
+    pub idle_timeout: Duration,
+    /// Snapshot state to S3 every this many checkpoints.
+    pub snapshot_every: u64,
+    /// Time allowed for the final checkpoint.
+    pub shutdown_deadline: Duration,
+    /// S3 path-style addressing.
+    pub force_path_style: bool,
+}
+
+/// What `/readyz` reports.
+#[derive(Debug, Default)]
+pub struct Readiness {
+    /// The consumer has an assignment or has fetched metadata.
+    pub source: AtomicBool,
+    /// Local state directory is usable.
+    pub state: AtomicBool,
+    /// A schema set is loaded.
+    pub schemas: AtomicBool,
+    /// The sink bucket answered.
+    pub sink: AtomicBool,
+}
+
+impl Readiness {
+    /// Each check by name.
+    #[must_use]
+    pub fn checks(&self) -> [(&'static str, bool); 4] {
+        [
+            ("source", self.source.load(Ordering::Relaxed)),
+            ("state", self.state.load(Ordering::Relaxed)),
+            ("schemas", self.schemas.load(Ordering::Relaxed)),
+            ("sink", self.sink.load(Ordering::Relaxed)),
+        ]
+    }
+}
+
+fn stream(partition: i32) -> String {
+    format!("p{partition:04}")
+}
+
+/// One partition's pipeline.
+struct Partition {
+    processor: Processor,
+    coord: Coordinator<RocksDbStore, S3Sink>,
+    base: MetaBase,
+    /// Offset of the next message to process.
+    next: i64,
+    last_input: Instant,
+    /// Events since the last checkpoint.
+    dirty: bool,
+    lines_at_checkpoint: u64,
+    checkpoints: u64,
+}
+
+/// The pipelines of the assigned partitions, shared between the poll loop and the rebalance
+/// callbacks (both on the poll thread; the mutex only satisfies the context's `Sync`).
+struct Pipelines {
+    s: RunSettings,
+    sink: S3Sink,
+    extractor: Arc<Extractor>,
+    parts: BTreeMap<i32, Partition>,
+    /// A failure inside a callback, reported by the loop.
+    failed: Option<anyhow::Error>,
+}
+
+struct Ctx {
+    pipes: Arc<Mutex<Pipelines>>,
+    ready: Arc<Readiness>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let mut p = self.pipes.lock().unwrap_or_else(PoisonError::into_inner);
+        match rebalance {
+            Rebalance::Revoke(tpl) => {
+                for e in tpl.elements() {
+                    if let Err(err) = p.release(e.partition(), consumer) {
+                        error!(partition = e.partition(), error = %err, "Releasing a revoked partition failed.");
+                        p.failed.get_or_insert(err);
+                    }
+                }
+            }
+            Rebalance::Assign(tpl) => {
+                for mut e in tpl.elements() {
+                    match p.acquire(e.partition()) {
+                        Ok(Some(next)) => {
+                            let _ = e.set_offset(Offset::Offset(next));
+                        }
+                        Ok(None) => {
+                            let _ = e.set_offset(Offset::Beginning);
+                        }
+                        Err(err) => {
+                            error!(partition = e.partition(), error = %err, "Opening an assigned partition failed.");
+                            p.failed.get_or_insert(err);
+                        }
+                    }
+                }
+                self.ready.source.store(true, Ordering::Relaxed);
+            }
+            Rebalance::Error(e) => warn!(error = %e, "Rebalance error."),
+        }
+    }
+}
+
+impl Pipelines {
+    fn dir(&self, partition: i32) -> PathBuf {
+        self.s.state.join(stream(partition))
+    }
+
+    /// Opens a partition's pipeline: local state, or the newer S3 snapshot, or nothing.
+    /// Returns the offset to resume at (`None`: the partition's beginning).
+    fn acquire(&mut self, partition: i32) -> Result<Option<i64>> {
+        if let Some(p) = self.parts.get(&partition) {
+            return Ok(Some(p.next));
+        }
+        let dir = self.dir(partition);
+        let sink = self.sink.for_stream(&stream(partition));
+        let local = local_checkpoint(&dir)?;
+        let remote = remote_checkpoint(&sink)?;
+        if remote.is_some_and(|r| local.is_none_or(|l| r > l)) {
+            info!(partition, local = ?local, snapshot = ?remote, "Restoring partition state from its S3 snapshot.");
+            restore_snapshot(&sink, remote.unwrap_or_default(), &dir)?;
+        }
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("state directory {}", dir.display()))?;
+        let store = RocksDbStore::open(&dir)?;
+        let snapshot = store.load()?;
+        let (last, next) = snapshot
+            .meta
+            .as_ref()
+            .map_or((0, None), |m| (m.checkpoint, Some(m.position.line as i64)));
+        let removed = sink.recover(last)?;
+        if removed > 0 {
+            warn!(
+                partition,
+                removed,
+                checkpoint = last,
+                "Removed output written after the partition's last committed checkpoint."
+            );
+        }
+        let name: Arc<str> = Arc::from(format!("{}/{partition}", self.s.topic));
+        let mut processor =
+            Processor::new(Arc::clone(&self.extractor), self.s.rules, vec![Arc::clone(&name)]);
+        let lines = snapshot.meta.as_ref().map_or(0, |m| m.counters.lines);
+        processor.restore(snapshot);
+        let base = MetaBase {
+            inputs: vec![format!("kafka:{name}")],
+            settings: format!(
+                "gap_ms={} lateness_ms={} dedup_horizon_ms={}",
+                self.s.rules.gap_ms, self.s.rules.lateness_ms, self.s.rules.dedup_horizon_ms
+            ),
+        };
+        info!(partition, checkpoint = last, offset = ?next, "Partition assigned.");
+        self.parts.insert(
+            partition,
+            Partition {
+                processor,
+                coord: Coordinator::new(store, sink, last),
+                base,
+                next: next.unwrap_or(0),
+                last_input: Instant::now(),
+                dirty: false,
+                lines_at_checkpoint: lines,
+                checkpoints: 0,
+            },
+        );
+        Ok(next)
+    }
+
+    /// Checkpoints a revoked partition, snapshots it to S3 for its next owner, and drops it.
+    fn release(&mut self, partition: i32, consumer: &BaseConsumer<Ctx>) -> Result<()> {
+        let Some(mut p) = self.parts.remove(&partition) else { return Ok(()) };
+        checkpoint(&mut p, partition, false)?;
+        commit_offset(consumer, &self.s.topic, partition, p.next);
+        snapshot(&p, partition, &self.s.state)?;
+        info!(
+            partition,
+            checkpoint = p.coord.last(),
+            offset = p.next,
+            "Partition revoked: state checkpointed and snapshot."
+        );
+        Ok(())
+    }
+}
+
+/// The checkpoint a partition's local state holds, if any.
+fn local_checkpoint(dir: &Path) -> Result<Option<u64>> {
+    if !dir.join("CURRENT").exists() {
+        return Ok(None);
+    }
+    let store = RocksDbStore::open(dir)?;
+    Ok(store.load()?.meta.map(|m| m.checkpoint))
+}
+
+fn snapshot_prefix(checkpoint: u64) -> String {
+    format!("{checkpoint:010}")
+}
+
+/// The checkpoint of the partition's latest S3 snapshot, if any.
+fn remote_checkpoint(sink: &S3Sink) -> Result<Option<u64>> {
+    let latest = sink.get(&format!("_state/{}/LATEST", sink_stream(sink)))?;
+    Ok(latest.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()))
+}
+
+fn sink_stream(sink: &S3Sink) -> String {
+    sink.stream_name().to_owned()
+}
+
+/// Replaces `dir` with the snapshot of `checkpoint`.
+fn restore_snapshot(sink: &S3Sink, checkpoint: u64, dir: &Path) -> Result<()> {
+    let base = format!("_state/{}/{}/", sink_stream(sink), snapshot_prefix(checkpoint));
+    let full_base = sink.parts().1.key(&base);
+    let tmp = dir.with_extension("restoring");
+    let _ = std::fs::remove_dir_all(&tmp);
+    std::fs::create_dir_all(&tmp)?;
+    for key in sink.list(&base)? {
+        let name = key.strip_prefix(&full_base).unwrap_or(&key);
+        if name.contains('/') || name.is_empty() {
+            continue;
+        }
+        let body = sink
+            .get(&format!("{base}{name}"))?
+            .ok_or_else(|| anyhow!("snapshot file {key} vanished"))?;
+        std::fs::write(tmp.join(name), body)?;
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::rename(&tmp, dir)?;
+    Ok(())
+}
+
+/// Uploads a consistent copy of the partition's state, then points `LATEST` at it.
+fn snapshot(p: &Partition, partition: i32, state_root: &Path) -> Result<()> {
+    let id = p.coord.last();
+    if id == 0 {
+        return Ok(());
+    }
+    let tmp = state_root.join(format!(".snapshot-{}-{id}", stream(partition)));
+    let _ = std::fs::remove_dir_all(&tmp);
+    p.coord.store().snapshot_into(&tmp)?;
+    let sink = p.coord.sink();
+    let base = format!("_state/{}/{}/", stream(partition), snapshot_prefix(id));
+    for e in std::fs::read_dir(&tmp)? {
+        let e = e?;
+        sink.put(&format!("{base}{}", e.file_name().to_string_lossy()), &std::fs::read(e.path())?)?;
+    }
+    sink.put(&format!("_state/{}/LATEST", stream(partition)), id.to_string().as_bytes())?;
+    let _ = std::fs::remove_dir_all(&tmp);
+    Ok(())
+}
+
+fn commit_offset(consumer: &BaseConsumer<Ctx>, topic: &str, partition: i32, next: i64) {
+    let mut tpl = TopicPartitionList::new();
+    if tpl.add_partition_offset(topic, partition, Offset::Offset(next)).is_ok()
+        && let Err(e) = consumer.commit(&tpl, CommitMode::Sync)
+    {
+        // Only monitoring reads Kafka's offsets: the next checkpoint commits again.
+        warn!(partition, error = %e, "Committing the offset to Kafka failed.");
+    }
+}
+
+/// Checkpoints one partition: output, then state and offset (the caller commits to Kafka).
+/// `idle` closes every open session (the partition has been quiet for the idle timeout).
+fn checkpoint(p: &mut Partition, partition: i32, idle: bool) -> Result<(), anyhow::Error> {
+    let started = Instant::now();
+    let pos = SourcePosition { input: 0, line: p.next as u64, offset: p.next as u64 };
+    let (out, batch) = p.processor.checkpoint(pos, idle, p.base.clone());
+    let (rows, dead) = (out.rows.len(), out.dead.len());
+    let id = p.coord.commit(&out, batch)?;
+    p.dirty = false;
+    p.checkpoints += 1;
+    let c = p.processor.counters();
+    let label = stream(partition);
+    metrics::counter!("clickstream_events_in_total", "partition" => label.clone())
+        .increment(c.lines - p.lines_at_checkpoint);
+    p.lines_at_checkpoint = c.lines;
+    metrics::histogram!("clickstream_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+    metrics::gauge!("clickstream_last_checkpoint_timestamp_seconds", "partition" => label).set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
+    if rows > 0 || dead > 0 || idle {
+        info!(
+            partition,
+            checkpoint = id,
+            offset = p.next,
+            rows,
+            dead_letters = dead,
+            idle,
+            "Committed checkpoint."
+        );
+    }
+    Ok(())
+}
+
+/// Runs until `cancel`, then drains: final checkpoint of every partition, offsets committed.
+///
+/// # Errors
+/// Kafka, S3 or the state store failed in a way a restart must handle.
+pub fn run(
+    s: &RunSettings,
+    extractor: Arc<Extractor>,
+    board: &Switchboard,
+    ready: &Arc<Readiness>,
+    cancel: &CancellationToken,
+) -> Result<()> {
+    let rt = tokio::runtime::Handle::current();
+    std::fs::create_dir_all(&s.state)
+        .with_context(|| format!("state directory {}", s.state.display()))?;
+    ready.state.store(true, Ordering::Relaxed);
+    ready.schemas.store(true, Ordering::Relaxed);
+    // Retries stop at the shutdown deadline, not at the signal: the final checkpoint needs S3.
+    let s3_stop = CancellationToken::new();
+    let client = rt.block_on(crate::s3::client(s.force_path_style));
+    let sink = S3Sink::new(client, s.sink.clone(), "-", rt.clone(), s3_stop.clone());
+    ready.sink.store(sink.reachable(), Ordering::Relaxed);
+    let pipes = Arc::new(Mutex::new(Pipelines {
+        s: s.clone(),
+        sink,
+        extractor,
+        parts: BTreeMap::new(),
+        failed: None,
+    }));
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &s.brokers)
+        .set("group.id", &s.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Bounds what librdkafka prefetches while the pipeline waits on S3.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("session.timeout.ms", "10000");
+    for (k, v) in &s.properties {
+        cfg.set(k, v);
+    }
+    let ctx = Ctx { pipes: Arc::clone(&pipes), ready: Arc::clone(ready) };
+    let consumer: BaseConsumer<Ctx> =
+        cfg.create_with_context(ctx).context("creating the Kafka consumer")?;
+    consumer.subscribe(&[&s.topic]).context("subscribing")?;
+    info!(topic = %s.topic, group = %s.group, brokers = %s.brokers, "Consuming.");
+    let mut last_checkpoint = Instant::now();
+    while !cancel.is_cancelled() {
+        let msg = consumer.poll(Duration::from_millis(100));
+        let mut guard = pipes.lock().unwrap_or_else(PoisonError::into_inner);
+        let pl = &mut *guard;
+        if let Some(e) = pl.failed.take() {
+            return Err(e);
+        }
+        if let Some(x) = board.take() {
+            info!(schemas = %x.versions(), "Schema set switched.");
+            for p in pl.parts.values_mut() {
+                p.processor.set_extractor(Arc::clone(&x));
+            }
+            pl.extractor = x;
+        }
+        match msg {
+            Some(Ok(m)) => {
+                let partition = m.partition();
+                if let Some(p) = pl.parts.get_mut(&partition) {
+                    let offset = m.offset();
+                    if offset >= p.next {
+                        let pos =
+                            LinePosition { input: 0, line: offset as u64, offset: offset as u64 };
+                        let payload = m.payload().unwrap_or_default();
+                        let mut slots: Vec<Slot<'_>> = Vec::new();
+                        p.processor.process_line(payload, pos, &mut slots);
+                        p.next = offset + 1;
+                        p.dirty = true;
+                        p.last_input = Instant::now();
+                    }
+                }
+            }
+            Some(Err(e)) => warn!(error = %e, "Kafka consumer error."),
+            None => {}
+        }
+        if last_checkpoint.elapsed() >= s.checkpoint_interval {
+            checkpoint_all(pl, &consumer, s, false)?;
+            last_checkpoint = Instant::now();
+        }
+    }
+    // Drain: the final checkpoint must finish within the deadline, S3 retries included.
+    let deadline = s3_stop.clone();
+    let timer = rt.spawn({
+        let d = s.shutdown_deadline;
+        async move {
+            tokio::time::sleep(d).await;
+            deadline.cancel();
+        }
+    });
+    let mut guard = pipes.lock().unwrap_or_else(PoisonError::into_inner);
+    let r = checkpoint_all(&mut guard, &consumer, s, true);
+    timer.abort();
+    drop(guard);
+    r?;
+    info!("Final checkpoint committed; stopping.");
+    Ok(())
+}
+
+fn checkpoint_all(
+    pl: &mut Pipelines,
+    consumer: &BaseConsumer<Ctx>,
+    s: &RunSettings,
+    last: bool,
+) -> Result<()> {
+    for (&partition, p) in &mut pl.parts {
+        // Quiet means nothing new for the idle timeout *and* caught up with the partition:
+        // time spent blocked in our own checkpoints (S3 slow or down) is not quiet.
+        let idle = !last
+            && p.processor.open_sessions() > 0
+            && p.last_input.elapsed() >= s.idle_timeout
+            && consumer
+                .fetch_watermarks(&s.topic, partition, Duration::from_secs(5))
+                .is_ok_and(|(_, high)| p.next >= high);
+        if !p.dirty && !idle {
+            continue;
+        }
+        match checkpoint(p, partition, idle) {
+            Ok(()) => {}
+            Err(e)
+                if e.downcast_ref::<CheckpointError>().is_some_and(|c| {
+                    matches!(c, CheckpointError::Sink { source: SinkError::Cancelled(_), .. })
+                }) =>
+            {
+                bail!(
+                    "shutdown deadline passed while writing partition {partition}'s checkpoint: it stays uncommitted and is redone at the next start"
+                );
+            }
+            Err(e) => return Err(e),
+        }
+        commit_offset(consumer, &s.topic, partition, p.next);
+        if (s.snapshot_every > 0 && p.checkpoints % s.snapshot_every == 0) || last {
+            snapshot(p, partition, &s.state)?;
+        }
+        let label = stream(partition);
+        metrics::gauge!("clickstream_open_sessions", "partition" => label.clone())
+            .set(p.processor.open_sessions() as f64);
+        let c = p.processor.counters();
+        for (reason, n) in &c.dead_lettered {
+            metrics::counter!("clickstream_dead_letters_total", "partition" => label.clone(), "reason" => reason.clone())
+                .absolute(*n);
+        }
+        metrics::counter!("clickstream_duplicates_total", "partition" => label.clone())
+            .absolute(c.duplicates);
+        metrics::counter!("clickstream_sessions_total", "partition" => label.clone())
+            .absolute(c.sessions);
+        if let Ok((_, high)) =
+            consumer.fetch_watermarks(&s.topic, partition, Duration::from_secs(1))
+        {
+            metrics::gauge!("clickstream_consumer_lag", "partition" => stream(partition))
+                .set((high - p.next).max(0) as f64);
+        }
+    }
+    Ok(())
+}
