@@ -95,8 +95,6 @@ pub struct RunConfig {
     /// Close a quiet partition's sessions after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,
-    /// Snapshot state to S3 every this many checkpoints.
-    pub snapshot_every: u64,
     /// Time allowed for the final checkpoint on a signal.
     #[serde(with = "humantime_serde")]
     pub shutdown_deadline: Duration,

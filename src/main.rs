@@ -322,7 +322,6 @@ async fn run_service(config: Option<&std::path::Path>) -> Result<()> {
         },
         checkpoint_interval: c.run.checkpoint_interval,
         idle_timeout: c.run.idle_timeout,
-        snapshot_every: c.run.snapshot_every,
         shutdown_deadline: c.run.shutdown_deadline,
         force_path_style: c.s3.force_path_style,
     };

@@ -58,8 +58,6 @@ pub struct RunSettings {
     pub checkpoint_interval: Duration,
     /// Close a quiet partition's sessions after this long.
     pub idle_timeout: Duration,
-    /// Snapshot state to S3 every this many checkpoints.
-    pub snapshot_every: u64,
     /// Time allowed for the final checkpoint.
     pub shutdown_deadline: Duration,
     /// S3 path-style addressing.
@@ -107,7 +105,11 @@ struct Partition {
     /// Events since the last checkpoint.
     dirty: bool,
     lines_at_checkpoint: u64,
-    checkpoints: u64,
+    /// The lineage this owner writes: checkpoints it commits carry it, so that a history that
+    /// diverged (another owner restored the same snapshot) is never taken for this one.
+    epoch: String,
+    /// State files already in S3: local file name → key.
+    uploaded: BTreeMap<String, String>,
 }
 
 /// The pipelines of the assigned partitions, shared between the poll loop and the rebalance
@@ -167,19 +169,30 @@ impl Pipelines {
         self.s.state.join(stream(partition))
     }
 
-    /// Opens a partition's pipeline: local state, or the newer S3 snapshot, or nothing.
-    /// Returns the offset to resume at (`None`: the partition's beginning).
+    /// Opens a partition's pipeline. The S3 snapshot is the partition's committed state; local
+    /// state is a cache of it, used only when it is exactly that snapshot. No snapshot: start
+    /// from the partition's beginning. Returns the offset to resume at (`None`: the beginning).
     fn acquire(&mut self, partition: i32) -> Result<Option<i64>> {
         if let Some(p) = self.parts.get(&partition) {
             return Ok(Some(p.next));
         }
         let dir = self.dir(partition);
         let sink = self.sink.for_stream(&stream(partition));
-        let local = local_checkpoint(&dir)?;
-        let remote = remote_checkpoint(&sink)?;
-        if remote.is_some_and(|r| local.is_none_or(|l| r > l)) {
-            info!(partition, local = ?local, snapshot = ?remote, "Restoring partition state from its S3 snapshot.");
-            restore_snapshot(&sink, remote.unwrap_or_default(), &dir)?;
+        let remote = remote_snapshot(&sink)?;
+        let local = local_snapshot(&dir)?;
+        let mut uploaded = BTreeMap::new();
+        match &remote {
+            Some(r) if local.as_ref() == Some(r) => uploaded = snapshot_files(&sink, r)?,
+            Some(r) => {
+                info!(partition, local = ?local, snapshot = ?r, "Restoring partition state from its S3 snapshot.");
+                uploaded = restore_snapshot(&sink, r, &dir)?;
+            }
+            None if local.is_some() => {
+                // Committed here but never published: another owner may have redone it since.
+                warn!(partition, "Local state has no S3 snapshot: starting the partition over.");
+                std::fs::remove_dir_all(&dir)?;
+            }
+            None => {}
         }
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("state directory {}", dir.display()))?;
@@ -203,8 +216,9 @@ impl Pipelines {
             Processor::new(Arc::clone(&self.extractor), self.s.rules, vec![Arc::clone(&name)]);
         let lines = snapshot.meta.as_ref().map_or(0, |m| m.counters.lines);
         processor.restore(snapshot);
+        let epoch = new_epoch(partition);
         let base = MetaBase {
-            inputs: vec![format!("kafka:{name}")],
+            inputs: vec![format!("kafka:{name}"), format!("epoch={epoch}")],
             settings: format!(
                 "gap_ms={} lateness_ms={} dedup_horizon_ms={}",
                 self.s.rules.gap_ms, self.s.rules.lateness_ms, self.s.rules.dedup_horizon_ms
@@ -221,7 +235,8 @@ impl Pipelines {
                 last_input: Instant::now(),
                 dirty: false,
                 lines_at_checkpoint: lines,
-                checkpoints: 0,
+                epoch,
+                uploaded,
             },
         );
         Ok(next)
@@ -230,9 +245,10 @@ impl Pipelines {
     /// Checkpoints a revoked partition, snapshots it to S3 for its next owner, and drops it.
     fn release(&mut self, partition: i32, consumer: &BaseConsumer<Ctx>) -> Result<()> {
         let Some(mut p) = self.parts.remove(&partition) else { return Ok(()) };
-        checkpoint(&mut p, partition, false)?;
+        if p.dirty {
+            checkpoint(&mut p, partition, false, &self.s.state)?;
+        }
         commit_offset(consumer, &self.s.topic, partition, p.next);
-        snapshot(&p, partition, &self.s.state)?;
         info!(
             partition,
             checkpoint = p.coord.last(),
@@ -243,68 +259,117 @@ impl Pipelines {
     }
 }
 
-/// The checkpoint a partition's local state holds, if any.
-fn local_checkpoint(dir: &Path) -> Result<Option<u64>> {
+/// A published state snapshot: its checkpoint and the lineage that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct SnapshotId {
+    checkpoint: u64,
+    epoch: String,
+}
+
+impl SnapshotId {
+    fn dir(&self, stream: &str) -> String {
+        format!("_state/{stream}/{:010}-{}/", self.checkpoint, self.epoch)
+    }
+}
+
+/// A lineage id: unique per acquisition of a partition (time, process, partition).
+fn new_epoch(partition: i32) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{:x}{:x}{partition:x}", nanos, std::process::id())
+}
+
+/// The snapshot identity of a partition's local state, if it has any.
+fn local_snapshot(dir: &Path) -> Result<Option<SnapshotId>> {
     if !dir.join("CURRENT").exists() {
         return Ok(None);
     }
     let store = RocksDbStore::open(dir)?;
-    Ok(store.load()?.meta.map(|m| m.checkpoint))
+    Ok(store.load()?.meta.and_then(|m| {
+        let epoch = m.inputs.get(1)?.strip_prefix("epoch=")?.to_owned();
+        Some(SnapshotId { checkpoint: m.checkpoint, epoch })
+    }))
 }
 
-fn snapshot_prefix(checkpoint: u64) -> String {
-    format!("{checkpoint:010}")
+/// The partition's published snapshot (`_state/STREAM/LATEST`), if any.
+fn remote_snapshot(sink: &S3Sink) -> Result<Option<SnapshotId>> {
+    let latest = sink.get(&format!("_state/{}/LATEST", sink.stream_name()))?;
+    Ok(latest.and_then(|b| {
+        let text = String::from_utf8_lossy(&b).into_owned();
+        let (n, epoch) = text.trim().split_once(' ')?;
+        Some(SnapshotId { checkpoint: n.parse().ok()?, epoch: epoch.to_owned() })
+    }))
 }
 
-/// The checkpoint of the partition's latest S3 snapshot, if any.
-fn remote_checkpoint(sink: &S3Sink) -> Result<Option<u64>> {
-    let latest = sink.get(&format!("_state/{}/LATEST", sink_stream(sink)))?;
-    Ok(latest.and_then(|b| String::from_utf8_lossy(&b).trim().parse().ok()))
+/// The state files of a snapshot: local name → key (`files.json`).
+fn snapshot_files(sink: &S3Sink, id: &SnapshotId) -> Result<BTreeMap<String, String>> {
+    let key = format!("{}files.json", id.dir(sink.stream_name()));
+    let body = sink.get(&key)?.ok_or_else(|| anyhow!("snapshot {id:?} has no files.json"))?;
+    serde_json::from_slice(&body).with_context(|| format!("snapshot file list {key}"))
 }
 
-fn sink_stream(sink: &S3Sink) -> String {
-    sink.stream_name().to_owned()
-}
-
-/// Replaces `dir` with the snapshot of `checkpoint`.
-fn restore_snapshot(sink: &S3Sink, checkpoint: u64, dir: &Path) -> Result<()> {
-    let base = format!("_state/{}/{}/", sink_stream(sink), snapshot_prefix(checkpoint));
-    let full_base = sink.parts().1.key(&base);
+/// Replaces `dir` with snapshot `id`; returns its file list.
+fn restore_snapshot(
+    sink: &S3Sink,
+    id: &SnapshotId,
+    dir: &Path,
+) -> Result<BTreeMap<String, String>> {
+    let files = snapshot_files(sink, id)?;
     let tmp = dir.with_extension("restoring");
     let _ = std::fs::remove_dir_all(&tmp);
     std::fs::create_dir_all(&tmp)?;
-    for key in sink.list(&base)? {
-        let name = key.strip_prefix(&full_base).unwrap_or(&key);
-        if name.contains('/') || name.is_empty() {
-            continue;
-        }
-        let body = sink
-            .get(&format!("{base}{name}"))?
-            .ok_or_else(|| anyhow!("snapshot file {key} vanished"))?;
+    let prefix = sink.parts().1.key("");
+    for (name, key) in &files {
+        let relative = key.strip_prefix(&prefix).unwrap_or(key);
+        let body = sink.get(relative)?.ok_or_else(|| anyhow!("snapshot file {key} is missing"))?;
         std::fs::write(tmp.join(name), body)?;
     }
-    let _ = std::fs::remove_dir_all(dir);
+    if dir.exists() {
+        std::fs::remove_dir_all(dir)?;
+    }
     std::fs::rename(&tmp, dir)?;
-    Ok(())
+    Ok(files)
 }
 
-/// Uploads a consistent copy of the partition's state, then points `LATEST` at it.
-fn snapshot(p: &Partition, partition: i32, state_root: &Path) -> Result<()> {
-    let id = p.coord.last();
-    if id == 0 {
-        return Ok(());
-    }
-    let tmp = state_root.join(format!(".snapshot-{}-{id}", stream(partition)));
+/// Publishes the partition's state as of its last checkpoint: new table files (immutable, so
+/// uploaded once each), the small descriptor files and the file list under the snapshot's own
+/// prefix, then `LATEST`. Only after `LATEST` is written is the checkpoint the partition's
+/// committed state for any other owner.
+fn snapshot(p: &mut Partition, partition: i32, state_root: &Path) -> Result<()> {
+    let id = SnapshotId { checkpoint: p.coord.last(), epoch: p.epoch.clone() };
+    let name = stream(partition);
+    let tmp = state_root.join(format!(".snapshot-{name}-{}", id.checkpoint));
     let _ = std::fs::remove_dir_all(&tmp);
     p.coord.store().snapshot_into(&tmp)?;
     let sink = p.coord.sink();
-    let base = format!("_state/{}/{}/", stream(partition), snapshot_prefix(id));
+    let dir = id.dir(&name);
+    let mut files = BTreeMap::new();
     for e in std::fs::read_dir(&tmp)? {
         let e = e?;
-        sink.put(&format!("{base}{}", e.file_name().to_string_lossy()), &std::fs::read(e.path())?)?;
+        let file = e.file_name().to_string_lossy().into_owned();
+        let key = if Path::new(&file).extension().is_some_and(|x| x == "sst") {
+            if let Some(k) = p.uploaded.get(&file) {
+                files.insert(file, k.clone());
+                continue;
+            }
+            format!("_state/{name}/sst/{}-{file}", p.epoch)
+        } else {
+            format!("{dir}{file}")
+        };
+        sink.put(&key, &std::fs::read(e.path())?)?;
+        files.insert(file, sink.parts().1.key(&key));
     }
-    sink.put(&format!("_state/{}/LATEST", stream(partition)), id.to_string().as_bytes())?;
     let _ = std::fs::remove_dir_all(&tmp);
+    sink.put(&format!("{dir}files.json"), &serde_json::to_vec(&files)?)?;
+    sink.put(
+        &format!("_state/{name}/LATEST"),
+        format!("{} {}", id.checkpoint, id.epoch).as_bytes(),
+    )?;
+    p.uploaded = files
+        .into_iter()
+        .filter(|(f, _)| Path::new(f).extension().is_some_and(|x| x == "sst"))
+        .collect();
     Ok(())
 }
 
@@ -320,14 +385,19 @@ fn commit_offset(consumer: &BaseConsumer<Ctx>, topic: &str, partition: i32, next
 
 /// Checkpoints one partition: output, then state and offset (the caller commits to Kafka).
 /// `idle` closes every open session (the partition has been quiet for the idle timeout).
-fn checkpoint(p: &mut Partition, partition: i32, idle: bool) -> Result<(), anyhow::Error> {
+fn checkpoint(
+    p: &mut Partition,
+    partition: i32,
+    idle: bool,
+    state_root: &Path,
+) -> Result<(), anyhow::Error> {
     let started = Instant::now();
     let pos = SourcePosition { input: 0, line: p.next as u64, offset: p.next as u64 };
     let (out, batch) = p.processor.checkpoint(pos, idle, p.base.clone());
     let (rows, dead) = (out.rows.len(), out.dead.len());
     let id = p.coord.commit(&out, batch)?;
+    snapshot(p, partition, state_root)?;
     p.dirty = false;
-    p.checkpoints += 1;
     let c = p.processor.counters();
     let label = stream(partition);
     metrics::counter!("clickstream_events_in_total", "partition" => label.clone())
@@ -475,7 +545,7 @@ fn checkpoint_all(
         if !p.dirty && !idle {
             continue;
         }
-        match checkpoint(p, partition, idle) {
+        match checkpoint(p, partition, idle, &s.state) {
             Ok(()) => {}
             Err(e)
                 if e.downcast_ref::<CheckpointError>().is_some_and(|c| {
@@ -489,9 +559,6 @@ fn checkpoint_all(
             Err(e) => return Err(e),
         }
         commit_offset(consumer, &s.topic, partition, p.next);
-        if (s.snapshot_every > 0 && p.checkpoints % s.snapshot_every == 0) || last {
-            snapshot(p, partition, &s.state)?;
-        }
         let label = stream(partition);
         metrics::gauge!("clickstream_open_sessions", "partition" => label.clone())
             .set(p.processor.open_sessions() as f64);

@@ -90,7 +90,6 @@ fn run_env<'a>(
         ("CLICKSTREAM__RUN__STATE", state),
         ("CLICKSTREAM__RUN__CHECKPOINT_INTERVAL", "500ms"),
         ("CLICKSTREAM__RUN__IDLE_TIMEOUT", "4s"),
-        ("CLICKSTREAM__RUN__SNAPSHOT_EVERY", "1"),
         ("CLICKSTREAM__SESSION__ALLOWED_LATENESS", "7h"),
         ("CLICKSTREAM__ADMIN__LISTEN", "127.0.0.1:0"),
     ]);
@@ -99,6 +98,13 @@ fn run_env<'a>(
 
 fn kafka_env() -> (&'static str, String) {
     ("CLICKSTREAM__KAFKA__BROKERS", brokers())
+}
+
+/// SIGTERM: final checkpoint, then a clean exit.
+fn terminate(mut p: Running) {
+    let st = std::process::Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
+    assert!(st.unwrap().success());
+    assert_eq!(p.child.wait().unwrap().code(), Some(0), "{}", p.log().join("\n"));
 }
 
 /// Waits until `done` holds, for at most `secs`.
@@ -153,13 +159,102 @@ fn kafka_to_s3_equals_the_oracle() {
     .unwrap();
     let cid = first["customer_id"].as_str().unwrap();
     assert!(!metrics.contains(&format!("\"{cid}\"")), "customer id {cid} in the metrics");
-    // SIGTERM: final checkpoint, then a clean exit.
-    let st = std::process::Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
-    assert!(st.unwrap().success());
-    let mut p = p;
-    assert_eq!(p.child.wait().unwrap().code(), Some(0), "{}", p.log().join("\n"));
+    terminate(p);
     assert_rows_equal(&bucket, "v1", &expected, dir.path());
     // Kafka's committed offsets reached the end of every partition, and not beyond.
+    let committed: i64 = services::committed(&topic, &group, PARTITIONS).iter().sum();
+    assert_eq!(committed, records.len() as i64);
+}
+
+/// The next offset of each partition's published state snapshot (`_state/pNNNN/LATEST`).
+fn published_offsets(bucket: &str, prefix: &str, dir: &Path) -> BTreeMap<i32, i64> {
+    use clickstream::state::StateStore as _;
+    let all = services::objects(bucket, &format!("{prefix}/_state/"));
+    let mut out = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        let stream = format!("p{p:04}");
+        let Some(latest) = all.get(&format!("{prefix}/_state/{stream}/LATEST")) else { continue };
+        let latest = String::from_utf8_lossy(latest).to_string();
+        let (n, epoch) = latest.trim().split_once(' ').unwrap();
+        let snap = format!("{prefix}/_state/{stream}/{:010}-{epoch}/", n.parse::<u64>().unwrap());
+        let files: BTreeMap<String, String> =
+            serde_json::from_slice(&all[&format!("{snap}files.json")]).unwrap();
+        let restore = dir.join(format!("check-{stream}-{n}"));
+        std::fs::create_dir_all(&restore).unwrap();
+        for (name, key) in files {
+            std::fs::write(restore.join(name), &all[&key]).unwrap();
+        }
+        let store = clickstream::state::rocksdb::RocksDbStore::open(&restore).unwrap();
+        let meta = store.load().unwrap().meta.unwrap();
+        out.insert(p, meta.position.line as i64);
+    }
+    out
+}
+
+#[test]
+#[allow(clippy::too_many_lines)] // one scenario, told in order
+fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    integration_tests::generate(&input, 60_000, 42, "0.02");
+    let expected = oracle(&input, dir.path());
+    let topic = format!("raw-group-{}", std::process::id());
+    services::create_topic(&topic, PARTITIONS);
+    let records = keyed_lines(&input);
+    let third = records.len() / 3;
+    let bucket = services::fresh_bucket("group");
+    let sink = format!("s3://{bucket}/v1");
+    let s3 = services::s3_env();
+    let group = format!("{topic}-g");
+    let schemas = root().join("schemas");
+    let kafka = kafka_env();
+    let start = |name: &str| {
+        let state = dir.path().join(name);
+        let mut env = run_env(&topic, &group, &sink, state.to_str().unwrap(), &s3);
+        env.push((kafka.0, &kafka.1));
+        env.push(("CLICKSTREAM__REPLAY__SCHEMAS", schemas.to_str().unwrap()));
+        // Longer than any pause in this test: sessions close on the watermark, or at the end.
+        env.push(("CLICKSTREAM__RUN__IDLE_TIMEOUT", "25s"));
+        Running::start(&["run"], &env)
+    };
+
+    services::produce(&topic, &records[..third]);
+    let first = start("a");
+    let _ = first.admin_addr();
+    let second = start("b");
+    second.wait_log("Partition assigned", 60);
+    wait_for("output from both instances", 60, || {
+        services::objects(&bucket, "v1/sessions/").len() >= 2
+    });
+    // SIGKILL: no final checkpoint, no revoke. Committed offsets never ran ahead of the state
+    // published in S3 (which the output objects precede).
+    drop(first);
+    let committed = services::committed(&topic, &group, PARTITIONS);
+    let published = published_offsets(&bucket, "v1", dir.path());
+    for (p, c) in committed.iter().enumerate() {
+        let p = p as i32;
+        assert!(
+            *c <= published.get(&p).copied().unwrap_or(0),
+            "partition {p}: Kafka offset {c} is ahead of the state in S3 ({published:?})"
+        );
+    }
+    services::produce(&topic, &records[third..2 * third]);
+    let first = start("a");
+    first.wait_log("Partition assigned", 60);
+    let third_instance = start("c");
+    third_instance.wait_log("Consuming", 60);
+    services::produce(&topic, &records[2 * third..]);
+
+    let want = expected_rows(&expected);
+    wait_for("every session row in S3", 300, || rows_in(&bucket, "v1") >= want);
+    let logs: String = [&first, &second, &third_instance].map(|i| i.log().join("\n")).join("\n");
+    for instance in [first, second, third_instance] {
+        terminate(instance);
+    }
+    // The scenario happened: partitions moved, and state came back from S3 snapshots.
+    assert!(logs.contains("Partition revoked"), "no rebalance took a partition away");
+    assert!(logs.contains("Restoring partition state from its S3 snapshot"), "no restore from S3");
+    assert_rows_equal(&bucket, "v1", &expected, dir.path());
     let committed: i64 = services::committed(&topic, &group, PARTITIONS).iter().sum();
     assert_eq!(committed, records.len() as i64);
 }
