@@ -258,3 +258,52 @@ fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
     let committed: i64 = services::committed(&topic, &group, PARTITIONS).iter().sum();
     assert_eq!(committed, records.len() as i64);
 }
+
+#[test]
+fn thirty_seconds_without_s3_lose_nothing_and_memory_stays_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    integration_tests::generate(&input, 40_000, 1, "0.02");
+    let expected = oracle(&input, dir.path());
+    let topic = format!("raw-outage-{}", std::process::id());
+    services::create_topic(&topic, PARTITIONS);
+    let records = keyed_lines(&input);
+    let half = records.len() / 2;
+    let bucket = services::fresh_bucket("outage");
+    let sink = format!("s3://{bucket}/v1");
+    let mut s3 = services::s3_env();
+    let endpoint = s3[0].1.clone();
+    let cut = integration_tests::Cut::start(endpoint.trim_start_matches("http://"));
+    s3[0].1 = format!("http://{}", cut.addr);
+    let group = format!("{topic}-g");
+    let state = dir.path().join("state");
+    let mut env = run_env(&topic, &group, &sink, state.to_str().unwrap(), &s3);
+    let kafka = kafka_env();
+    env.push((kafka.0, &kafka.1));
+    let schemas = root().join("schemas");
+    env.push(("CLICKSTREAM__REPLAY__SCHEMAS", schemas.to_str().unwrap()));
+    env.push(("CLICKSTREAM__RUN__IDLE_TIMEOUT", "20s"));
+    services::produce(&topic, &records[..half]);
+    let p = Running::start(&["run"], &env);
+    wait_for("first output", 60, || !services::objects(&bucket, "v1/sessions/").is_empty());
+
+    cut.set_down(true);
+    services::produce(&topic, &records[half..]);
+    let mut peak = 0;
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        peak = peak.max(integration_tests::rss_kib(p.child.id()));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(p.log().iter().any(|l| l.contains("S3 request failed; retrying")), "no retry seen");
+    assert!(peak < 512 * 1024, "peak RSS {peak} KiB while S3 was down");
+    cut.set_down(false);
+
+    let want = expected_rows(&expected);
+    wait_for("every session row in S3", 240, || rows_in(&bucket, "v1") >= want);
+    terminate(p);
+    assert_rows_equal(&bucket, "v1", &expected, dir.path());
+    let committed: i64 = services::committed(&topic, &group, PARTITIONS).iter().sum();
+    assert_eq!(committed, records.len() as i64);
+    eprintln!("peak RSS while S3 was down: {} MiB", peak / 1024);
+}
