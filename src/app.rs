@@ -8,7 +8,10 @@ use crate::extract::sample::{SampleReport, SampleTest};
 use crate::processor::{MetaBase, Processor, Rules};
 use crate::registry::watch::{self, Switchboard};
 use crate::registry::{Registry, VersionRecord};
+use crate::s3::S3Location;
+use crate::sink::Sink;
 use crate::sink::file::FileSink;
+use crate::sink::s3::S3Sink;
 use crate::source::Message;
 use crate::source::replay::{BarrierPolicy, Input, ReplaySource};
 use crate::state::rocksdb::RocksDbStore;
@@ -178,8 +181,36 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
     let (extractor, board, with_registry) = start_schemas(&s.services(), None, &services)?;
+    let schemas = Schemas { extractor, board, with_registry };
+    if let Some(location) = s.output.to_str().and_then(S3Location::parse) {
+        let location = location.map_err(anyhow::Error::msg)?;
+        let rt = tokio::runtime::Handle::current();
+        let client = rt.block_on(crate::s3::client(s.force_path_style));
+        // Retries end with the process: a replay stopped by a signal has checkpointed.
+        let sink = S3Sink::new(client, location, "replay", rt, CancellationToken::new());
+        return replay_into(s, inputs, schemas, sink, cancel, logs);
+    }
     let sink = FileSink::open(&s.output)
         .with_context(|| format!("output directory {}", s.output.display()))?;
+    replay_into(s, inputs, schemas, sink, cancel, logs)
+}
+
+/// The schema set in force and how new ones arrive.
+struct Schemas {
+    extractor: Arc<Extractor>,
+    board: Arc<Switchboard>,
+    with_registry: bool,
+}
+
+fn replay_into<K: Sink + Send + 'static>(
+    s: &ReplaySettings,
+    inputs: Vec<Input>,
+    schemas: Schemas,
+    sink: K,
+    cancel: &CancellationToken,
+    logs: &LogWriter,
+) -> Result<Outcome> {
+    let Schemas { extractor, board, with_registry } = schemas;
     std::fs::create_dir_all(&s.state)
         .with_context(|| format!("state directory {}", s.state.display()))?;
     let store = RocksDbStore::open(&s.state)?;
@@ -197,7 +228,7 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
         Resume::Fresh => (SourcePosition::default(), 0),
         Resume::From(pos, last) => (pos, last),
         Resume::Done(counters) => {
-            if !sink.is_marked_complete() {
+            if !sink.is_marked_complete()? {
                 // Stopped between the last commit and the marker, or the output was removed.
                 let dead: u64 = counters.dead_lettered.values().sum();
                 if sink.count_records()? != (counters.sessions, dead) {
@@ -348,11 +379,11 @@ enum Ended {
 /// Feeds the source's messages through the processor, handing checkpoints to the committer.
 /// A new schema set from `board` takes over between two messages, never inside a batch.
 #[allow(clippy::too_many_arguments)]
-fn drive<S: StateStore + Send + 'static>(
+fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
     processor: &mut Processor,
     rx: &std::sync::mpsc::Receiver<Message>,
     pool: &std::sync::mpsc::Sender<Vec<u8>>,
-    committer: &mut Committer<S>,
+    committer: &mut Committer<S, K>,
     cancel: &CancellationToken,
     base: &MetaBase,
     start: SourcePosition,

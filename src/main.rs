@@ -72,8 +72,8 @@ struct ReplayArgs {
     /// `RocksDB` state directory [default: OUTPUT/_state].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
-    /// Output directory [default: out].
-    #[arg(long, value_name = "DIR")]
+    /// Output directory, or `s3://bucket/prefix` (then --state is needed) [default: out].
+    #[arg(long, value_name = "DIR|S3")]
     output: Option<PathBuf>,
     /// How late an event may arrive and still count [default: 6h].
     #[arg(long, value_name = "DURATION", value_parser = app::parse_duration)]
@@ -233,6 +233,11 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
         c.replay.state = p;
     }
     c.validate()?;
+    if c.replay.output.to_str().is_some_and(|o| o.starts_with("s3://"))
+        && c.replay.state.as_os_str().is_empty()
+    {
+        bail!("an s3:// output needs a local --state DIR (the state cannot live in S3)");
+    }
     let state = if c.replay.state.as_os_str().is_empty() {
         c.replay.output.join("_state")
     } else {

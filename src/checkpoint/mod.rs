@@ -114,17 +114,17 @@ pub struct Job {
 /// previous one is written and synced. Checkpoints still commit one at a time, in order, each
 /// output before its state; at most one waits while one is being written, which bounds memory.
 #[derive(Debug)]
-pub struct Committer<S: StateStore + Send + 'static> {
+pub struct Committer<S: StateStore + Send + 'static, K: Sink + Send + 'static = FileSink> {
     tx: Option<std::sync::mpsc::SyncSender<Job>>,
-    handle: Option<std::thread::JoinHandle<Result<Coordinator<S>, CheckpointError>>>,
+    handle: Option<std::thread::JoinHandle<Result<Coordinator<S, K>, CheckpointError>>>,
 }
 
-impl<S: StateStore + Send + 'static> Committer<S> {
+impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
     /// Starts the committer thread.
     ///
     /// # Errors
     /// The thread cannot be started.
-    pub fn spawn(mut coord: Coordinator<S>) -> std::io::Result<Self> {
+    pub fn spawn(mut coord: Coordinator<S, K>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
         let handle = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
             for job in rx {
@@ -162,11 +162,11 @@ impl<S: StateStore + Send + 'static> Committer<S> {
     ///
     /// # Errors
     /// A checkpoint failed.
-    pub fn finish(mut self) -> Result<Coordinator<S>, CheckpointError> {
+    pub fn finish(mut self) -> Result<Coordinator<S, K>, CheckpointError> {
         self.join()
     }
 
-    fn join(&mut self) -> Result<Coordinator<S>, CheckpointError> {
+    fn join(&mut self) -> Result<Coordinator<S, K>, CheckpointError> {
         self.tx = None;
         match self.handle.take().map(std::thread::JoinHandle::join) {
             Some(Ok(r)) => r,

@@ -46,6 +46,18 @@ impl super::Sink for FileSink {
     fn recover(&self, committed: CheckpointId) -> Result<usize, SinkError> {
         FileSink::recover(self, committed)
     }
+
+    fn write_success(&self, summary: &str) -> Result<(), SinkError> {
+        FileSink::write_success(self, summary)
+    }
+
+    fn is_marked_complete(&self) -> Result<bool, SinkError> {
+        Ok(FileSink::is_marked_complete(self))
+    }
+
+    fn count_records(&self) -> Result<(u64, u64), SinkError> {
+        FileSink::count_records(self)
+    }
 }
 
 impl FileSink {

@@ -33,6 +33,24 @@ pub trait Sink {
     /// # Errors
     /// The output cannot be listed or removed.
     fn recover(&self, committed: crate::event::CheckpointId) -> Result<usize, SinkError>;
+
+    /// Marks the output complete (`_SUCCESS`, holding the summary), last.
+    ///
+    /// # Errors
+    /// The marker cannot be written.
+    fn write_success(&self, summary: &str) -> Result<(), SinkError>;
+
+    /// Whether the completion marker is present.
+    ///
+    /// # Errors
+    /// The output cannot be read.
+    fn is_marked_complete(&self) -> Result<bool, SinkError>;
+
+    /// Counts the records written: (session rows, dead letters).
+    ///
+    /// # Errors
+    /// The output cannot be read.
+    fn count_records(&self) -> Result<(u64, u64), SinkError>;
 }
 
 /// A sink failure.

@@ -30,6 +30,8 @@ use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+/// Written last by a completed replay, with the summary.
+const SUCCESS: &str = "_SUCCESS";
 /// Objects above this size are uploaded in parts.
 const MULTIPART_ABOVE: usize = 16 << 20;
 /// Part size of a multipart upload (S3's minimum is 5 MiB).
@@ -302,7 +304,46 @@ impl Sink for S3Sink {
         Ok(())
     }
 
+    fn write_success(&self, summary: &str) -> Result<(), SinkError> {
+        self.put(SUCCESS, format!("{summary}\n").as_bytes())
+    }
+
+    fn is_marked_complete(&self) -> Result<bool, SinkError> {
+        Ok(self.get(SUCCESS)?.is_some())
+    }
+
+    fn count_records(&self) -> Result<(u64, u64), SinkError> {
+        let prefix = self.location.key("");
+        let mut counts = [0u64; 2];
+        for (i, dir) in ["sessions/".to_owned(), format!("dead-letter/stream={}/", self.stream)]
+            .iter()
+            .enumerate()
+        {
+            for key in self.list(dir)? {
+                if object_id(&key, &self.stream).is_none() {
+                    continue;
+                }
+                let relative = key.strip_prefix(&prefix).unwrap_or(&key);
+                let body = self.get(relative)?.unwrap_or_default();
+                let mut text = Vec::new();
+                std::io::Read::read_to_end(
+                    &mut flate2::read::MultiGzDecoder::new(&body[..]),
+                    &mut text,
+                )
+                .map_err(|e| SinkError::S3 {
+                    op: "read",
+                    key: key.clone(),
+                    message: e.to_string(),
+                })?;
+                counts[i] += memchr::memchr_iter(b'\n', &text).count() as u64;
+            }
+        }
+        Ok((counts[0], counts[1]))
+    }
+
     fn recover(&self, committed: CheckpointId) -> Result<usize, SinkError> {
+        // An unfinished run must not leave a marker of an earlier, finished one.
+        self.delete_keys(&[self.location.key(SUCCESS)])?;
         let mut stale = Vec::new();
         for dir in ["sessions/".to_owned(), format!("dead-letter/stream={}/", self.stream)] {
             stale.extend(

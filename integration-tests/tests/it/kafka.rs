@@ -307,3 +307,57 @@ fn thirty_seconds_without_s3_lose_nothing_and_memory_stays_bounded() {
     assert_eq!(committed, records.len() as i64);
     eprintln!("peak RSS while S3 was down: {} MiB", peak / 1024);
 }
+
+#[test]
+fn replay_to_s3_writes_what_replay_to_a_directory_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = root().join("integration-tests/fixtures/sample/clicks-2k.jsonl.gz");
+    let local = dir.path().join("local");
+    let o =
+        integration_tests::replay(&local, &["--checkpoint-every", "500", sample.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+
+    let bucket = services::fresh_bucket("replay");
+    let s3 = services::s3_env();
+    let state = dir.path().join("state");
+    let args: Vec<String> = vec![
+        "replay".into(),
+        "--schemas".into(),
+        root().join("schemas").to_string_lossy().into(),
+        "--output".into(),
+        format!("s3://{bucket}/out"),
+        "--state".into(),
+        state.to_string_lossy().into(),
+        "--checkpoint-every".into(),
+        "500".into(),
+        sample.to_string_lossy().into(),
+    ];
+    let run = || {
+        std::process::Command::new(integration_tests::bin())
+            .args(&args)
+            .envs(s3.iter().map(|(k, v)| (*k, v.as_str())))
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let first = run();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(integration_tests::summary(&first), integration_tests::summary(&o));
+    let mut got = services::lines(&bucket, "out/sessions/");
+    got.sort();
+    assert_eq!(got, integration_tests::rows(&local, "sessions"));
+    let mut dead = services::lines(&bucket, "out/dead-letter/");
+    dead.sort();
+    assert_eq!(dead, integration_tests::rows(&local, "dead-letter"));
+    assert!(services::objects(&bucket, "out/_SUCCESS").len() == 1, "completion marker");
+    // Again: a no-op that reports the same totals.
+    let again = run();
+    assert!(again.status.success());
+    assert_eq!(integration_tests::summary(&again), integration_tests::summary(&o));
+    assert_eq!(services::lines(&bucket, "out/sessions/").len(), got.len());
+    let no_state = std::process::Command::new(integration_tests::bin())
+        .args(["replay", "--output", &format!("s3://{bucket}/x"), sample.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&no_state.stderr).contains("needs a local --state"));
+}
