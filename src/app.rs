@@ -54,6 +54,8 @@ pub struct ReplaySettings {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Admin API token.
     pub admin_token: Option<String>,
+    /// Session rows as Parquet (S3 output only).
+    pub parquet: bool,
 }
 
 impl ReplaySettings {
@@ -187,7 +189,8 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
         let rt = tokio::runtime::Handle::current();
         let client = rt.block_on(crate::s3::client(s.force_path_style));
         // Retries end with the process: a replay stopped by a signal has checkpointed.
-        let sink = S3Sink::new(client, location, "replay", rt, CancellationToken::new());
+        let sink = S3Sink::new(client, location, "replay", rt, CancellationToken::new())
+            .parquet(s.parquet);
         return replay_into(s, inputs, schemas, sink, cancel, logs);
     }
     let sink = FileSink::open(&s.output)

@@ -81,6 +81,19 @@ impl std::fmt::Debug for KafkaConfig {
 pub struct SinkConfig {
     /// `s3://bucket/prefix`.
     pub location: String,
+    /// Format of the session rows.
+    pub format: SinkFormat,
+}
+
+/// How session rows are written to S3.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum SinkFormat {
+    /// Gzip JSON Lines.
+    #[serde(rename = "jsonl-gz")]
+    JsonlGz,
+    /// Parquet.
+    #[serde(rename = "parquet")]
+    Parquet,
 }
 
 /// `[run]`.

@@ -263,6 +263,7 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
         follow: a.follow,
         admin_listen: c.admin.listen.parse().ok(),
         admin_token: (!c.admin.token.is_empty()).then_some(c.admin.token),
+        parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
     })
 }
 
@@ -329,6 +330,7 @@ async fn run_service(config: Option<&std::path::Path>) -> Result<()> {
         idle_timeout: c.run.idle_timeout,
         shutdown_deadline: c.run.shutdown_deadline,
         force_path_style: c.s3.force_path_style,
+        parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
     };
     let cancel = CancellationToken::new();
     clickstream::shutdown::install(cancel.clone());

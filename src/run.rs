@@ -62,6 +62,8 @@ pub struct RunSettings {
     pub shutdown_deadline: Duration,
     /// S3 path-style addressing.
     pub force_path_style: bool,
+    /// Session rows as Parquet.
+    pub parquet: bool,
 }
 
 /// What `/readyz` reports.
@@ -442,7 +444,8 @@ pub fn run(
     // Retries stop at the shutdown deadline, not at the signal: the final checkpoint needs S3.
     let s3_stop = CancellationToken::new();
     let client = rt.block_on(crate::s3::client(s.force_path_style));
-    let sink = S3Sink::new(client, s.sink.clone(), "-", rt.clone(), s3_stop.clone());
+    let sink =
+        S3Sink::new(client, s.sink.clone(), "-", rt.clone(), s3_stop.clone()).parquet(s.parquet);
     ready.sink.store(sink.reachable(), Ordering::Relaxed);
     let pipes = Arc::new(Mutex::new(Pipelines {
         s: s.clone(),

@@ -5,6 +5,7 @@
 //! ones, and recovery removes whatever a crashed run wrote after its last committed checkpoint.
 
 pub mod file;
+pub mod parquet;
 pub mod s3;
 
 use crate::event::LinePosition;

@@ -45,6 +45,7 @@ pub struct S3Sink {
     stream: String,
     rt: Handle,
     cancel: CancellationToken,
+    parquet: bool,
 }
 
 fn gzip(data: &[u8]) -> Vec<u8> {
@@ -54,10 +55,11 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap_or_default()
 }
 
-/// `STREAM-CHECKPOINT.jsonl.gz` → checkpoint, for this stream's objects.
+/// `STREAM-CHECKPOINT.jsonl.gz` or `.parquet` → checkpoint, for this stream's objects.
 fn object_id(key: &str, stream: &str) -> Option<CheckpointId> {
     let name = key.rsplit('/').next()?;
-    name.strip_prefix(stream)?.strip_prefix('-')?.strip_suffix(".jsonl.gz")?.parse().ok()
+    let rest = name.strip_prefix(stream)?.strip_prefix('-')?;
+    rest.strip_suffix(".jsonl.gz").or_else(|| rest.strip_suffix(".parquet"))?.parse().ok()
 }
 
 impl S3Sink {
@@ -71,7 +73,14 @@ impl S3Sink {
         rt: Handle,
         cancel: CancellationToken,
     ) -> Self {
-        S3Sink { client, location, stream: stream.to_owned(), rt, cancel }
+        S3Sink { client, location, stream: stream.to_owned(), rt, cancel, parquet: false }
+    }
+
+    /// Writes session rows as Parquet (`.parquet`) instead of gzip JSON Lines.
+    #[must_use]
+    pub fn parquet(mut self, on: bool) -> Self {
+        self.parquet = on;
+        self
     }
 
     /// The same sink for another stream.
@@ -285,17 +294,27 @@ impl Sink for S3Sink {
         rows: &[SessionRow],
         dead: &[DeadLetter],
     ) -> Result<(), SinkError> {
-        let mut by_hour: BTreeMap<(String, i64), Vec<u8>> = BTreeMap::new();
+        let mut by_hour: BTreeMap<(String, i64), Vec<&SessionRow>> = BTreeMap::new();
         for r in rows {
             let hour = r.session_start.div_euclid(3_600_000).rem_euclid(24);
-            let buf = by_hour.entry((r.date(), hour)).or_default();
-            // Serializing plain strings and integers to memory cannot fail.
-            let _ = serde_json::to_writer(&mut *buf, r);
-            buf.push(b'\n');
+            by_hour.entry((r.date(), hour)).or_default().push(r);
         }
         let name = format!("{}-{id:010}.jsonl.gz", self.stream);
-        for ((date, hour), buf) in by_hour {
-            self.put(&format!("sessions/dt={date}/hour={hour:02}/{name}"), &gzip(&buf))?;
+        for ((date, hour), part) in by_hour {
+            let dir = format!("sessions/dt={date}/hour={hour:02}");
+            if self.parquet {
+                let owned: Vec<SessionRow> = part.into_iter().cloned().collect();
+                let body = super::parquet::encode(&owned)?;
+                self.put(&format!("{dir}/{}-{id:010}.parquet", self.stream), &body)?;
+            } else {
+                let mut buf = Vec::new();
+                for r in part {
+                    // Serializing plain strings and integers to memory cannot fail.
+                    let _ = serde_json::to_writer(&mut buf, r);
+                    buf.push(b'\n');
+                }
+                self.put(&format!("{dir}/{name}"), &gzip(&buf))?;
+            }
         }
         if !dead.is_empty() {
             let buf: Vec<u8> = dead.iter().flat_map(DeadLetter::to_json_line).collect();
@@ -325,6 +344,14 @@ impl Sink for S3Sink {
                 }
                 let relative = key.strip_prefix(&prefix).unwrap_or(&key);
                 let body = self.get(relative)?.unwrap_or_default();
+                if key.ends_with(".parquet") {
+                    counts[i] += parquet_rows(body).map_err(|message| SinkError::S3 {
+                        op: "read",
+                        key: key.clone(),
+                        message,
+                    })?;
+                    continue;
+                }
                 let mut text = Vec::new();
                 std::io::Read::read_to_end(
                     &mut flate2::read::MultiGzDecoder::new(&body[..]),
@@ -355,6 +382,13 @@ impl Sink for S3Sink {
         self.delete_keys(&stale)?;
         Ok(stale.len())
     }
+}
+
+fn parquet_rows(body: Vec<u8>) -> Result<u64, String> {
+    use parquet::file::reader::FileReader as _;
+    let reader = parquet::file::reader::SerializedFileReader::new(bytes::Bytes::from(body))
+        .map_err(|e| e.to_string())?;
+    Ok(reader.metadata().file_metadata().num_rows() as u64)
 }
 
 #[cfg(test)]

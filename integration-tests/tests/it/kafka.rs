@@ -361,3 +361,66 @@ fn replay_to_s3_writes_what_replay_to_a_directory_writes() {
         .unwrap();
     assert!(String::from_utf8_lossy(&no_state.stderr).contains("needs a local --state"));
 }
+
+/// A Python with `DuckDB` (`scripts/setup` installs it).
+fn duckdb_python() -> String {
+    std::env::var("CLICKSTREAM_DUCKDB_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_default();
+        let tools = std::env::var("CLICKSTREAM_TOOLS_DIR")
+            .unwrap_or_else(|_| format!("{home}/.cache/clickstream/tools"));
+        format!("{tools}/test-venv/bin/python")
+    })
+}
+
+#[test]
+fn parquet_output_reads_back_in_duckdb_with_proper_types() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = root().join("integration-tests/fixtures/sample/clicks-2k.jsonl.gz");
+    let local = dir.path().join("local");
+    let o = integration_tests::replay(&local, &[sample.to_str().unwrap()]);
+    assert!(o.status.success());
+    let want: Vec<serde_json::Value> = integration_tests::rows(&local, "sessions")
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+
+    let bucket = services::fresh_bucket("parquet");
+    let mut env: Vec<(&str, String)> = services::s3_env();
+    env.push(("CLICKSTREAM__SINK__FORMAT", "parquet".into()));
+    let out = std::process::Command::new(integration_tests::bin())
+        .args(["replay", "--schemas", root().join("schemas").to_str().unwrap()])
+        .args(["--output", &format!("s3://{bucket}/pq"), "--state"])
+        .arg(dir.path().join("state"))
+        .arg(&sample)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let objects = services::objects(&bucket, "pq/sessions/");
+    assert!(objects.keys().all(|k| k.ends_with(".parquet")), "{:?}", objects.keys());
+    let files = dir.path().join("parquet");
+    std::fs::create_dir_all(&files).unwrap();
+    for (i, body) in objects.values().enumerate() {
+        std::fs::write(files.join(format!("{i}.parquet")), body).unwrap();
+    }
+    let script = format!(
+        "import duckdb, json\n\
+         c = duckdb.connect()\n\
+         t = c.sql(\"describe select * from read_parquet('{0}/*.parquet')\").fetchall()\n\
+         n, views, first = c.sql(\"select count(*), sum(page_views), min(session_start)::VARCHAR from read_parquet('{0}/*.parquet')\").fetchone()\n\
+         print(json.dumps({{'types': {{r[0]: r[1] for r in t}}, 'rows': n, 'page_views': int(views), 'first': str(first)}}))\n",
+        files.display()
+    );
+    let py = std::process::Command::new(duckdb_python()).args(["-c", &script]).output();
+    let py = py.expect("DuckDB's Python (scripts/setup installs it)");
+    assert!(py.status.success(), "{}", String::from_utf8_lossy(&py.stderr));
+    let got: serde_json::Value = serde_json::from_slice(&py.stdout).unwrap();
+    assert_eq!(got["rows"], want.len());
+    let views: u64 = want.iter().map(|r| r["page_views"].as_u64().unwrap()).sum();
+    assert_eq!(got["page_views"], views);
+    let t = &got["types"];
+    assert_eq!(t["session_start"], "TIMESTAMP WITH TIME ZONE", "{got}");
+    assert_eq!(t["page_views"], "BIGINT", "{got}");
+    assert_eq!(t["customer_id"], "VARCHAR", "{got}");
+    assert_eq!(t["schema_sets"], "VARCHAR[]", "{got}");
+}
