@@ -83,6 +83,8 @@ pub struct SinkConfig {
     pub location: String,
     /// Format of the session rows.
     pub format: SinkFormat,
+    /// Kafka topic for copies of the dead letters; empty: none.
+    pub dead_letter_topic: String,
 }
 
 /// How session rows are written to S3.

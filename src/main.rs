@@ -331,6 +331,8 @@ async fn run_service(config: Option<&std::path::Path>) -> Result<()> {
         shutdown_deadline: c.run.shutdown_deadline,
         force_path_style: c.s3.force_path_style,
         parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
+        dead_letter_topic: (!c.sink.dead_letter_topic.is_empty())
+            .then(|| c.sink.dead_letter_topic.clone()),
     };
     let cancel = CancellationToken::new();
     clickstream::shutdown::install(cancel.clone());

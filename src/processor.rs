@@ -102,6 +102,11 @@ impl Processor {
         self.schema_set = Arc::from(id);
     }
 
+    /// Customers with an open session.
+    pub fn open_customers(&self) -> impl Iterator<Item = &str> {
+        self.sessions.customers()
+    }
+
     /// Open sessions now.
     #[must_use]
     pub fn open_sessions(&self) -> usize {

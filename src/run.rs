@@ -27,7 +27,10 @@ use crate::state::rocksdb::RocksDbStore;
 use anyhow::{Context as _, Result, anyhow, bail};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
 use rdkafka::message::Message as _;
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -64,6 +67,8 @@ pub struct RunSettings {
     pub force_path_style: bool,
     /// Session rows as Parquet.
     pub parquet: bool,
+    /// Kafka topic that also receives every dead letter (at least once), if any.
+    pub dead_letter_topic: Option<String>,
 }
 
 /// What `/readyz` reports.
@@ -123,7 +128,71 @@ struct Pipelines {
     parts: BTreeMap<i32, Partition>,
     /// A failure inside a callback, reported by the loop.
     failed: Option<anyhow::Error>,
+    /// Where dead letters are also produced.
+    dlq: Option<DeadLetterTopic>,
 }
+
+/// A Kafka topic that receives a copy of every dead letter. At least once: a checkpoint redone
+/// after a crash produces its dead letters again (S3 keeps them exactly once).
+struct DeadLetterTopic {
+    producer: ThreadedProducer<DefaultProducerContext>,
+    topic: String,
+}
+
+impl DeadLetterTopic {
+    fn open(s: &RunSettings) -> Result<Option<DeadLetterTopic>> {
+        let Some(topic) = &s.dead_letter_topic else { return Ok(None) };
+        let mut pc = ClientConfig::new();
+        pc.set("bootstrap.servers", &s.brokers).set("enable.idempotence", "true");
+        for (k, v) in &s.properties {
+            pc.set(k, v);
+        }
+        let producer = pc.create().context("creating the dead-letter producer")?;
+        Ok(Some(DeadLetterTopic { producer, topic: topic.clone() }))
+    }
+
+    /// Produces copies of `dead`. Never fails the pipeline: S3 holds the records; a copy
+    /// that cannot be produced is logged and counted.
+    fn send(&self, partition: i32, dead: &[crate::sink::DeadLetter]) {
+        let key = stream(partition);
+        for d in dead {
+            let mut payload = d.to_json_line();
+            if payload.len() > MAX_TOPIC_RECORD {
+                // Brokers refuse records over ~1 MB: keep the start of the line, as the source
+                // does for lines too large to hold.
+                let mut short = d.clone();
+                short.truncated_from = Some(d.raw.len() as u64);
+                short.raw.truncate(crate::source::replay::OVERSIZED_PREFIX);
+                payload = short.to_json_line();
+            }
+            let mut rec = BaseRecord::to(&self.topic).key(&key).payload(&payload);
+            loop {
+                match self.producer.send(rec) {
+                    Ok(()) => break,
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        rec = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err((e, _)) => {
+                        metrics::counter!("clickstream_dead_letter_topic_failures_total")
+                            .increment(1);
+                        error!(topic = %self.topic, error = %e, "A dead letter could not be produced to the topic (it is in S3).");
+                        break;
+                    }
+                }
+            }
+        }
+        if !dead.is_empty()
+            && let Err(e) = self.producer.flush(Duration::from_secs(30))
+        {
+            metrics::counter!("clickstream_dead_letter_topic_failures_total").increment(1);
+            error!(topic = %self.topic, error = %e, "Dead letters could not be flushed to the topic (they are in S3).");
+        }
+    }
+}
+
+/// Largest dead-letter record produced whole to the topic.
+const MAX_TOPIC_RECORD: usize = 900 * 1024;
 
 struct Ctx {
     pipes: Arc<Mutex<Pipelines>>,
@@ -248,7 +317,7 @@ impl Pipelines {
     fn release(&mut self, partition: i32, consumer: &BaseConsumer<Ctx>) -> Result<()> {
         let Some(mut p) = self.parts.remove(&partition) else { return Ok(()) };
         if p.dirty {
-            checkpoint(&mut p, partition, false, &self.s.state)?;
+            checkpoint(&mut p, partition, false, &self.s.state, self.dlq.as_ref())?;
         }
         commit_offset(consumer, &self.s.topic, partition, p.next);
         info!(
@@ -392,6 +461,7 @@ fn checkpoint(
     partition: i32,
     idle: bool,
     state_root: &Path,
+    dlq: Option<&DeadLetterTopic>,
 ) -> Result<(), anyhow::Error> {
     let started = Instant::now();
     let pos = SourcePosition { input: 0, line: p.next as u64, offset: p.next as u64 };
@@ -399,6 +469,9 @@ fn checkpoint(
     let (rows, dead) = (out.rows.len(), out.dead.len());
     let id = p.coord.commit(&out, batch)?;
     snapshot(p, partition, state_root)?;
+    if let Some(t) = dlq {
+        t.send(partition, &out.dead);
+    }
     p.dirty = false;
     let c = p.processor.counters();
     let label = stream(partition);
@@ -425,6 +498,24 @@ fn checkpoint(
     Ok(())
 }
 
+/// A consumer in the group, committing only what the pipelines say.
+fn consumer(s: &RunSettings, ctx: Ctx) -> Result<BaseConsumer<Ctx>> {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &s.brokers)
+        .set("group.id", &s.group)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        // Bounds what librdkafka prefetches while the pipeline waits on S3.
+        .set("queued.max.messages.kbytes", "16384")
+        .set("session.timeout.ms", "10000");
+    for (k, v) in &s.properties {
+        cfg.set(k, v);
+    }
+    cfg.create_with_context(ctx).context("creating the Kafka consumer")
+}
+
 /// Runs until `cancel`, then drains: final checkpoint of every partition, offsets committed.
 ///
 /// # Errors
@@ -447,29 +538,17 @@ pub fn run(
     let sink =
         S3Sink::new(client, s.sink.clone(), "-", rt.clone(), s3_stop.clone()).parquet(s.parquet);
     ready.sink.store(sink.reachable(), Ordering::Relaxed);
+    let dlq = DeadLetterTopic::open(s)?;
     let pipes = Arc::new(Mutex::new(Pipelines {
         s: s.clone(),
         sink,
         extractor,
         parts: BTreeMap::new(),
         failed: None,
+        dlq,
     }));
-    let mut cfg = ClientConfig::new();
-    cfg.set("bootstrap.servers", &s.brokers)
-        .set("group.id", &s.group)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        .set("enable.partition.eof", "false")
-        // Bounds what librdkafka prefetches while the pipeline waits on S3.
-        .set("queued.max.messages.kbytes", "16384")
-        .set("session.timeout.ms", "10000");
-    for (k, v) in &s.properties {
-        cfg.set(k, v);
-    }
     let ctx = Ctx { pipes: Arc::clone(&pipes), ready: Arc::clone(ready) };
-    let consumer: BaseConsumer<Ctx> =
-        cfg.create_with_context(ctx).context("creating the Kafka consumer")?;
+    let consumer = consumer(s, ctx)?;
     consumer.subscribe(&[&s.topic]).context("subscribing")?;
     info!(topic = %s.topic, group = %s.group, brokers = %s.brokers, "Consuming.");
     let mut last_checkpoint = Instant::now();
@@ -536,6 +615,7 @@ fn checkpoint_all(
     s: &RunSettings,
     last: bool,
 ) -> Result<()> {
+    let dlq = pl.dlq.as_ref();
     for (&partition, p) in &mut pl.parts {
         // Quiet means nothing new for the idle timeout *and* caught up with the partition:
         // time spent blocked in our own checkpoints (S3 slow or down) is not quiet.
@@ -548,7 +628,7 @@ fn checkpoint_all(
         if !p.dirty && !idle {
             continue;
         }
-        match checkpoint(p, partition, idle, &s.state) {
+        match checkpoint(p, partition, idle, &s.state, dlq) {
             Ok(()) => {}
             Err(e)
                 if e.downcast_ref::<CheckpointError>().is_some_and(|c| {
@@ -581,5 +661,16 @@ fn checkpoint_all(
                 .set((high - p.next).max(0) as f64);
         }
     }
+    // Producers must key by customer; count those who break it (open here and elsewhere).
+    let mut owner: std::collections::HashMap<&str, i32> = std::collections::HashMap::new();
+    let mut split = std::collections::HashSet::new();
+    for (&partition, p) in &pl.parts {
+        for c in p.processor.open_customers() {
+            if *owner.entry(c).or_insert(partition) != partition {
+                split.insert(c);
+            }
+        }
+    }
+    metrics::gauge!("clickstream_customers_on_several_partitions").set(split.len() as f64);
     Ok(())
 }

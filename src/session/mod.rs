@@ -165,6 +165,11 @@ impl Sessionizer {
         self.watermark().filter(|&w| time < w)
     }
 
+    /// Customers with an open session.
+    pub fn customers(&self) -> impl Iterator<Item = &str> {
+        self.customers.keys().map(String::as_str)
+    }
+
     /// Number of open sessions.
     #[must_use]
     pub fn open_sessions(&self) -> usize {

@@ -144,10 +144,21 @@ fn kafka_to_s3_equals_the_oracle() {
     env.push((k.0, &k.1));
     let schemas = root().join("schemas");
     env.push(("CLICKSTREAM__REPLAY__SCHEMAS", schemas.to_str().unwrap()));
+    let dlq = format!("{topic}-dead");
+    services::create_topic(&dlq, 1);
+    env.push(("CLICKSTREAM__SINK__DEAD_LETTER_TOPIC", &dlq));
     let p = Running::start(&["run"], &env);
     let admin = p.admin_addr();
     let want = expected_rows(&expected);
-    wait_for("every session row in S3", 240, || rows_in(&bucket, "v1") >= want);
+    let until = Instant::now() + Duration::from_mins(4);
+    while rows_in(&bucket, "v1") < want {
+        assert!(
+            Instant::now() < until,
+            "rows missing; log:\n{}",
+            p.log()[p.log().len().saturating_sub(30)..].join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
     let (code, ready) = integration_tests::curl(&[&format!("http://{admin}/readyz")]);
     assert_eq!(code, 200, "{ready}");
     let (_, metrics) = integration_tests::curl(&[&format!("http://{admin}/metrics")]);
@@ -164,6 +175,13 @@ fn kafka_to_s3_equals_the_oracle() {
     // Kafka's committed offsets reached the end of every partition, and not beyond.
     let committed: i64 = services::committed(&topic, &group, PARTITIONS).iter().sum();
     assert_eq!(committed, records.len() as i64);
+    // The optional dead-letter topic got a copy of each (at least once; here exactly, as
+    // nothing was redone).
+    let dead: u64 = expected.rejects.values().sum();
+    let copies = integration_tests::consume_all(&dlq, dead as usize + 1, 30);
+    assert_eq!(copies.len() as u64, dead, "dead letters on the Kafka topic");
+    let v: serde_json::Value = serde_json::from_slice(&copies[0]).unwrap();
+    assert!(v["reason"].is_string() && v["source"]["file"].is_string(), "{v}");
 }
 
 /// The next offset of each partition's published state snapshot (`_state/pNNNN/LATEST`).
