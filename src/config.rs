@@ -107,6 +107,8 @@ pub struct RunConfig {
     /// Wall time between checkpoints.
     #[serde(with = "humantime_serde")]
     pub checkpoint_interval: Duration,
+    /// Input bytes of one partition that trigger its checkpoint early.
+    pub checkpoint_bytes: u64,
     /// Close a quiet partition's sessions after this long.
     #[serde(with = "humantime_serde")]
     pub idle_timeout: Duration,

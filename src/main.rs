@@ -327,6 +327,7 @@ async fn run_service(config: Option<&std::path::Path>) -> Result<()> {
             dedup_horizon_ms: ms(c.session.dedup_horizon),
         },
         checkpoint_interval: c.run.checkpoint_interval,
+        checkpoint_bytes: c.run.checkpoint_bytes.max(1),
         idle_timeout: c.run.idle_timeout,
         shutdown_deadline: c.run.shutdown_deadline,
         force_path_style: c.s3.force_path_style,

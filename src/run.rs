@@ -59,6 +59,8 @@ pub struct RunSettings {
     pub rules: Rules,
     /// Wall time between checkpoints.
     pub checkpoint_interval: Duration,
+    /// Input bytes of one partition that trigger its checkpoint before the interval is up.
+    pub checkpoint_bytes: u64,
     /// Close a quiet partition's sessions after this long.
     pub idle_timeout: Duration,
     /// Time allowed for the final checkpoint.
@@ -117,6 +119,8 @@ struct Partition {
     epoch: String,
     /// State files already in S3: local file name → key.
     uploaded: BTreeMap<String, String>,
+    /// Input bytes since the last checkpoint.
+    bytes: u64,
 }
 
 /// The pipelines of the assigned partitions, shared between the poll loop and the rebalance
@@ -308,6 +312,7 @@ impl Pipelines {
                 lines_at_checkpoint: lines,
                 epoch,
                 uploaded,
+                bytes: 0,
             },
         );
         Ok(next)
@@ -469,6 +474,7 @@ fn checkpoint(
     let (rows, dead) = (out.rows.len(), out.dead.len());
     let id = p.coord.commit(&out, batch)?;
     snapshot(p, partition, state_root)?;
+    p.bytes = 0;
     if let Some(t) = dlq {
         t.send(partition, &out.dead);
     }
@@ -580,6 +586,13 @@ pub fn run(
                         p.next = offset + 1;
                         p.dirty = true;
                         p.last_input = Instant::now();
+                        p.bytes += payload.len() as u64;
+                        // Size-based rolling: a busy partition checkpoints before its objects
+                        // (and the memory holding them) grow past the limit.
+                        if p.bytes >= s.checkpoint_bytes {
+                            checkpoint(p, partition, false, &s.state, pl.dlq.as_ref())?;
+                            commit_offset(&consumer, &s.topic, partition, p.next);
+                        }
                     }
                 }
             }

@@ -261,7 +261,9 @@ pub mod services {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap()
     }
 
-    fn s3() -> aws_sdk_s3::Client {
+    /// An S3 client for the loopback server.
+    #[must_use]
+    pub fn s3() -> aws_sdk_s3::Client {
         let env = s3_env();
         let get = |k: &str| env.iter().find(|(n, _)| *n == k).map(|(_, v)| v.clone()).unwrap();
         let creds = aws_sdk_s3::config::Credentials::new(
@@ -321,6 +323,17 @@ pub mod services {
                 }
             }
             out
+        })
+    }
+
+    /// One object's bytes, if it exists.
+    #[must_use]
+    pub fn get(bucket: &str, key: &str) -> Option<Vec<u8>> {
+        let rt = runtime();
+        let c = s3();
+        rt.block_on(async {
+            let o = c.get_object().bucket(bucket).key(key).send().await.ok()?;
+            Some(o.body.collect().await.ok()?.into_bytes().to_vec())
         })
     }
 

@@ -89,6 +89,9 @@ fn run_env<'a>(
         ("CLICKSTREAM__SINK__LOCATION", sink),
         ("CLICKSTREAM__RUN__STATE", state),
         ("CLICKSTREAM__RUN__CHECKPOINT_INTERVAL", "500ms"),
+        // Size-based rolling too (≈ 15 MB per partition of the 100k file): early checkpoints
+        // must not change the result.
+        ("CLICKSTREAM__RUN__CHECKPOINT_BYTES", "3000000"),
         ("CLICKSTREAM__RUN__IDLE_TIMEOUT", "4s"),
         ("CLICKSTREAM__SESSION__ALLOWED_LATENESS", "7h"),
         ("CLICKSTREAM__ADMIN__LISTEN", "127.0.0.1:0"),
@@ -184,23 +187,43 @@ fn kafka_to_s3_equals_the_oracle() {
     assert!(v["reason"].is_string() && v["source"]["file"].is_string(), "{v}");
 }
 
-/// The next offset of each partition's published state snapshot (`_state/pNNNN/LATEST`).
+/// Kafka's committed offsets are never ahead of the state published in S3 (which the output
+/// objects precede).
+fn assert_offsets_behind_s3(topic: &str, group: &str, bucket: &str, dir: &Path) {
+    let committed = services::committed(topic, group, PARTITIONS);
+    let published = published_offsets(bucket, "v1", dir);
+    for (p, c) in committed.iter().enumerate() {
+        let p = p as i32;
+        assert!(
+            *c <= published.get(&p).copied().unwrap_or(0),
+            "partition {p}: Kafka offset {c} is ahead of the state in S3 ({published:?})"
+        );
+    }
+}
+
+/// The next offset of each partition's published state snapshot (`_state/pNNNN/LATEST`),
+/// read pointer first: the instances still running keep publishing newer ones meanwhile.
 fn published_offsets(bucket: &str, prefix: &str, dir: &Path) -> BTreeMap<i32, i64> {
     use clickstream::state::StateStore as _;
-    let all = services::objects(bucket, &format!("{prefix}/_state/"));
     let mut out = BTreeMap::new();
     for p in 0..PARTITIONS {
         let stream = format!("p{p:04}");
-        let Some(latest) = all.get(&format!("{prefix}/_state/{stream}/LATEST")) else { continue };
-        let latest = String::from_utf8_lossy(latest).to_string();
+        let Some(latest) = services::get(bucket, &format!("{prefix}/_state/{stream}/LATEST"))
+        else {
+            continue;
+        };
+        let latest = String::from_utf8_lossy(&latest).to_string();
         let (n, epoch) = latest.trim().split_once(' ').unwrap();
         let snap = format!("{prefix}/_state/{stream}/{:010}-{epoch}/", n.parse::<u64>().unwrap());
         let files: BTreeMap<String, String> =
-            serde_json::from_slice(&all[&format!("{snap}files.json")]).unwrap();
-        let restore = dir.join(format!("check-{stream}-{n}"));
-        std::fs::create_dir_all(&restore).unwrap();
-        for (name, key) in files {
-            std::fs::write(restore.join(name), &all[&key]).unwrap();
+            serde_json::from_slice(&services::get(bucket, &format!("{snap}files.json")).unwrap())
+                .unwrap();
+        let restore = dir.join(format!("check-{stream}-{n}-{epoch}"));
+        if !restore.exists() {
+            std::fs::create_dir_all(&restore).unwrap();
+            for (name, key) in files {
+                std::fs::write(restore.join(name), services::get(bucket, &key).unwrap()).unwrap();
+            }
         }
         let store = clickstream::state::rocksdb::RocksDbStore::open(&restore).unwrap();
         let meta = store.load().unwrap().meta.unwrap();
@@ -247,21 +270,22 @@ fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
     // SIGKILL: no final checkpoint, no revoke. Committed offsets never ran ahead of the state
     // published in S3 (which the output objects precede).
     drop(first);
-    let committed = services::committed(&topic, &group, PARTITIONS);
-    let published = published_offsets(&bucket, "v1", dir.path());
-    for (p, c) in committed.iter().enumerate() {
-        let p = p as i32;
-        assert!(
-            *c <= published.get(&p).copied().unwrap_or(0),
-            "partition {p}: Kafka offset {c} is ahead of the state in S3 ({published:?})"
-        );
-    }
+    assert_offsets_behind_s3(&topic, &group, &bucket, dir.path());
     services::produce(&topic, &records[third..2 * third]);
     let first = start("a");
     first.wait_log("Partition assigned", 60);
     let third_instance = start("c");
     third_instance.wait_log("Consuming", 60);
     services::produce(&topic, &records[2 * third..]);
+    // Kill the newcomer again at a random moment while the last third is consumed, and check
+    // the offsets once more.
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    let delay = 300 + u64::from(nanos.unwrap().subsec_nanos() % 2_500);
+    std::thread::sleep(Duration::from_millis(delay));
+    drop(third_instance);
+    assert_offsets_behind_s3(&topic, &group, &bucket, dir.path());
+    let third_instance = start("c");
+    third_instance.wait_log("Consuming", 60);
 
     let want = expected_rows(&expected);
     wait_for("every session row in S3", 300, || rows_in(&bucket, "v1") >= want);
@@ -441,4 +465,26 @@ fn parquet_output_reads_back_in_duckdb_with_proper_types() {
     assert_eq!(t["page_views"], "BIGINT", "{got}");
     assert_eq!(t["customer_id"], "VARCHAR", "{got}");
     assert_eq!(t["schema_sets"], "VARCHAR[]", "{got}");
+}
+
+#[test]
+fn large_objects_go_up_in_parts_and_come_back_whole() {
+    let bucket = services::fresh_bucket("multipart");
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build();
+    let rt = rt.unwrap();
+    let location = clickstream::s3::S3Location { bucket: bucket.clone(), prefix: "p".into() };
+    let sink = clickstream::sink::s3::S3Sink::new(
+        services::s3(),
+        location,
+        "p0000",
+        rt.handle().clone(),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    // 21 MiB of varied bytes: three parts of 8 MiB, the last one short.
+    let body: Vec<u8> =
+        (0..21u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    sink.put("big/object.bin", &body).unwrap();
+    let got = services::objects(&bucket, "p/big/");
+    assert_eq!(got.len(), 1);
+    assert!(got["p/big/object.bin"] == body, "the object came back different");
 }
