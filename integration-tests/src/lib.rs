@@ -106,7 +106,16 @@ pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let mut bytes = std::fs::read(&p).unwrap();
+                // The tree may be read while a process writes it: its temporary files come
+                // and go (renamed into place); they are not output.
+                if p.extension().is_some_and(|x| x == "tmp") {
+                    continue;
+                }
+                let mut bytes = match std::fs::read(&p) {
+                    Ok(b) => b,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => panic!("{}: {e}", p.display()),
+                };
                 if p.extension().is_some_and(|x| x == "gz") {
                     let mut s = Vec::new();
                     flate2::read::MultiGzDecoder::new(&bytes[..]).read_to_end(&mut s).unwrap();
@@ -143,8 +152,14 @@ impl Running {
     /// Starts the binary with `args` and `env`, logging at info level.
     #[must_use]
     pub fn start(args: &[&str], env: &[(&str, &str)]) -> Running {
+        Running::start_program(bin().to_str().unwrap(), args, env)
+    }
+
+    /// Starts `program` (which runs the binary, e.g. through `setpriv`) likewise.
+    #[must_use]
+    pub fn start_program(program: &str, args: &[&str], env: &[(&str, &str)]) -> Running {
         use std::io::BufRead;
-        let mut child = Command::new(bin())
+        let mut child = Command::new(program)
             .args(args)
             .envs(env.iter().copied())
             .env("RUST_LOG", "info")

@@ -488,3 +488,85 @@ fn large_objects_go_up_in_parts_and_come_back_whole() {
     assert_eq!(got.len(), 1);
     assert!(got["p/big/object.bin"] == body, "the object came back different");
 }
+
+/// The image's layout and user, without Docker: the binary in `usr/local/bin`, the shipped
+/// `deploy/clickstream.toml` and schemas under `etc/clickstream`, state under
+/// `var/lib/clickstream` owned by uid 10001, the process running as 10001:10001 with the
+/// admin API on all interfaces (hence a token), as in the Kubernetes manifest.
+#[test]
+fn the_image_layout_runs_as_uid_10001_outside_docker() {
+    use std::os::unix::fs::PermissionsExt as _;
+    assert!(
+        std::process::Command::new("id").arg("-u").output().unwrap().stdout == b"0\n",
+        "this test switches to uid 10001 with setpriv: run the suite as root (CI does)"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let top = dir.path();
+    std::fs::set_permissions(top, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (bin, etc, var) =
+        (top.join("usr/local/bin"), top.join("etc/clickstream"), top.join("var/lib/clickstream"));
+    for d in [&bin, &etc, &var] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::copy(integration_tests::bin(), bin.join("clickstream")).unwrap();
+    std::fs::copy(root().join("deploy/clickstream.toml"), etc.join("clickstream.toml")).unwrap();
+    let schemas = etc.join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    for e in std::fs::read_dir(root().join("schemas")).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, schemas.join(p.file_name().unwrap())).unwrap();
+    }
+    let st = std::process::Command::new("chown").args(["-R", "10001:10001"]).arg(&var).status();
+    assert!(st.unwrap().success());
+
+    let topic = format!("raw-image-{}", std::process::id());
+    services::create_topic(&topic, 2);
+    services::produce(
+        &topic,
+        &keyed_lines(&root().join("integration-tests/fixtures/events/edge_cases.jsonl")),
+    );
+    let bucket = services::fresh_bucket("image");
+    let mut env: Vec<(String, String)> =
+        services::s3_env().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+    env.extend(
+        [
+            ("CLICKSTREAM__REPLAY__SCHEMAS", schemas.to_str().unwrap().to_owned()),
+            ("CLICKSTREAM__RUN__STATE", var.join("state").to_str().unwrap().to_owned()),
+            ("CLICKSTREAM__KAFKA__BROKERS", brokers()),
+            ("CLICKSTREAM__KAFKA__TOPIC", topic.clone()),
+            ("CLICKSTREAM__KAFKA__GROUP", format!("{topic}-g")),
+            ("CLICKSTREAM__SINK__LOCATION", format!("s3://{bucket}/sessions")),
+            ("CLICKSTREAM__RUN__CHECKPOINT_INTERVAL", "500ms".to_owned()),
+            ("CLICKSTREAM__RUN__IDLE_TIMEOUT", "1s".to_owned()),
+            ("CLICKSTREAM__ADMIN__LISTEN", "0.0.0.0:0".to_owned()),
+            ("CLICKSTREAM__ADMIN__TOKEN", "image-token".to_owned()),
+            ("HOME", var.to_str().unwrap().to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    let config = etc.join("clickstream.toml");
+    let exe = bin.join("clickstream");
+    let args = [
+        "--reuid=10001",
+        "--regid=10001",
+        "--clear-groups",
+        "--",
+        exe.to_str().unwrap(),
+        "run",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    let env_ref: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let p = integration_tests::Running::start_program("setpriv", &args, &env_ref);
+    let admin = p.admin_addr().replace("0.0.0.0", "127.0.0.1");
+    wait_for("readiness", 60, || {
+        integration_tests::curl(&[&format!("http://{admin}/readyz")]).0 == 200
+    });
+    assert_eq!(integration_tests::curl(&[&format!("http://{admin}/healthz")]).0, 200);
+    assert_eq!(integration_tests::curl(&[&format!("http://{admin}/schemas")]).0, 401);
+    wait_for("session rows", 60, || !services::objects(&bucket, "sessions/sessions/").is_empty());
+    terminate(p);
+    // State was written as 10001, where the volume is.
+    let meta = std::fs::metadata(var.join("state")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 10001);
+}
