@@ -248,16 +248,21 @@ async fn validate(State(a): State<Admin>, body: axum::body::Bytes) -> Response {
         Ok(l) => l,
         Err(e) => return invalid(&SchemaErrors(vec![e])),
     };
-    let current = match &a.registry {
-        Some(r) => match r.current().await {
-            Ok(c) => c,
-            Err(e) => return registry_problem(&e),
-        },
-        None => Vec::new(),
+    let current = match current_records(&a).await {
+        Ok(c) => c,
+        Err(response) => return *response,
     };
     match registry::compile_set(&current, Some(loaded)) {
         Ok(x) => Json(json!({ "ok": true, "set": x.versions() })).into_response(),
         Err(e) => invalid(&e),
+    }
+}
+
+/// The registry's set in force (none without a registry).
+async fn current_records(a: &Admin) -> Result<Vec<registry::VersionRecord>, Box<Response>> {
+    match &a.registry {
+        Some(r) => r.current().await.map_err(|e| Box::new(registry_problem(&e))),
+        None => Ok(Vec::new()),
     }
 }
 
@@ -328,12 +333,9 @@ async fn test(
         },
         None => None,
     };
-    let current = match &admin.registry {
-        Some(registry) => match registry.current().await {
-            Ok(records) => records,
-            Err(e) => return registry_problem(&e),
-        },
-        None => Vec::new(),
+    let current = match current_records(&admin).await {
+        Ok(records) => records,
+        Err(response) => return *response,
     };
     if current.is_empty() && candidate.is_none() {
         return problem(

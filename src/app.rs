@@ -32,45 +32,20 @@ use tracing::{info, warn};
 pub struct ReplaySettings {
     /// Inputs in order (`-` for stdin).
     pub inputs: Vec<String>,
-    /// Schema directory or file.
-    pub schemas: PathBuf,
+    /// Schemas (plain files or a registry), S3 client and admin API.
+    pub services: ServiceSettings,
     /// State directory.
     pub state: PathBuf,
-    /// Output directory.
+    /// Output directory, or `s3://bucket/prefix`.
     pub output: PathBuf,
     /// Sessionization rules.
     pub rules: Rules,
     /// Barrier policy.
     pub barriers: BarrierPolicy,
-    /// Schema registry location (replaces `schemas`; reloaded while running).
-    pub registry: Option<String>,
-    /// How often the registry is checked.
-    pub poll_interval: Duration,
-    /// S3 path-style addressing.
-    pub force_path_style: bool,
     /// Keep reading the last input as it grows.
     pub follow: bool,
-    /// Admin API address.
-    pub admin_listen: Option<std::net::SocketAddr>,
-    /// Admin API token.
-    pub admin_token: Option<String>,
     /// Session rows as Parquet (S3 output only).
     pub parquet: bool,
-}
-
-impl ReplaySettings {
-    /// The schema, registry and admin settings.
-    #[must_use]
-    pub fn services(&self) -> ServiceSettings {
-        ServiceSettings {
-            schemas: self.schemas.clone(),
-            registry: self.registry.clone(),
-            poll_interval: self.poll_interval,
-            force_path_style: self.force_path_style,
-            admin_listen: self.admin_listen,
-            admin_token: self.admin_token.clone(),
-        }
-    }
 }
 
 /// How a replay ended.
@@ -182,12 +157,12 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     // Stops the registry watcher and the admin API when the replay ends, however it ends.
     let services = CancellationToken::new();
     let _stop_services = services.clone().drop_guard();
-    let (extractor, board, with_registry) = start_schemas(&s.services(), None, &services)?;
+    let (extractor, board, with_registry) = start_schemas(&s.services, None, &services)?;
     let schemas = Schemas { extractor, board, with_registry };
     if let Some(location) = s.output.to_str().and_then(S3Location::parse) {
         let location = location.map_err(anyhow::Error::msg)?;
         let rt = tokio::runtime::Handle::current();
-        let client = rt.block_on(crate::s3::client(s.force_path_style));
+        let client = rt.block_on(crate::s3::client(s.services.force_path_style));
         // Retries end with the process: a replay stopped by a signal has checkpointed.
         let sink = S3Sink::new(client, location, "replay", rt, CancellationToken::new())
             .parquet(s.parquet);

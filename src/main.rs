@@ -196,6 +196,27 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// The sessionization rules of a configuration.
+fn rules(c: &RawConfig) -> Rules {
+    Rules {
+        gap_ms: ms(c.session.gap),
+        lateness_ms: ms(c.session.allowed_lateness),
+        dedup_horizon_ms: ms(c.session.dedup_horizon),
+    }
+}
+
+/// Schemas, registry, S3 client and admin API settings of a configuration.
+fn service_settings(c: &RawConfig) -> app::ServiceSettings {
+    app::ServiceSettings {
+        schemas: c.replay.schemas.clone(),
+        registry: (!c.registry.location.is_empty()).then(|| c.registry.location.clone()),
+        poll_interval: c.registry.poll_interval,
+        force_path_style: c.s3.force_path_style,
+        admin_listen: c.admin.listen.parse().ok(),
+        admin_token: (!c.admin.token.is_empty()).then(|| c.admin.token.clone()),
+    }
+}
+
 fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<ReplaySettings> {
     let mut c = RawConfig::load(config)?;
     if let Some(g) = a.gap {
@@ -238,6 +259,7 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
     {
         bail!("an s3:// output needs a local --state DIR (the state cannot live in S3)");
     }
+    let (services, rules) = (service_settings(&c), rules(&c));
     let state = if c.replay.state.as_os_str().is_empty() {
         c.replay.output.join("_state")
     } else {
@@ -245,25 +267,16 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
     };
     Ok(ReplaySettings {
         inputs: a.inputs,
-        schemas: c.replay.schemas,
-        state,
-        output: c.replay.output,
-        rules: Rules {
-            gap_ms: ms(c.session.gap),
-            lateness_ms: ms(c.session.allowed_lateness),
-            dedup_horizon_ms: ms(c.session.dedup_horizon),
-        },
+        services,
+        rules,
         barriers: BarrierPolicy {
             every_lines: c.checkpoint.every_lines,
             interval: (!c.checkpoint.interval.is_zero()).then_some(c.checkpoint.interval),
         },
-        registry: (!c.registry.location.is_empty()).then_some(c.registry.location),
-        poll_interval: c.registry.poll_interval,
-        force_path_style: c.s3.force_path_style,
         follow: a.follow,
-        admin_listen: c.admin.listen.parse().ok(),
-        admin_token: (!c.admin.token.is_empty()).then_some(c.admin.token),
         parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
+        state,
+        output: c.replay.output,
     })
 }
 
@@ -306,26 +319,15 @@ async fn run_service(config: Option<&std::path::Path>) -> Result<()> {
             c.sink.location
         );
     };
-    let svc = app::ServiceSettings {
-        schemas: c.replay.schemas.clone(),
-        registry: (!c.registry.location.is_empty()).then(|| c.registry.location.clone()),
-        poll_interval: c.registry.poll_interval,
-        force_path_style: c.s3.force_path_style,
-        admin_listen: c.admin.listen.parse().ok(),
-        admin_token: (!c.admin.token.is_empty()).then(|| c.admin.token.clone()),
-    };
+    let (svc, rules) = (service_settings(&c), rules(&c));
     let settings = clickstream::run::RunSettings {
         brokers: c.kafka.brokers,
         topic: c.kafka.topic,
         group: c.kafka.group,
         properties: c.kafka.properties,
         sink,
+        rules,
         state: c.run.state,
-        rules: Rules {
-            gap_ms: ms(c.session.gap),
-            lateness_ms: ms(c.session.allowed_lateness),
-            dedup_horizon_ms: ms(c.session.dedup_horizon),
-        },
         checkpoint_interval: c.run.checkpoint_interval,
         checkpoint_bytes: c.run.checkpoint_bytes.max(1),
         idle_timeout: c.run.idle_timeout,

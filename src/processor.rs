@@ -46,6 +46,8 @@ pub struct Processor {
     /// Schema sets seen by this state, by index; the last one is in force.
     schema_sets: Vec<String>,
     schema_set: Arc<str>,
+    /// Scratch slots kept between [`Processor::process_record`] calls (empty between them).
+    spare: Vec<Slot<'static>>,
 }
 
 impl Processor {
@@ -63,6 +65,7 @@ impl Processor {
             late: Arc::from("late"),
             schema_set: Arc::from(set.as_str()),
             schema_sets: vec![set],
+            spare: Vec::new(),
         }
     }
 
@@ -154,6 +157,18 @@ impl Processor {
             d.truncated_from = Some(o.len);
         }
         SourcePosition { input: o.input, line: o.lines_before + 1, offset: o.offset + o.len + 1 }
+    }
+
+    /// Processes one record that arrives on its own (a Kafka message), reusing scratch space
+    /// across calls instead of allocating it per record.
+    pub fn process_record(&mut self, line: &[u8], pos: LinePosition) {
+        // Empty vectors change only their element lifetime here; collecting in place keeps the
+        // allocation.
+        let mut slots: Vec<Slot<'_>> =
+            std::mem::take(&mut self.spare).into_iter().map(|_| Slot::Absent).collect();
+        self.process_line(line, pos, &mut slots);
+        slots.clear();
+        self.spare = slots.into_iter().map(|_| Slot::Absent).collect();
     }
 
     /// Processes one line (without its `\n`).

@@ -16,7 +16,6 @@ use crate::checkpoint::CheckpointError;
 use crate::checkpoint::Coordinator;
 use crate::event::{LinePosition, SourcePosition};
 use crate::extract::Extractor;
-use crate::extract::walk::Slot;
 use crate::processor::{MetaBase, Processor, Rules};
 use crate::registry::watch::Switchboard;
 use crate::s3::S3Location;
@@ -581,8 +580,7 @@ pub fn run(
                         let pos =
                             LinePosition { input: 0, line: offset as u64, offset: offset as u64 };
                         let payload = m.payload().unwrap_or_default();
-                        let mut slots: Vec<Slot<'_>> = Vec::new();
-                        p.processor.process_line(payload, pos, &mut slots);
+                        p.processor.process_record(payload, pos);
                         p.next = offset + 1;
                         p.dirty = true;
                         p.last_input = Instant::now();
@@ -630,14 +628,19 @@ fn checkpoint_all(
 ) -> Result<()> {
     let dlq = pl.dlq.as_ref();
     for (&partition, p) in &mut pl.parts {
+        let quiet =
+            !last && p.processor.open_sessions() > 0 && p.last_input.elapsed() >= s.idle_timeout;
+        if !p.dirty && !quiet {
+            continue;
+        }
+        // One watermark request per partition and checkpoint, for the idle test and the lag.
+        let high = consumer
+            .fetch_watermarks(&s.topic, partition, Duration::from_secs(5))
+            .ok()
+            .map(|(_, high)| high);
         // Quiet means nothing new for the idle timeout *and* caught up with the partition:
         // time spent blocked in our own checkpoints (S3 slow or down) is not quiet.
-        let idle = !last
-            && p.processor.open_sessions() > 0
-            && p.last_input.elapsed() >= s.idle_timeout
-            && consumer
-                .fetch_watermarks(&s.topic, partition, Duration::from_secs(5))
-                .is_ok_and(|(_, high)| p.next >= high);
+        let idle = quiet && high.is_some_and(|high| p.next >= high);
         if !p.dirty && !idle {
             continue;
         }
@@ -667,10 +670,8 @@ fn checkpoint_all(
             .absolute(c.duplicates);
         metrics::counter!("clickstream_sessions_total", "partition" => label.clone())
             .absolute(c.sessions);
-        if let Ok((_, high)) =
-            consumer.fetch_watermarks(&s.topic, partition, Duration::from_secs(1))
-        {
-            metrics::gauge!("clickstream_consumer_lag", "partition" => stream(partition))
+        if let Some(high) = high {
+            metrics::gauge!("clickstream_consumer_lag", "partition" => label)
                 .set((high - p.next).max(0) as f64);
         }
     }

@@ -33,33 +33,6 @@ fn part_id(name: &str) -> Option<CheckpointId> {
     name.strip_prefix("part-")?.strip_suffix(".jsonl")?.parse().ok()
 }
 
-impl super::Sink for FileSink {
-    fn write_epoch(
-        &self,
-        id: CheckpointId,
-        rows: &[SessionRow],
-        dead: &[DeadLetter],
-    ) -> Result<(), SinkError> {
-        FileSink::write_epoch(self, id, rows, dead)
-    }
-
-    fn recover(&self, committed: CheckpointId) -> Result<usize, SinkError> {
-        FileSink::recover(self, committed)
-    }
-
-    fn write_success(&self, summary: &str) -> Result<(), SinkError> {
-        FileSink::write_success(self, summary)
-    }
-
-    fn is_marked_complete(&self) -> Result<bool, SinkError> {
-        Ok(FileSink::is_marked_complete(self))
-    }
-
-    fn count_records(&self) -> Result<(u64, u64), SinkError> {
-        FileSink::count_records(self)
-    }
-}
-
 impl FileSink {
     /// Opens the output directory, creating it, and checks that it is writable.
     ///
@@ -79,13 +52,15 @@ impl FileSink {
         fs::remove_file(&probe).map_err(io("remove", &probe))?;
         Ok(FileSink { root: root.to_path_buf() })
     }
+}
 
+impl super::Sink for FileSink {
     /// Removes what a crashed run left after checkpoint `committed`: temporary files, part files
     /// of later checkpoints, and the completion marker. Returns how many files it removed.
     ///
     /// # Errors
     /// A directory cannot be listed or a file removed.
-    pub fn recover(&self, committed: CheckpointId) -> Result<usize, SinkError> {
+    fn recover(&self, committed: CheckpointId) -> Result<usize, SinkError> {
         let mut removed = 0;
         let success = self.root.join(SUCCESS);
         if success.exists() {
@@ -119,7 +94,7 @@ impl FileSink {
     ///
     /// # Errors
     /// A file cannot be written, synced or renamed.
-    pub fn write_epoch(
+    fn write_epoch(
         &self,
         id: CheckpointId,
         rows: &[SessionRow],
@@ -151,16 +126,15 @@ impl FileSink {
     }
 
     /// Whether a completion marker is present.
-    #[must_use]
-    pub fn is_marked_complete(&self) -> bool {
-        self.root.join(SUCCESS).is_file()
+    fn is_marked_complete(&self) -> Result<bool, SinkError> {
+        Ok(self.root.join(SUCCESS).is_file())
     }
 
     /// Counts the records in the part files: (session rows, dead letters).
     ///
     /// # Errors
     /// A directory or file cannot be read.
-    pub fn count_records(&self) -> Result<(u64, u64), SinkError> {
+    fn count_records(&self) -> Result<(u64, u64), SinkError> {
         let count_in = |dir: &Path| -> Result<u64, SinkError> {
             let mut n = 0;
             for e in fs::read_dir(dir).map_err(io("list", dir))? {
@@ -178,7 +152,7 @@ impl FileSink {
     ///
     /// # Errors
     /// The marker cannot be written.
-    pub fn write_success(&self, summary: &str) -> Result<(), SinkError> {
+    fn write_success(&self, summary: &str) -> Result<(), SinkError> {
         write_atomic(&self.root, SUCCESS, format!("{summary}\n").as_bytes())
     }
 }
@@ -213,6 +187,7 @@ fn write_atomic(dir: &Path, name: &str, data: &[u8]) -> Result<(), SinkError> {
 mod tests {
     use super::*;
     use crate::event::LinePosition;
+    use crate::sink::Sink as _;
 
     fn row(c: &str, start: i64) -> SessionRow {
         SessionRow {

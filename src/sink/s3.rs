@@ -275,6 +275,18 @@ impl S3Sink {
         Ok(())
     }
 
+    /// This stream's row objects and dead-letter objects: (full key, checkpoint) each.
+    fn stream_objects(&self) -> Result<[Vec<(String, CheckpointId)>; 2], SinkError> {
+        let mine = |dir: &str| -> Result<Vec<(String, CheckpointId)>, SinkError> {
+            Ok(self
+                .list(dir)?
+                .into_iter()
+                .filter_map(|k| object_id(&k, &self.stream).map(|id| (k, id)))
+                .collect())
+        };
+        Ok([mine("sessions/")?, mine(&format!("dead-letter/stream={}/", self.stream))?])
+    }
+
     /// Whether the bucket answers (for readiness).
     #[must_use]
     pub fn reachable(&self) -> bool {
@@ -334,14 +346,8 @@ impl Sink for S3Sink {
     fn count_records(&self) -> Result<(u64, u64), SinkError> {
         let prefix = self.location.key("");
         let mut counts = [0u64; 2];
-        for (i, dir) in ["sessions/".to_owned(), format!("dead-letter/stream={}/", self.stream)]
-            .iter()
-            .enumerate()
-        {
-            for key in self.list(dir)? {
-                if object_id(&key, &self.stream).is_none() {
-                    continue;
-                }
+        for (i, keys) in self.stream_objects()?.into_iter().enumerate() {
+            for (key, _) in keys {
                 let relative = key.strip_prefix(&prefix).unwrap_or(&key);
                 let body = self.get(relative)?.unwrap_or_default();
                 if key.ends_with(".parquet") {
@@ -371,14 +377,13 @@ impl Sink for S3Sink {
     fn recover(&self, committed: CheckpointId) -> Result<usize, SinkError> {
         // An unfinished run must not leave a marker of an earlier, finished one.
         self.delete_keys(&[self.location.key(SUCCESS)])?;
-        let mut stale = Vec::new();
-        for dir in ["sessions/".to_owned(), format!("dead-letter/stream={}/", self.stream)] {
-            stale.extend(
-                self.list(&dir)?
-                    .into_iter()
-                    .filter(|k| object_id(k, &self.stream).is_some_and(|id| id > committed)),
-            );
-        }
+        let stale: Vec<String> = self
+            .stream_objects()?
+            .into_iter()
+            .flatten()
+            .filter(|&(_, id)| id > committed)
+            .map(|(key, _)| key)
+            .collect();
         self.delete_keys(&stale)?;
         Ok(stale.len())
     }

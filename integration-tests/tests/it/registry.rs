@@ -182,15 +182,20 @@ when = [{ path = '$.evt', equals = "click" }]
 
 const LINES: u64 = 60_000;
 
+/// A registry at `reg` holding `app@1`.
+fn register_app_v1(reg: &str, dir: &Path) {
+    let v1 = dir.join("app-v1.toml");
+    std::fs::write(&v1, APP_V1).unwrap();
+    ok(&register(reg, &v1, &[]));
+}
+
 #[test]
 #[allow(clippy::too_many_lines)] // one scenario, told in order
 fn hot_reload_under_load_switches_whole_sets_between_batches() {
     let dir = tempfile::tempdir().unwrap();
     let (reg, out) = (dir.path().join("registry"), dir.path().join("out"));
     let reg_s = reg.to_str().unwrap();
-    let v1 = dir.path().join("app-v1.toml");
-    std::fs::write(&v1, APP_V1).unwrap();
-    ok(&register(reg_s, &v1, &[]));
+    register_app_v1(reg_s, dir.path());
 
     let input = dir.path().join("events.jsonl");
     let mut file = std::fs::File::create(&input).unwrap();
@@ -341,9 +346,7 @@ fn the_admin_api_serves_schema_operations_behind_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry");
     let reg_s = reg.to_str().unwrap();
-    let v1 = dir.path().join("app-v1.toml");
-    std::fs::write(&v1, APP_V1).unwrap();
-    ok(&register(reg_s, &v1, &[]));
+    register_app_v1(reg_s, dir.path());
     let input = dir.path().join("events.jsonl");
     std::fs::write(&input, "").unwrap();
     let out = dir.path().join("out");
