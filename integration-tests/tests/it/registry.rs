@@ -238,9 +238,10 @@ fn hot_reload_under_load_switches_whole_sets_between_batches() {
             }
         }
     });
-    // Register once the first rows are out, while lines keep coming.
+    // Register once the first rows are out, while lines keep coming. (The sessions directory
+    // itself exists from the start: wait for rows in it.)
     let until = Instant::now() + Duration::from_secs(30);
-    while !out.join("sessions").exists() {
+    while integration_tests::rows(&out, "sessions").is_empty() {
         assert!(Instant::now() < until, "no rows from the first set");
         std::thread::sleep(Duration::from_millis(20));
     }
