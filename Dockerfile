@@ -61,10 +61,10 @@ USER 10001:10001
 WORKDIR /var/lib/clickstream
 # RocksDB state (run.state = /var/lib/clickstream/state): must outlive the container.
 VOLUME ["/var/lib/clickstream"]
-# Admin API: /healthz, /readyz, /metrics (and /schemas, behind the token).
+# Admin API: /healthz, /livez, /readyz, /metrics (and /schemas, behind the token).
 EXPOSE 8081
 HEALTHCHECK --interval=15s --timeout=3s --start-period=60s --retries=3 \
-  CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8081/healthz"]
+  CMD ["curl", "-fsS", "-o", "/dev/null", "http://127.0.0.1:8081/livez"]
 # Exec form: the binary is PID 1 and gets SIGTERM itself (drain, final checkpoint, exit).
 ENTRYPOINT ["/usr/local/bin/clickstream"]
 CMD ["run", "--config", "/etc/clickstream/clickstream.toml"]

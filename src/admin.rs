@@ -61,7 +61,7 @@ pub struct Admin {
     /// Prometheus exposition.
     pub metrics: Option<PrometheusHandle>,
     /// Readiness of a running service (`/readyz`); absent for a replay, which is ready.
-    pub ready: Option<Arc<crate::run::Readiness>>,
+    pub ready: Option<Arc<crate::runtime::health::Health>>,
 }
 
 /// Binds `addr` and serves until `cancel`; returns the bound address (port 0 picks one).
@@ -106,6 +106,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
         .route("/readyz", get(readyz))
+        .route("/livez", get(livez))
         .merge(schemas)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(admin)
@@ -194,14 +195,27 @@ async fn metrics(State(a): State<Admin>) -> Response {
 async fn readyz(State(a): State<Admin>) -> Response {
     let Some(r) = &a.ready else { return "ready\n".into_response() };
     let checks = r.checks();
-    let body: serde_json::Map<String, Value> =
-        checks.iter().map(|(n, ok)| ((*n).to_owned(), Value::Bool(*ok))).collect();
-    let status = if checks.iter().all(|(_, ok)| *ok) {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
+    let mut body: serde_json::Map<String, Value> =
+        checks.iter().map(|c| (c.name.to_owned(), Value::Bool(c.ok))).collect();
+    let problems: serde_json::Map<String, Value> = checks
+        .iter()
+        .filter_map(|c| Some((c.name.to_owned(), Value::String(c.detail.clone()?))))
+        .collect();
+    if !problems.is_empty() {
+        body.insert("problems".into(), Value::Object(problems));
+    }
+    let status =
+        if checks.iter().all(|c| c.ok) { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(body)).into_response()
+}
+
+/// Whether the process makes progress: a stuck consumer answers 503 and is restarted by the
+/// orchestrator's liveness probe.
+async fn livez(State(a): State<Admin>) -> Response {
+    match a.ready.as_ref().map(|r| r.live()) {
+        Some(Err(why)) => problem(StatusCode::SERVICE_UNAVAILABLE, &why),
+        _ => "live\n".into_response(),
+    }
 }
 
 async fn list(State(a): State<Admin>) -> Response {

@@ -306,7 +306,7 @@ pub struct ServiceSettings {
 /// Schemas or registry unreadable or invalid; admin address refused.
 pub fn start_schemas(
     s: &ServiceSettings,
-    ready: Option<Arc<crate::run::Readiness>>,
+    ready: Option<Arc<crate::runtime::health::Health>>,
     services: &CancellationToken,
 ) -> Result<(Arc<Extractor>, Arc<Switchboard>, bool)> {
     let rt = tokio::runtime::Handle::current();

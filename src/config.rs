@@ -115,6 +115,20 @@ pub struct RunConfig {
     /// Time allowed for the final checkpoint on a signal.
     #[serde(with = "humantime_serde")]
     pub shutdown_deadline: Duration,
+    /// How long a revoke callback waits for the splits' final checkpoints (below the session
+    /// timeout).
+    #[serde(with = "humantime_serde")]
+    pub revoke_deadline: Duration,
+    /// State snapshots kept per split, the committed one included.
+    pub keep_snapshots: usize,
+    /// Exit after S3 has refused requests (access denied, no such bucket) for this long.
+    #[serde(with = "humantime_serde")]
+    pub permanent_error_deadline: Duration,
+    /// A consumer without progress for this long while there is data is reported stuck.
+    #[serde(with = "humantime_serde")]
+    pub liveness_timeout: Duration,
+    /// Resume split state written with other session settings (an operator's decision).
+    pub allow_settings_change: bool,
 }
 
 /// `[registry]`.
@@ -249,6 +263,28 @@ impl RawConfig {
                 "admin.listen = {:?} is not an address like 127.0.0.1:8081",
                 self.admin.listen
             )));
+        }
+        let r = &self.run;
+        if r.keep_snapshots == 0 {
+            return Err(ConfigError::Invalid(
+                "run.keep_snapshots must be at least 1 (the committed one)".into(),
+            ));
+        }
+        let session = self
+            .kafka
+            .properties
+            .get("session.timeout.ms")
+            .and_then(|v| v.parse::<u64>().ok())
+            .map_or(Duration::from_secs(10), Duration::from_millis);
+        if r.revoke_deadline >= session {
+            return Err(ConfigError::Invalid(format!(
+                "run.revoke_deadline ({}) must be below the consumer's session timeout ({}): a revoke that outlasts it stalls the group",
+                humantime::format_duration(r.revoke_deadline),
+                humantime::format_duration(session)
+            )));
+        }
+        if r.checkpoint_bytes > 1 << 30 {
+            return Err(ConfigError::Invalid("run.checkpoint_bytes is over 1 GiB: a checkpoint's objects must stay well below S3's 5 GB single-put limit".into()));
         }
         if self.checkpoint.every_lines == 0 && self.checkpoint.interval.is_zero() {
             return Err(ConfigError::Invalid("checkpoint.every_lines and checkpoint.interval are both 0: no checkpoint would ever be taken".into()));

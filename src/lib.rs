@@ -18,7 +18,8 @@
 //! - [`processor`]: the stages above, run over lines.
 //! - [`registry`]: versioned schemas (directory or S3), compatibility checks, hot reload.
 //! - [`admin`]: the HTTP admin API (schemas, health, metrics).
-//! - [`run`]: `clickstream run`, Kafka in and S3 out, one pipeline per partition.
+//! - [`runtime`]: `clickstream run`: splits of a partitioned source (Kafka partitions), each
+//!   with its own pipeline, and the fenced commit protocol to S3.
 
 pub mod aggregate;
 pub mod checkpoint;
@@ -35,7 +36,7 @@ pub mod config;
 pub mod event;
 pub mod processor;
 pub mod registry;
-pub mod run;
+pub mod runtime;
 pub mod s3;
 pub mod shutdown;
 pub mod telemetry;

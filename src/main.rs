@@ -52,6 +52,42 @@ enum Command {
     /// Work with schema files.
     #[command(subcommand)]
     Schema(SchemaCommand),
+    /// Inspect or reset the state `run` keeps per partition in S3 (uses --config).
+    #[command(subcommand)]
+    State(StateCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum StateCommand {
+    /// Print a partition's commit record, whether it ran before, its resets and object count.
+    Show {
+        /// The partition.
+        #[arg(long, value_name = "N")]
+        partition: i32,
+    },
+    /// Start a partition again whose commit record is missing or unreadable, from empty state.
+    ///
+    /// Published output is never deleted; the reset is recorded with its reason. Running
+    /// instances pick the partition up within seconds.
+    Reset {
+        /// The partition.
+        #[arg(long, value_name = "N")]
+        partition: i32,
+        /// Why (recorded beside the split, and logged).
+        #[arg(long)]
+        reason: String,
+        /// Where to start reading: `committed` (the group's committed offset, which never runs
+        /// ahead of the lost state), `beginning`, or an offset.
+        #[arg(long, value_name = "WHERE", default_value = "committed")]
+        from: String,
+        /// Number checkpoints above this instead of above every published one (found by
+        /// listing the partition's output).
+        #[arg(long, value_name = "N")]
+        checkpoint_base: Option<u64>,
+        /// Reset even a partition whose record is good (its state is discarded).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, clap::Args)]
@@ -307,45 +343,121 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
             run_service(cli.config.as_deref()).await?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::State(cmd) => state(cli.config.as_deref(), cmd).await,
     }
 }
 
-async fn run_service(config: Option<&std::path::Path>) -> Result<()> {
-    let c = RawConfig::load(config)?;
-    c.validate()?;
+fn run_settings(c: &RawConfig) -> Result<clickstream::runtime::RunSettings> {
     let Some(Ok(sink)) = clickstream::s3::S3Location::parse(&c.sink.location) else {
         bail!(
             "sink.location = {:?}: `clickstream run` writes to s3://BUCKET/PREFIX",
             c.sink.location
         );
     };
-    let (svc, rules) = (service_settings(&c), rules(&c));
-    let settings = clickstream::run::RunSettings {
-        brokers: c.kafka.brokers,
-        topic: c.kafka.topic,
-        group: c.kafka.group,
-        properties: c.kafka.properties,
+    let r = &c.run;
+    Ok(clickstream::runtime::RunSettings {
+        kafka: clickstream::source::kafka::KafkaSettings {
+            brokers: c.kafka.brokers.clone(),
+            topic: c.kafka.topic.clone(),
+            group: c.kafka.group.clone(),
+            properties: c.kafka.properties.clone(),
+            revoke_deadline: r.revoke_deadline,
+            liveness_timeout: r.liveness_timeout,
+        },
         sink,
-        rules,
-        state: c.run.state,
-        checkpoint_interval: c.run.checkpoint_interval,
-        checkpoint_bytes: c.run.checkpoint_bytes.max(1),
-        idle_timeout: c.run.idle_timeout,
-        shutdown_deadline: c.run.shutdown_deadline,
+        state: r.state.clone(),
+        pipeline: clickstream::runtime::split::PipelineSettings {
+            rules: rules(c),
+            checkpoint_interval: r.checkpoint_interval,
+            checkpoint_bytes: r.checkpoint_bytes.max(1),
+            idle_timeout: r.idle_timeout,
+            stop_deadline: r.shutdown_deadline,
+        },
+        shutdown_deadline: r.shutdown_deadline,
         force_path_style: c.s3.force_path_style,
         parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
         dead_letter_topic: (!c.sink.dead_letter_topic.is_empty())
             .then(|| c.sink.dead_letter_topic.clone()),
-    };
+        keep_snapshots: r.keep_snapshots,
+        permanent_error_deadline: r.permanent_error_deadline,
+        allow_settings_change: r.allow_settings_change,
+    })
+}
+
+async fn run_service(config: Option<&std::path::Path>) -> Result<()> {
+    let c = RawConfig::load(config)?;
+    c.validate()?;
+    let settings = run_settings(&c)?;
+    let svc = service_settings(&c);
     let cancel = CancellationToken::new();
     clickstream::shutdown::install(cancel.clone());
     tokio::task::spawn_blocking(move || {
         let services = CancellationToken::new();
         let _stop = services.clone().drop_guard();
-        let ready = std::sync::Arc::new(clickstream::run::Readiness::default());
+        let health = std::sync::Arc::new(clickstream::runtime::health::Health::default());
         let (x, board, _) =
-            app::start_schemas(&svc, Some(std::sync::Arc::clone(&ready)), &services)?;
-        clickstream::run::run(&settings, x, &board, &ready, &cancel)
+            app::start_schemas(&svc, Some(std::sync::Arc::clone(&health)), &services)?;
+        clickstream::runtime::run(&settings, x, &board, &health, &cancel)
+    })
+    .await?
+}
+
+async fn state(config: Option<&std::path::Path>, cmd: StateCommand) -> Result<ExitCode> {
+    use clickstream::sink::objects::S3Objects;
+    let c = RawConfig::load(config)?;
+    c.validate()?;
+    let s = run_settings(&c)?;
+    let client = clickstream::s3::client(s.force_path_style).await;
+    let objects = S3Objects::new(
+        client,
+        s.sink.clone(),
+        tokio::runtime::Handle::current(),
+        CancellationToken::new(),
+        std::sync::Arc::default(),
+    );
+    tokio::task::spawn_blocking(move || match cmd {
+        StateCommand::Show { partition } => {
+            let split = clickstream::source::kafka::split_id(partition);
+            let v = clickstream::runtime::reset::show(&objects, split.as_str())?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        StateCommand::Reset { partition, reason, from, checkpoint_base, force } => {
+            if reason.trim().is_empty() {
+                bail!("--reason must say why: it is recorded with the reset");
+            }
+            let split = clickstream::source::kafka::split_id(partition);
+            let position = match from.as_str() {
+                "beginning" => None,
+                "committed" => clickstream::source::kafka::committed_offset(&s.kafka, partition)
+                    .map_err(anyhow::Error::msg)?
+                    .map(|o| o.to_string()),
+                n => Some(
+                    n.parse::<u64>()
+                        .with_context(|| {
+                            format!("--from {n:?}: committed, beginning or an offset")
+                        })?
+                        .to_string(),
+                ),
+            };
+            let from = match &position {
+                None => "the beginning of the partition".to_owned(),
+                Some(p) => format!("offset {p} ({from})"),
+            };
+            let req = clickstream::runtime::reset::ResetRequest {
+                split: split.as_str().to_owned(),
+                reason,
+                position,
+                from,
+                checkpoint_base,
+                force,
+                source: format!("kafka:{}/{partition}", s.kafka.topic),
+                settings: clickstream::runtime::settings_fingerprint(&s.pipeline.rules),
+            };
+            let r = clickstream::runtime::reset::reset(&objects, &req)?;
+            println!("{}", String::from_utf8_lossy(&r.to_bytes()));
+            Ok(ExitCode::SUCCESS)
+        }
     })
     .await?
 }

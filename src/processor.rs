@@ -34,6 +34,17 @@ pub struct EpochOutput {
     pub dead: Vec<DeadLetter>,
 }
 
+impl EpochOutput {
+    /// Appends a later interval's output (after a failed checkpoint, the two commit as one).
+    pub fn absorb(&mut self, newer: EpochOutput) {
+        self.rows.extend(newer.rows);
+        self.rows.sort_by(|a, b| {
+            (&a.customer_id, a.session_start).cmp(&(&b.customer_id, b.session_start))
+        });
+        self.dead.extend(newer.dead);
+    }
+}
+
 /// Pipeline state between checkpoints.
 pub struct Processor {
     extractor: Arc<Extractor>,

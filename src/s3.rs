@@ -64,8 +64,17 @@ impl fmt::Display for S3Location {
 /// addressed by IP or `localhost` (the SDK would otherwise look up `bucket.localhost`).
 pub async fn client(force_path_style: bool) -> Client {
     let shared = aws_config::load_defaults(BehaviorVersion::latest()).await;
-    let conf =
-        aws_sdk_s3::config::Builder::from(&shared).force_path_style(force_path_style).build();
+    // A request that hangs (a black-holed connection, a stalled server) must end so that it
+    // can be retried; an attempt may still take long enough for an 8 MiB part on a slow link.
+    let timeouts = aws_sdk_s3::config::timeout::TimeoutConfig::builder()
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .read_timeout(std::time::Duration::from_mins(1))
+        .operation_attempt_timeout(std::time::Duration::from_mins(2))
+        .build();
+    let conf = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(force_path_style)
+        .timeout_config(timeouts)
+        .build();
     Client::from_conf(conf)
 }
 

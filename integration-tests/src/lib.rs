@@ -7,6 +7,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod proxy;
+
 /// The workspace root.
 #[must_use]
 pub fn root() -> PathBuf {
@@ -209,6 +211,37 @@ impl Running {
         v["addr"].as_str().unwrap().to_owned()
     }
 
+    /// Sends `sig` (`STOP`, `CONT`, `TERM`, …).
+    pub fn signal(&self, sig: &str) {
+        let st = Command::new("kill")
+            .args([format!("-{sig}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill -{sig}");
+    }
+
+    /// Waits up to `secs` for the process to exit; its status.
+    pub fn wait_exit(&mut self, secs: u64) -> std::process::ExitStatus {
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return st;
+            }
+            assert!(
+                std::time::Instant::now() < until,
+                "still running after {secs}s; log:\n{}",
+                self.log().join("\n")
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// Whether some log line contains `needle`.
+    #[must_use]
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log().iter().any(|l| l.contains(needle))
+    }
+
     /// SIGINT, then the exit code.
     #[must_use]
     pub fn interrupt(mut self) -> Option<i32> {
@@ -352,6 +385,115 @@ pub mod services {
         })
     }
 
+    /// Keys under `prefix` with their ETags and sizes, without reading the bodies.
+    #[must_use]
+    pub fn listing(bucket: &str, prefix: &str) -> Vec<(String, String, i64)> {
+        let rt = runtime();
+        let c = s3();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            let mut pages =
+                c.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                for o in page.unwrap().contents() {
+                    out.push((
+                        o.key().unwrap().to_owned(),
+                        o.e_tag().unwrap_or_default().to_owned(),
+                        o.size().unwrap_or(0),
+                    ));
+                }
+            }
+            out
+        })
+    }
+
+    /// Turns versioning on: every write of a key stays visible as a version.
+    pub fn enable_versioning(bucket: &str) {
+        use aws_sdk_s3::types::{BucketVersioningStatus, VersioningConfiguration};
+        let rt = runtime();
+        let conf =
+            VersioningConfiguration::builder().status(BucketVersioningStatus::Enabled).build();
+        rt.block_on(
+            s3().put_bucket_versioning().bucket(bucket).versioning_configuration(conf).send(),
+        )
+        .unwrap();
+    }
+
+    /// Every version of every key under `prefix`: (key, its body, its user metadata).
+    #[must_use]
+    pub fn versions(
+        bucket: &str,
+        prefix: &str,
+    ) -> Vec<(String, Vec<u8>, std::collections::HashMap<String, String>)> {
+        let rt = runtime();
+        let c = s3();
+        rt.block_on(async {
+            let mut out = Vec::new();
+            let (mut key_marker, mut version_marker) = (None::<String>, None::<String>);
+            loop {
+                let page = c
+                    .list_object_versions()
+                    .bucket(bucket)
+                    .prefix(prefix)
+                    .set_key_marker(key_marker.clone())
+                    .set_version_id_marker(version_marker.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                for v in page.versions() {
+                    let key = v.key().unwrap().to_owned();
+                    let o = c
+                        .get_object()
+                        .bucket(bucket)
+                        .key(&key)
+                        .version_id(v.version_id().unwrap())
+                        .send()
+                        .await
+                        .unwrap();
+                    let meta = o.metadata().cloned().unwrap_or_default();
+                    let body = o.body.collect().await.unwrap().into_bytes().to_vec();
+                    out.push((key, body, meta));
+                }
+                if page.is_truncated() != Some(true) {
+                    return out;
+                }
+                key_marker = page.next_key_marker().map(str::to_owned);
+                version_marker = page.next_version_id_marker().map(str::to_owned);
+            }
+        })
+    }
+
+    /// Deletes every object of `bucket`, then the bucket.
+    pub fn delete_bucket(bucket: &str) {
+        let rt = runtime();
+        let c = s3();
+        let keys: Vec<String> = listing(bucket, "").into_iter().map(|(k, _, _)| k).collect();
+        rt.block_on(async {
+            for k in keys {
+                c.delete_object().bucket(bucket).key(k).send().await.unwrap();
+            }
+            c.delete_bucket().bucket(bucket).send().await.unwrap();
+        });
+    }
+
+    /// Unfinished multipart uploads in `bucket`: their keys.
+    #[must_use]
+    pub fn multipart_uploads(bucket: &str) -> Vec<String> {
+        let rt = runtime();
+        rt.block_on(s3().list_multipart_uploads().bucket(bucket).send())
+            .unwrap()
+            .uploads()
+            .iter()
+            .filter_map(|u| u.key().map(str::to_owned))
+            .collect()
+    }
+
+    /// Deletes one object.
+    pub fn delete(bucket: &str, key: &str) {
+        let rt = runtime();
+        rt.block_on(s3().delete_object().bucket(bucket).key(key).send()).unwrap();
+    }
+
     /// All JSON lines of the objects under `prefix`.
     #[must_use]
     pub fn lines(bucket: &str, prefix: &str) -> Vec<String> {
@@ -363,16 +505,21 @@ pub mod services {
 
     /// Creates `topic` with `partitions` partitions.
     pub fn create_topic(topic: &str, partitions: i32) {
+        create_topic_on(&brokers(), topic, partitions, 1);
+    }
+
+    /// Creates `topic` on the cluster at `brokers`, with `replicas` replicas.
+    pub fn create_topic_on(brokers: &str, topic: &str, partitions: i32, replicas: i32) {
         let admin: AdminClient<DefaultClientContext> =
-            ClientConfig::new().set("bootstrap.servers", brokers()).create().unwrap();
+            ClientConfig::new().set("bootstrap.servers", brokers).create().unwrap();
         let rt = runtime();
         // Messages up to 16 MiB: the data holds lines over the 1 MiB default, which the
         // pipeline must dead-letter as too_large rather than never see.
-        let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(1))
+        let t = NewTopic::new(topic, partitions, TopicReplication::Fixed(replicas))
             .set("max.message.bytes", "16777216");
         let r = rt
             .block_on(admin.create_topics(&[t], &AdminOptions::new()))
-            .unwrap_or_else(|e| panic!("Kafka at {} (scripts/services up kafka): {e}", brokers()));
+            .unwrap_or_else(|e| panic!("Kafka at {brokers} (scripts/services up kafka): {e}"));
         for x in r {
             x.unwrap();
         }
@@ -380,8 +527,13 @@ pub mod services {
 
     /// Produces `(key, payload)` records to `topic`, waiting until all are acknowledged.
     pub fn produce(topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
+        produce_to(&brokers(), topic, records);
+    }
+
+    /// The same, to the cluster at `brokers`.
+    pub fn produce_to(brokers: &str, topic: &str, records: &[(Vec<u8>, Vec<u8>)]) {
         let p: ThreadedProducer<DefaultProducerContext> = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("linger.ms", "20")
             .set("enable.idempotence", "true")
             .set("message.max.bytes", "16777216")
@@ -411,9 +563,15 @@ pub mod services {
     /// The group's committed offset per partition.
     #[must_use]
     pub fn committed(topic: &str, group: &str, partitions: i32) -> Vec<i64> {
+        committed_on(&brokers(), topic, group, partitions)
+    }
+
+    /// The same, on the cluster at `brokers`.
+    #[must_use]
+    pub fn committed_on(brokers: &str, topic: &str, group: &str, partitions: i32) -> Vec<i64> {
         use rdkafka::consumer::{BaseConsumer, Consumer};
         let c: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", brokers())
+            .set("bootstrap.servers", brokers)
             .set("group.id", group)
             .create()
             .unwrap();
@@ -428,61 +586,6 @@ pub mod services {
                 _ => 0,
             })
             .collect()
-    }
-}
-
-/// A TCP forwarder in front of a real server, whose link can be cut: connections are refused
-/// and open ones closed while it is down. Fault injection, not a stand-in for the server.
-pub struct Cut {
-    /// `127.0.0.1:PORT` to connect to instead of the server.
-    pub addr: String,
-    down: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
-}
-
-impl Cut {
-    /// Forwards a new loopback port to `target` (`host:port`).
-    #[must_use]
-    pub fn start(target: &str) -> Cut {
-        use std::sync::atomic::Ordering;
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        let down = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let (d, o, target) =
-            (std::sync::Arc::clone(&down), std::sync::Arc::clone(&open), target.to_owned());
-        std::thread::spawn(move || {
-            for client in listener.incoming() {
-                let Ok(client) = client else { continue };
-                if d.load(Ordering::SeqCst) {
-                    drop(client);
-                    continue;
-                }
-                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
-                let mut list = o.lock().unwrap();
-                list.push(client.try_clone().unwrap());
-                list.push(server.try_clone().unwrap());
-                for (mut from, mut to) in
-                    [(client.try_clone().unwrap(), server.try_clone().unwrap()), (server, client)]
-                {
-                    std::thread::spawn(move || {
-                        let _ = std::io::copy(&mut from, &mut to);
-                        let _ = to.shutdown(std::net::Shutdown::Both);
-                    });
-                }
-            }
-        });
-        Cut { addr, down, open }
-    }
-
-    /// Cuts the link (`true`) or restores it.
-    pub fn set_down(&self, down: bool) {
-        self.down.store(down, std::sync::atomic::Ordering::SeqCst);
-        if down {
-            for s in self.open.lock().unwrap().drain(..) {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-            }
-        }
     }
 }
 

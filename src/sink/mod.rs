@@ -4,7 +4,9 @@
 //! and renamed. A re-run after a crash therefore rewrites the same names instead of adding new
 //! ones, and recovery removes whatever a crashed run wrote after its last committed checkpoint.
 
+pub mod dead_letter_topic;
 pub mod file;
+pub mod objects;
 pub mod parquet;
 pub mod s3;
 

@@ -12,39 +12,28 @@
 //! exponential backoff and jitter until they succeed or the process stops: S3 being down stalls
 //! the pipeline (and with it the consumer), it loses nothing.
 
+use super::objects::{Condition, ObjectError, ObjectStore as _, S3Objects, SinkHealth};
 use super::{DeadLetter, Sink, SinkError};
 use crate::aggregate::SessionRow;
 use crate::event::CheckpointId;
-use crate::s3::{self, S3Location};
+use crate::s3::S3Location;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::primitives::ByteStream;
-use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
-use backon::{ExponentialBuilder, Retryable};
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::io::Write as _;
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 use tokio::runtime::Handle;
 use tokio_util::sync::CancellationToken;
-use tracing::warn;
 
 /// Written last by a completed replay, with the summary.
 const SUCCESS: &str = "_SUCCESS";
-/// Objects above this size are uploaded in parts.
-const MULTIPART_ABOVE: usize = 16 << 20;
-/// Part size of a multipart upload (S3's minimum is 5 MiB).
-const PART_SIZE: usize = 8 << 20;
 
-/// An S3 prefix as the sink of one stream.
+/// An S3 prefix as the sink of one stream (`replay --output s3://…`).
 #[derive(Debug, Clone)]
 pub struct S3Sink {
-    client: Client,
-    location: S3Location,
+    objects: S3Objects,
     stream: String,
-    rt: Handle,
-    cancel: CancellationToken,
     parquet: bool,
 }
 
@@ -62,6 +51,18 @@ fn object_id(key: &str, stream: &str) -> Option<CheckpointId> {
     rest.strip_suffix(".jsonl.gz").or_else(|| rest.strip_suffix(".parquet"))?.parse().ok()
 }
 
+impl From<ObjectError> for SinkError {
+    fn from(e: ObjectError) -> Self {
+        match e {
+            ObjectError::Cancelled(what) => SinkError::Cancelled(what),
+            ObjectError::Failed { op, key, message } => SinkError::S3 { op, key, message },
+            e @ ObjectError::Precondition { .. } => {
+                SinkError::S3 { op: "put", key: String::new(), message: e.to_string() }
+            }
+        }
+    }
+}
+
 impl S3Sink {
     /// A sink writing `stream`'s objects under `location`; blocking calls run on `rt`, and
     /// retries stop when `cancel` fires.
@@ -73,7 +74,8 @@ impl S3Sink {
         rt: Handle,
         cancel: CancellationToken,
     ) -> Self {
-        S3Sink { client, location, stream: stream.to_owned(), rt, cancel, parquet: false }
+        let objects = S3Objects::new(client, location, rt, cancel, Arc::new(SinkHealth::default()));
+        S3Sink { objects, stream: stream.to_owned(), parquet: false }
     }
 
     /// Writes session rows as Parquet (`.parquet`) instead of gzip JSON Lines.
@@ -83,202 +85,28 @@ impl S3Sink {
         self
     }
 
-    /// The same sink for another stream.
-    #[must_use]
-    pub fn for_stream(&self, stream: &str) -> S3Sink {
-        S3Sink { stream: stream.to_owned(), ..self.clone() }
-    }
-
-    /// The stream this sink writes.
-    #[must_use]
-    pub fn stream_name(&self) -> &str {
-        &self.stream
-    }
-
-    /// The client and location (for state snapshots next to the output).
-    #[must_use]
-    pub fn parts(&self) -> (&Client, &S3Location) {
-        (&self.client, &self.location)
-    }
-
-    /// Runs `op` until it succeeds, with backoff and jitter, or until cancelled.
-    fn retrying<T, E, F, Fut>(&self, what: &'static str, key: &str, op: F) -> Result<T, SinkError>
-    where
-        F: FnMut() -> Fut,
-        Fut: Future<Output = Result<T, E>>,
-        E: std::fmt::Display,
-    {
-        let backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times();
-        let started = Instant::now();
-        let run = op.retry(backoff).notify(|e: &E, after: Duration| {
-            metrics::counter!("clickstream_s3_retries_total", "op" => what).increment(1);
-            warn!(op = what, key, error = %e, retry_in_ms = after.as_millis() as u64, "S3 request failed; retrying.");
-        });
-        let cancel = self.cancel.clone();
-        let r = self.rt.block_on(async move {
-            tokio::select! {
-                r = run => Some(r),
-                () = cancel.cancelled() => None,
-            }
-        });
-        metrics::histogram!("clickstream_s3_request_seconds", "op" => what)
-            .record(started.elapsed().as_secs_f64());
-        match r {
-            Some(Ok(v)) => Ok(v),
-            Some(Err(e)) => {
-                Err(SinkError::S3 { op: what, key: key.to_owned(), message: e.to_string() })
-            }
-            None => Err(SinkError::Cancelled(format!("{what} {key}"))),
-        }
-    }
-
     /// Stores `body` at `relative` (under the prefix), in parts when it is large.
     ///
     /// # Errors
-    /// Cancelled while retrying.
+    /// Cancelled while retrying, or refused.
     pub fn put(&self, relative: &str, body: &[u8]) -> Result<(), SinkError> {
-        let key = self.location.key(relative);
-        if body.len() > MULTIPART_ABOVE {
-            return self.put_multipart(&key, body);
-        }
-        let (c, bucket) = (&self.client, &self.location.bucket);
-        self.retrying("put", &key, || async {
-            c.put_object()
-                .bucket(bucket)
-                .key(&key)
-                .body(ByteStream::from(body.to_vec()))
-                .send()
-                .await
-                .map_err(|e| s3::describe(&e))
-        })?;
+        self.objects.put(relative, body.to_vec().into(), &[], Condition::None)?;
         Ok(())
-    }
-
-    fn put_multipart(&self, key: &str, body: &[u8]) -> Result<(), SinkError> {
-        let (c, bucket) = (&self.client, &self.location.bucket);
-        let upload = self.retrying("create multipart upload", key, || async {
-            c.create_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .send()
-                .await
-                .map_err(|e| s3::describe(&e))
-        })?;
-        let id = upload.upload_id().unwrap_or_default().to_owned();
-        let mut parts = Vec::new();
-        for (i, chunk) in body.chunks(PART_SIZE).enumerate() {
-            let n = i as i32 + 1;
-            let done = self.retrying("upload part", key, || async {
-                c.upload_part()
-                    .bucket(bucket)
-                    .key(key)
-                    .upload_id(&id)
-                    .part_number(n)
-                    .body(ByteStream::from(chunk.to_vec()))
-                    .send()
-                    .await
-                    .map_err(|e| s3::describe(&e))
-            })?;
-            parts.push(
-                CompletedPart::builder()
-                    .part_number(n)
-                    .set_e_tag(done.e_tag().map(str::to_owned))
-                    .build(),
-            );
-        }
-        let completed = CompletedMultipartUpload::builder().set_parts(Some(parts)).build();
-        self.retrying("complete multipart upload", key, || async {
-            c.complete_multipart_upload()
-                .bucket(bucket)
-                .key(key)
-                .upload_id(&id)
-                .multipart_upload(completed.clone())
-                .send()
-                .await
-                .map_err(|e| s3::describe(&e))
-        })?;
-        Ok(())
-    }
-
-    /// Every key under `relative` (a prefix under the sink's prefix).
-    ///
-    /// # Errors
-    /// Cancelled while retrying.
-    pub fn list(&self, relative: &str) -> Result<Vec<String>, SinkError> {
-        let prefix = self.location.key(relative);
-        let (c, bucket) = (&self.client, &self.location.bucket);
-        self.retrying("list", &prefix, || async {
-            let mut keys = Vec::new();
-            let mut pages =
-                c.list_objects_v2().bucket(bucket).prefix(&prefix).into_paginator().send();
-            while let Some(page) = pages.next().await {
-                let page = page.map_err(|e| s3::describe(&e))?;
-                keys.extend(page.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
-            }
-            Ok::<_, String>(keys)
-        })
     }
 
     /// Reads an object under the prefix; `None` if it does not exist.
     ///
     /// # Errors
-    /// Cancelled while retrying.
+    /// Cancelled while retrying, or refused.
     pub fn get(&self, relative: &str) -> Result<Option<Vec<u8>>, SinkError> {
-        let key = self.location.key(relative);
-        let (c, bucket) = (&self.client, &self.location.bucket);
-        self.retrying("get", &key, || async {
-            match c.get_object().bucket(bucket).key(&key).send().await {
-                Ok(o) => {
-                    let b = o.body.collect().await.map_err(|e| e.to_string())?;
-                    Ok(Some(b.into_bytes().to_vec()))
-                }
-                Err(e)
-                    if e.as_service_error().is_some_and(
-                        aws_sdk_s3::operation::get_object::GetObjectError::is_no_such_key,
-                    ) =>
-                {
-                    Ok(None)
-                }
-                Err(e) => Err(s3::describe(&e)),
-            }
-        })
+        Ok(self.objects.get(relative)?.map(|o| o.body.to_vec()))
     }
 
-    /// Deletes full keys, 1000 per request.
-    ///
-    /// # Errors
-    /// Cancelled while retrying.
-    pub fn delete_keys(&self, keys: &[String]) -> Result<(), SinkError> {
-        let (c, bucket) = (&self.client, &self.location.bucket);
-        for batch in keys.chunks(1000) {
-            let ids: Vec<ObjectIdentifier> = batch
-                .iter()
-                .filter_map(|k| ObjectIdentifier::builder().key(k).build().ok())
-                .collect();
-            let delete =
-                Delete::builder().set_objects(Some(ids)).quiet(true).build().map_err(|e| {
-                    SinkError::S3 { op: "delete", key: batch[0].clone(), message: e.to_string() }
-                })?;
-            self.retrying("delete", &batch[0], || async {
-                c.delete_objects()
-                    .bucket(bucket)
-                    .delete(delete.clone())
-                    .send()
-                    .await
-                    .map_err(|e| s3::describe(&e))
-            })?;
-        }
-        Ok(())
-    }
-
-    /// This stream's row objects and dead-letter objects: (full key, checkpoint) each.
+    /// This stream's row objects and dead-letter objects: (key under the prefix, checkpoint).
     fn stream_objects(&self) -> Result<[Vec<(String, CheckpointId)>; 2], SinkError> {
         let mine = |dir: &str| -> Result<Vec<(String, CheckpointId)>, SinkError> {
             Ok(self
+                .objects
                 .list(dir)?
                 .into_iter()
                 .filter_map(|k| object_id(&k, &self.stream).map(|id| (k, id)))
@@ -286,17 +114,47 @@ impl S3Sink {
         };
         Ok([mine("sessions/")?, mine(&format!("dead-letter/stream={}/", self.stream))?])
     }
+}
 
-    /// Whether the bucket answers (for readiness).
-    #[must_use]
-    pub fn reachable(&self) -> bool {
-        let (c, bucket) = (&self.client, &self.location.bucket);
-        self.rt.block_on(async {
-            tokio::time::timeout(Duration::from_secs(5), c.head_bucket().bucket(bucket).send())
-                .await
-                .is_ok_and(|r| r.is_ok())
-        })
+/// The objects of checkpoint `id` of `stream`: rows by session start hour (gzip JSON Lines or
+/// Parquet), and dead letters; (key under the prefix, body) each, in key order.
+///
+/// # Errors
+/// Parquet encoding failed.
+pub fn encode(
+    stream: &str,
+    id: CheckpointId,
+    rows: &[SessionRow],
+    dead: &[DeadLetter],
+    parquet: bool,
+) -> Result<Vec<(String, Vec<u8>)>, SinkError> {
+    let mut by_hour: BTreeMap<(String, i64), Vec<&SessionRow>> = BTreeMap::new();
+    for r in rows {
+        let hour = r.session_start.div_euclid(3_600_000).rem_euclid(24);
+        by_hour.entry((r.date(), hour)).or_default().push(r);
     }
+    let name = format!("{stream}-{id:010}.jsonl.gz");
+    let mut out = Vec::new();
+    for ((date, hour), part) in by_hour {
+        let dir = format!("sessions/dt={date}/hour={hour:02}");
+        if parquet {
+            let owned: Vec<SessionRow> = part.into_iter().cloned().collect();
+            out.push((format!("{dir}/{stream}-{id:010}.parquet"), super::parquet::encode(&owned)?));
+        } else {
+            let mut buf = Vec::new();
+            for r in part {
+                // Serializing plain strings and integers to memory cannot fail.
+                let _ = serde_json::to_writer(&mut buf, r);
+                buf.push(b'\n');
+            }
+            out.push((format!("{dir}/{name}"), gzip(&buf)));
+        }
+    }
+    if !dead.is_empty() {
+        let buf: Vec<u8> = dead.iter().flat_map(DeadLetter::to_json_line).collect();
+        out.push((format!("dead-letter/stream={stream}/{name}"), gzip(&buf)));
+    }
+    Ok(out)
 }
 
 impl Sink for S3Sink {
@@ -306,31 +164,8 @@ impl Sink for S3Sink {
         rows: &[SessionRow],
         dead: &[DeadLetter],
     ) -> Result<(), SinkError> {
-        let mut by_hour: BTreeMap<(String, i64), Vec<&SessionRow>> = BTreeMap::new();
-        for r in rows {
-            let hour = r.session_start.div_euclid(3_600_000).rem_euclid(24);
-            by_hour.entry((r.date(), hour)).or_default().push(r);
-        }
-        let name = format!("{}-{id:010}.jsonl.gz", self.stream);
-        for ((date, hour), part) in by_hour {
-            let dir = format!("sessions/dt={date}/hour={hour:02}");
-            if self.parquet {
-                let owned: Vec<SessionRow> = part.into_iter().cloned().collect();
-                let body = super::parquet::encode(&owned)?;
-                self.put(&format!("{dir}/{}-{id:010}.parquet", self.stream), &body)?;
-            } else {
-                let mut buf = Vec::new();
-                for r in part {
-                    // Serializing plain strings and integers to memory cannot fail.
-                    let _ = serde_json::to_writer(&mut buf, r);
-                    buf.push(b'\n');
-                }
-                self.put(&format!("{dir}/{name}"), &gzip(&buf))?;
-            }
-        }
-        if !dead.is_empty() {
-            let buf: Vec<u8> = dead.iter().flat_map(DeadLetter::to_json_line).collect();
-            self.put(&format!("dead-letter/stream={}/{name}", self.stream), &gzip(&buf))?;
+        for (key, body) in encode(&self.stream, id, rows, dead, self.parquet)? {
+            self.put(&key, &body)?;
         }
         Ok(())
     }
@@ -344,12 +179,10 @@ impl Sink for S3Sink {
     }
 
     fn count_records(&self) -> Result<(u64, u64), SinkError> {
-        let prefix = self.location.key("");
         let mut counts = [0u64; 2];
         for (i, keys) in self.stream_objects()?.into_iter().enumerate() {
             for (key, _) in keys {
-                let relative = key.strip_prefix(&prefix).unwrap_or(&key);
-                let body = self.get(relative)?.unwrap_or_default();
+                let body = self.get(&key)?.unwrap_or_default();
                 if key.ends_with(".parquet") {
                     counts[i] += parquet_rows(body).map_err(|message| SinkError::S3 {
                         op: "read",
@@ -376,7 +209,7 @@ impl Sink for S3Sink {
 
     fn recover(&self, committed: CheckpointId) -> Result<usize, SinkError> {
         // An unfinished run must not leave a marker of an earlier, finished one.
-        self.delete_keys(&[self.location.key(SUCCESS)])?;
+        self.objects.delete(&[SUCCESS.to_owned()])?;
         let stale: Vec<String> = self
             .stream_objects()?
             .into_iter()
@@ -384,7 +217,7 @@ impl Sink for S3Sink {
             .filter(|&(_, id)| id > committed)
             .map(|(key, _)| key)
             .collect();
-        self.delete_keys(&stale)?;
+        self.objects.delete(&stale)?;
         Ok(stale.len())
     }
 }

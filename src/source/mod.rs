@@ -1,13 +1,19 @@
-//! Sources: raw lines in, each with its position, and checkpoint barriers in band.
+//! Sources: raw records in, each with its position.
 //!
-//! A source decides where barriers fall (after every N lines, or when a timer fires) and sends
-//! them in the same channel as the data, so a barrier proves everything before it was handed
-//! over. The only source so far replays recorded files; Kafka and Kinesis come next and will
-//! share this message type (and a `Source` trait once there are two).
+//! Two kinds. `replay` reads recorded files and decides where barriers fall (after every N
+//! lines, or when a timer fires), sending them in the same channel as the data, so a barrier
+//! proves everything before it was handed over. A **partitioned** source (`kafka`) hands the
+//! runtime *splits* — a Kafka partition, later a Kinesis shard — each with its own reader of
+//! records that carry their position, and tells it when a split is assigned or revoked; the
+//! runtime (`crate::runtime`) owns everything else: pipelines, checkpoints, commits, fencing.
 
+pub mod kafka;
 pub mod replay;
 
-use crate::event::SourcePosition;
+use crate::event::{LinePosition, SourcePosition};
+use std::fmt::Debug;
+use std::sync::Arc;
+use std::time::Duration;
 
 /// What flows from a source to the processor.
 #[derive(Debug)]
@@ -49,4 +55,181 @@ pub struct Chunk {
     pub lines_before: u64,
     /// Byte offset of the chunk within the (decompressed) input.
     pub offset: u64,
+}
+
+/// A split of a partitioned source: `p0007` for Kafka partition 7 (the name its objects in S3
+/// carry).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SplitId(Arc<str>);
+
+impl SplitId {
+    /// A split named `name`.
+    #[must_use]
+    pub fn new(name: &str) -> SplitId {
+        SplitId(Arc::from(name))
+    }
+
+    /// Its name.
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for SplitId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Where a split resumes: the source's own notion (Kafka: the next offset). Ordered, so a
+/// record at or before the resume point is a redelivery; encoded as text in the commit record.
+pub trait Position: Clone + Ord + Debug + Send + Sync + 'static {
+    /// The text stored in the commit record.
+    fn encode(&self) -> String;
+    /// Parses [`Position::encode`]'s text.
+    fn decode(text: &str) -> Option<Self>;
+    /// The form the state's checkpoint record has always held.
+    fn legacy(&self) -> SourcePosition;
+    /// Reads state written before positions were in the commit record.
+    fn from_legacy(p: SourcePosition) -> Option<Self>;
+}
+
+/// Where a split starts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartAt<P> {
+    /// No committed position: the source's configured start (Kafka: the beginning).
+    Initial,
+    /// Right after the committed position.
+    Resume(P),
+}
+
+/// One record of a split.
+#[derive(Debug)]
+pub struct Record<'a, P> {
+    /// Its bytes.
+    pub payload: &'a [u8],
+    /// Where it is, for dead-letter records.
+    pub line: LinePosition,
+    /// Where the split resumes after it.
+    pub end: P,
+}
+
+/// What a split's reader has.
+#[derive(Debug)]
+pub enum Polled<'a, P> {
+    /// A record.
+    Record(Record<'a, P>),
+    /// Nothing within the timeout.
+    Nothing,
+}
+
+/// Reads one split's records, on the split's own thread.
+pub trait SplitReader: Send + 'static {
+    /// The split's position type.
+    type Position: Position;
+
+    /// The next record, waiting at most `timeout`.
+    fn poll(&mut self, timeout: Duration) -> Polled<'_, Self::Position>;
+
+    /// Records after `at` that the source holds (the lag), if known.
+    fn lag(&self, at: &Self::Position) -> Option<u64>;
+}
+
+/// Signals a rendezvous: the runtime has done what a revocation needs.
+#[derive(Debug)]
+pub struct Done(std::sync::mpsc::Sender<()>);
+
+impl Done {
+    /// A signal and the receiver to wait on.
+    #[must_use]
+    pub fn new() -> (Done, std::sync::mpsc::Receiver<()>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Done(tx), rx)
+    }
+
+    /// Signals.
+    pub fn done(self) {
+        let _ = self.0.send(());
+    }
+}
+
+/// What a partitioned source tells the runtime, and what workers report back to it: one
+/// channel into the runtime's thread.
+pub enum Note<R: SplitReader> {
+    /// The split is ours; its reader holds back until [`SourceControl::start`].
+    Assigned {
+        /// The split.
+        id: SplitId,
+        /// Its records.
+        reader: R,
+    },
+    /// The split is no longer ours. `lost`: it may already be someone else's, so nothing more
+    /// may be written for it; otherwise a final checkpoint hands it over. The source waits for
+    /// `done` (under a deadline) before letting go.
+    Revoked {
+        /// The split.
+        id: SplitId,
+        /// Taken away without a chance to hand over.
+        lost: bool,
+        /// Signalled when the split's pipeline has stopped.
+        done: Done,
+    },
+    /// A worker committed a checkpoint (for the source's position hint).
+    Committed {
+        /// The split.
+        id: SplitId,
+        /// Its position now.
+        position: R::Position,
+    },
+    /// A worker stopped.
+    Stopped {
+        /// The split.
+        id: SplitId,
+        /// Which worker of the split.
+        generation: u64,
+        /// The reader, when the split is still assigned (a fenced worker hands it back).
+        reader: Option<R>,
+        /// Why it stopped.
+        why: Stop,
+    },
+}
+
+/// Why a split's worker stopped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// Asked to (revoked, shutting down).
+    Asked,
+    /// Another owner committed: this one is stale.
+    Fenced,
+    /// The split needs an operator (missing or corrupt commit record, changed settings, …).
+    Halted(String),
+    /// An error a new worker may not repeat.
+    Failed(String),
+}
+
+/// What the runtime asks of a partitioned source.
+pub trait SourceControl: Send + Sync + 'static {
+    /// The split's position type.
+    type Position: Position;
+
+    /// Positions the split (`at`) and lets its records flow; waits until the source confirms,
+    /// or `give_up` turns true.
+    ///
+    /// # Errors
+    /// The split is no longer assigned, or the source cannot position it.
+    fn start(
+        &self,
+        id: &SplitId,
+        at: &StartAt<Self::Position>,
+        give_up: &dyn Fn() -> bool,
+    ) -> Result<(), String>;
+
+    /// Tells the source how far the split is committed (Kafka: an offset commit, for lag
+    /// monitoring and tools; never read back).
+    fn commit_hint(&self, id: &SplitId, at: &Self::Position);
+
+    /// What the split reads, for the commit record (`kafka:TOPIC/PARTITION`): a restore of
+    /// another source's state is refused.
+    fn identity(&self, id: &SplitId) -> String;
 }

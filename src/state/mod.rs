@@ -120,6 +120,35 @@ pub struct CheckpointBatch {
     pub dedup: DedupChanges,
 }
 
+impl CheckpointBatch {
+    /// Folds a later batch into this one: applying the result leaves what applying both in
+    /// order would. A checkpoint that failed keeps its changes this way for the next one.
+    pub fn absorb(&mut self, newer: CheckpointBatch) {
+        let touched: std::collections::HashSet<&str> = newer
+            .sessions
+            .upserts
+            .iter()
+            .map(|(k, _)| &**k)
+            .chain(newer.sessions.deletes.iter().map(|k| &**k))
+            .collect();
+        self.sessions.upserts.retain(|(k, _)| !touched.contains(&**k));
+        // Deletes are applied before upserts: a delete then a newer upsert leaves the upsert.
+        self.sessions.upserts.extend(newer.sessions.upserts);
+        self.sessions.upserts.sort_by(|a, b| a.0.cmp(&b.0));
+        self.sessions.deletes.extend(newer.sessions.deletes);
+        self.sessions.deletes.sort();
+        self.sessions.deletes.dedup();
+        // Inserts are written before the range delete of forgotten hours, as they would be in
+        // two batches.
+        self.dedup.inserts.extend(newer.dedup.inserts);
+        self.dedup.forget_hours_before =
+            self.dedup.forget_hours_before.max(newer.dedup.forget_hours_before);
+        if newer.meta.is_some() {
+            self.meta = newer.meta;
+        }
+    }
+}
+
 /// Durable state with atomic batches. Two implementations: `RocksDB`, and memory for tests.
 pub trait StateStore {
     /// Reads everything.

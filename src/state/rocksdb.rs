@@ -20,6 +20,8 @@ const CF_SESSIONS: &str = "sessions";
 const CF_DEDUP: &str = "dedup";
 const META_KEY: &[u8] = b"checkpoint";
 const SEQ_KEY: &[u8] = b"dedup_segment";
+/// Size at which `RocksDB` starts a new MANIFEST.
+const MAX_MANIFEST: usize = 1 << 20;
 
 /// State in a `RocksDB` directory.
 pub struct RocksDbStore {
@@ -48,6 +50,9 @@ impl RocksDbStore {
         opts.set_compression_type(DBCompressionType::Lz4);
         // State is written once per checkpoint: a small write buffer keeps memory flat.
         opts.set_write_buffer_size(16 << 20);
+        // The MANIFEST grows with every flush while the store is open and every snapshot uploads
+        // it whole: roll it over at this size so a snapshot's cost stays flat over months.
+        opts.set_max_manifest_file_size(MAX_MANIFEST);
         let cfs =
             [CF_META, CF_SESSIONS, CF_DEDUP].map(|n| ColumnFamilyDescriptor::new(n, opts.clone()));
         let db = DB::open_cf_descriptors(&opts, dir, cfs).map_err(|source| {
@@ -71,6 +76,14 @@ impl RocksDbStore {
         let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(self.rocks())?;
         // Flush first so that the snapshot holds no write-ahead log to replay.
         cp.create_checkpoint_with_log_size(dir, 0).map_err(self.rocks())
+    }
+
+    /// The checkpoint record alone (without reading sessions and ids).
+    ///
+    /// # Errors
+    /// The record cannot be read or decoded.
+    pub fn meta(&self) -> Result<Option<Meta>, StateError> {
+        self.read_meta(META_KEY)
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(

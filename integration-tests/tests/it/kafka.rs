@@ -11,7 +11,7 @@ const PARTITIONS: i32 = 4;
 
 /// Every line of `file` keyed by its customer id (what producers are asked to do), read with
 /// the shipped schemas; lines without one get their line number as key.
-fn keyed_lines(file: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+pub(crate) fn keyed_lines(file: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let x = clickstream::extract::Extractor::load(&root().join("schemas")).unwrap();
     let data = std::fs::read(file).unwrap();
     let body = data.strip_suffix(b"\n").unwrap_or(&data);
@@ -28,12 +28,12 @@ fn keyed_lines(file: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-struct Expected {
-    rows: std::path::PathBuf,
-    rejects: BTreeMap<String, u64>,
+pub(crate) struct Expected {
+    pub(crate) rows: std::path::PathBuf,
+    pub(crate) rejects: BTreeMap<String, u64>,
 }
 
-fn oracle(input: &Path, dir: &Path) -> Expected {
+pub(crate) fn oracle(input: &Path, dir: &Path) -> Expected {
     let (rows, rejects) = (dir.join("expected.jsonl"), dir.join("rejects.json"));
     let st = std::process::Command::new(python())
         .arg(shared_data().join("oracle.py"))
@@ -52,7 +52,7 @@ fn oracle(input: &Path, dir: &Path) -> Expected {
 }
 
 /// Compares S3's rows with the oracle's using the shared `compare.py`; panics with its report.
-fn assert_rows_equal(bucket: &str, prefix: &str, expected: &Expected, dir: &Path) {
+pub(crate) fn assert_rows_equal(bucket: &str, prefix: &str, expected: &Expected, dir: &Path) {
     let got = services::lines(bucket, &format!("{prefix}/sessions/"));
     let actual = dir.join("actual.jsonl");
     std::fs::write(&actual, got.join("\n") + "\n").unwrap();
@@ -75,7 +75,7 @@ fn assert_rows_equal(bucket: &str, prefix: &str, expected: &Expected, dir: &Path
     assert_eq!(dead, expected.rejects, "dead letters by reason");
 }
 
-fn run_env<'a>(
+pub(crate) fn run_env<'a>(
     topic: &'a str,
     group: &'a str,
     sink: &'a str,
@@ -99,19 +99,19 @@ fn run_env<'a>(
     env
 }
 
-fn kafka_env() -> (&'static str, String) {
+pub(crate) fn kafka_env() -> (&'static str, String) {
     ("CLICKSTREAM__KAFKA__BROKERS", brokers())
 }
 
 /// SIGTERM: final checkpoint, then a clean exit.
-fn terminate(mut p: Running) {
+pub(crate) fn terminate(mut p: Running) {
     let st = std::process::Command::new("kill").args(["-TERM", &p.child.id().to_string()]).status();
     assert!(st.unwrap().success());
     assert_eq!(p.child.wait().unwrap().code(), Some(0), "{}", p.log().join("\n"));
 }
 
 /// Waits until `done` holds, for at most `secs`.
-fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
+pub(crate) fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     let until = Instant::now() + Duration::from_secs(secs);
     while !done() {
         assert!(Instant::now() < until, "timed out waiting for {what}");
@@ -119,11 +119,11 @@ fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) {
     }
 }
 
-fn rows_in(bucket: &str, prefix: &str) -> usize {
+pub(crate) fn rows_in(bucket: &str, prefix: &str) -> usize {
     services::lines(bucket, &format!("{prefix}/sessions/")).len()
 }
 
-fn expected_rows(e: &Expected) -> usize {
+pub(crate) fn expected_rows(e: &Expected) -> usize {
     std::fs::read_to_string(&e.rows).unwrap().lines().count()
 }
 
@@ -189,9 +189,9 @@ fn kafka_to_s3_equals_the_oracle() {
 
 /// Kafka's committed offsets are never ahead of the state published in S3 (which the output
 /// objects precede).
-fn assert_offsets_behind_s3(topic: &str, group: &str, bucket: &str, dir: &Path) {
-    let committed = services::committed(topic, group, PARTITIONS);
-    let published = published_offsets(bucket, "v1", dir);
+pub(crate) fn assert_offsets_behind_s3(topic: &str, group: &str, bucket: &str, partitions: i32) {
+    let committed = services::committed(topic, group, partitions);
+    let published = published_offsets(bucket, "v1", partitions);
     for (p, c) in committed.iter().enumerate() {
         let p = p as i32;
         assert!(
@@ -201,35 +201,23 @@ fn assert_offsets_behind_s3(topic: &str, group: &str, bucket: &str, dir: &Path) 
     }
 }
 
-/// The next offset of each partition's published state snapshot (`_state/pNNNN/LATEST`),
-/// read pointer first: the instances still running keep publishing newer ones meanwhile.
-fn published_offsets(bucket: &str, prefix: &str, dir: &Path) -> BTreeMap<i32, i64> {
-    use clickstream::state::StateStore as _;
+/// The next offset of each partition's committed state (`_state/pNNNN/LATEST`).
+pub(crate) fn published_offsets(bucket: &str, prefix: &str, partitions: i32) -> BTreeMap<i32, i64> {
     let mut out = BTreeMap::new();
-    for p in 0..PARTITIONS {
-        let stream = format!("p{p:04}");
-        let Some(latest) = services::get(bucket, &format!("{prefix}/_state/{stream}/LATEST"))
-        else {
-            continue;
-        };
-        let latest = String::from_utf8_lossy(&latest).to_string();
-        let (n, epoch) = latest.trim().split_once(' ').unwrap();
-        let snap = format!("{prefix}/_state/{stream}/{:010}-{epoch}/", n.parse::<u64>().unwrap());
-        let files: BTreeMap<String, String> =
-            serde_json::from_slice(&services::get(bucket, &format!("{snap}files.json")).unwrap())
-                .unwrap();
-        let restore = dir.join(format!("check-{stream}-{n}-{epoch}"));
-        if !restore.exists() {
-            std::fs::create_dir_all(&restore).unwrap();
-            for (name, key) in files {
-                std::fs::write(restore.join(name), services::get(bucket, &key).unwrap()).unwrap();
-            }
+    for p in 0..partitions {
+        if let Some(r) = latest(bucket, prefix, p)
+            && let Some(pos) = r["position"].as_str()
+        {
+            out.insert(p, pos.parse().unwrap());
         }
-        let store = clickstream::state::rocksdb::RocksDbStore::open(&restore).unwrap();
-        let meta = store.load().unwrap().meta.unwrap();
-        out.insert(p, meta.position.line as i64);
     }
     out
+}
+
+/// A partition's commit record, if it has one.
+pub(crate) fn latest(bucket: &str, prefix: &str, partition: i32) -> Option<serde_json::Value> {
+    let body = services::get(bucket, &format!("{prefix}/_state/p{partition:04}/LATEST"))?;
+    Some(serde_json::from_slice(&body).unwrap())
 }
 
 #[test]
@@ -263,17 +251,17 @@ fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
     let first = start("a");
     let _ = first.admin_addr();
     let second = start("b");
-    second.wait_log("Partition assigned", 60);
+    second.wait_log("Split assigned", 60);
     wait_for("output from both instances", 60, || {
         services::objects(&bucket, "v1/sessions/").len() >= 2
     });
     // SIGKILL: no final checkpoint, no revoke. Committed offsets never ran ahead of the state
     // published in S3 (which the output objects precede).
     drop(first);
-    assert_offsets_behind_s3(&topic, &group, &bucket, dir.path());
+    assert_offsets_behind_s3(&topic, &group, &bucket, PARTITIONS);
     services::produce(&topic, &records[third..2 * third]);
     let first = start("a");
-    first.wait_log("Partition assigned", 60);
+    first.wait_log("Split assigned", 60);
     let third_instance = start("c");
     third_instance.wait_log("Consuming", 60);
     services::produce(&topic, &records[2 * third..]);
@@ -283,7 +271,7 @@ fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
     let delay = 300 + u64::from(nanos.unwrap().subsec_nanos() % 2_500);
     std::thread::sleep(Duration::from_millis(delay));
     drop(third_instance);
-    assert_offsets_behind_s3(&topic, &group, &bucket, dir.path());
+    assert_offsets_behind_s3(&topic, &group, &bucket, PARTITIONS);
     let third_instance = start("c");
     third_instance.wait_log("Consuming", 60);
 
@@ -294,8 +282,8 @@ fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
         terminate(instance);
     }
     // The scenario happened: partitions moved, and state came back from S3 snapshots.
-    assert!(logs.contains("Partition revoked"), "no rebalance took a partition away");
-    assert!(logs.contains("Restoring partition state from its S3 snapshot"), "no restore from S3");
+    assert!(logs.contains("Partitions revoked"), "no rebalance took a partition away");
+    assert!(logs.contains("Restoring split state from its S3 snapshot"), "no restore from S3");
     assert_rows_equal(&bucket, "v1", &expected, dir.path());
     let committed: i64 = services::committed(&topic, &group, PARTITIONS).iter().sum();
     assert_eq!(committed, records.len() as i64);
@@ -315,8 +303,8 @@ fn thirty_seconds_without_s3_lose_nothing_and_memory_stays_bounded() {
     let sink = format!("s3://{bucket}/v1");
     let mut s3 = services::s3_env();
     let endpoint = s3[0].1.clone();
-    let cut = integration_tests::Cut::start(endpoint.trim_start_matches("http://"));
-    s3[0].1 = format!("http://{}", cut.addr);
+    let cut = integration_tests::proxy::FaultProxy::start(endpoint.trim_start_matches("http://"));
+    s3[0].1 = cut.url();
     let group = format!("{topic}-g");
     let state = dir.path().join("state");
     let mut env = run_env(&topic, &group, &sink, state.to_str().unwrap(), &s3);

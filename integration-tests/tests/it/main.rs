@@ -1,8 +1,10 @@
 //! System tests of the `clickstream` binary. One test binary (ripgrep's layout).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod broker;
 mod cli;
 mod conformance;
+mod fenced;
 mod golden;
 mod kafka;
 mod recovery;

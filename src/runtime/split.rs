@@ -1,0 +1,562 @@
+//! A split's pipeline: one worker thread that processes its records, and one committer thread
+//! that makes its checkpoints durable — so S3 latency overlaps processing, and one split's
+//! trouble never stalls another's.
+//!
+//! The worker takes the split ([`super::acquire`]), asks the source to position it, then reads,
+//! processes, and cuts a checkpoint every `run.checkpoint_interval`, at `run.checkpoint_bytes`,
+//! when the split is quiet and caught up (`run.idle_timeout`, closing its sessions), and when
+//! asked to stop. At most one checkpoint waits while one is committed; a worker whose committer
+//! is behind stops reading, and the source stops fetching for that split alone.
+
+use super::acquire::{AcquireError, Acquired, acquire};
+use super::commit::{CommitError, Committed, Committer, Job, SplitContext};
+use super::health::Health;
+use crate::extract::Extractor;
+use crate::processor::{MetaBase, Processor, Rules};
+use crate::source::{Note, Polled, Position, SourceControl, SplitId, SplitReader, StartAt, Stop};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+use tracing::{error, info, warn};
+
+/// How long a refused split waits before looking at its commit record again.
+const REFUSED_RETRY: Duration = Duration::from_secs(15);
+/// Records between two looks at the clock and the signals.
+const CHECK_EVERY: u32 = 256;
+
+/// Settings of every split's pipeline.
+#[derive(Debug, Clone)]
+pub struct PipelineSettings {
+    /// Sessionization rules.
+    pub rules: Rules,
+    /// Wall time between checkpoints.
+    pub checkpoint_interval: Duration,
+    /// Input bytes that trigger a checkpoint early.
+    pub checkpoint_bytes: u64,
+    /// Close a quiet, caught-up split's sessions after this long.
+    pub idle_timeout: Duration,
+    /// How long a stopping split may take to commit its last checkpoint.
+    pub stop_deadline: Duration,
+}
+
+/// What the runtime tells a running worker.
+#[derive(Debug, Default)]
+pub struct Signals {
+    /// 0: run; 1: stop after a final checkpoint; 2: stop now, write nothing more.
+    stop: AtomicU8,
+    /// Bumped when a new schema set is offered.
+    version: AtomicU64,
+    schemas: Mutex<Option<Arc<Extractor>>>,
+}
+
+const RUN: u8 = 0;
+const FINAL: u8 = 1;
+const LOST: u8 = 2;
+
+impl Signals {
+    /// Asks the worker to stop: after a final checkpoint, or (`lost`) at once.
+    pub fn stop(&self, lost: bool) {
+        let v = if lost { LOST } else { FINAL };
+        self.stop.fetch_max(v, Ordering::AcqRel);
+    }
+
+    /// Whether the worker was asked to stop.
+    #[must_use]
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire) != RUN
+    }
+
+    /// Offers a new schema set.
+    pub fn offer(&self, x: Arc<Extractor>) {
+        *self.schemas.lock().unwrap_or_else(PoisonError::into_inner) = Some(x);
+        self.version.fetch_add(1, Ordering::Release);
+    }
+}
+
+/// Committer thread states.
+const RUNNING: u8 = 0;
+const FENCED: u8 = 1;
+const HALTED: u8 = 2;
+const CANCELLED: u8 = 3;
+
+/// A split's committer thread: checkpoints one at a time, in order.
+struct CommitterThread {
+    tx: Option<SyncSender<Job>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    state: Arc<AtomicU8>,
+    halted: Arc<Mutex<Option<String>>>,
+}
+
+impl CommitterThread {
+    fn spawn(
+        mut c: Committer,
+        health: Arc<Health>,
+        mut notify: Box<dyn FnMut(Committed) + Send>,
+    ) -> std::io::Result<CommitterThread> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        let state = Arc::new(AtomicU8::new(RUNNING));
+        let halted = Arc::new(Mutex::new(None));
+        let (st, why) = (Arc::clone(&state), Arc::clone(&halted));
+        let split = c.context().layout.split().to_owned();
+        let thread = std::thread::Builder::new().name(format!("commit-{split}")).spawn(move || {
+            if let Err(e) = c.sweep() {
+                warn!(split = %split, error = %e, "Sweeping the split's state objects failed; the next sweep will.");
+            }
+            let end = committer_loop(&mut c, &rx, &health, &mut *notify);
+            let code = match end {
+                Ok(()) => RUNNING,
+                Err(CommitError::Fenced) => {
+                    warn!(split = %split, "Another owner committed this split: this one is stale and stops, writing nothing more.");
+                    metrics::counter!("clickstream_fenced_total", "split" => split.clone()).increment(1);
+                    FENCED
+                }
+                Err(CommitError::Halt(w)) => {
+                    error!(split = %split, reason = %w, "The split stops: it needs an operator.");
+                    *why.lock().unwrap_or_else(PoisonError::into_inner) = Some(w);
+                    HALTED
+                }
+                Err(CommitError::Cancelled | CommitError::Retry(_)) => CANCELLED,
+            };
+            st.store(code, Ordering::Release);
+            health.split_problem(&split, None);
+        })?;
+        Ok(CommitterThread { tx: Some(tx), thread: Some(thread), state, halted })
+    }
+
+    /// Hands over a job; waits while one is queued, unless `give_up` turns true or the thread
+    /// stopped (the job is returned then).
+    #[allow(clippy::result_large_err)] // the job comes back to its owner, not up a call chain
+    fn submit(&self, mut job: Job, give_up: &dyn Fn() -> bool) -> Result<(), Job> {
+        let Some(tx) = &self.tx else { return Err(job) };
+        loop {
+            match tx.try_send(job) {
+                Ok(()) => return Ok(()),
+                Err(TrySendError::Disconnected(j)) => return Err(j),
+                Err(TrySendError::Full(j)) => {
+                    if give_up() || self.state.load(Ordering::Acquire) != RUNNING {
+                        return Err(j);
+                    }
+                    job = j;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+    }
+
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::Acquire)
+    }
+
+    /// Lets the thread commit what it has and stop; waits until `deadline`. Whether it ended.
+    fn finish(&mut self, deadline: Instant) -> bool {
+        self.tx = None;
+        while self.thread.as_ref().is_some_and(|t| !t.is_finished()) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        true
+    }
+}
+
+fn committer_loop(
+    c: &mut Committer,
+    rx: &Receiver<Job>,
+    health: &Health,
+    notify: &mut dyn FnMut(Committed),
+) -> Result<(), CommitError> {
+    let split = c.context().layout.split().to_owned();
+    let cancel = c.context().cancel.clone();
+    let mut pending: Option<Job> = None;
+    let mut failures = 0u32;
+    let mut since_sweep = 0u32;
+    loop {
+        let mut job = match pending.take() {
+            Some(mut j) => {
+                // Fold in what arrived meanwhile: one checkpoint commits both intervals.
+                while let Ok(newer) = rx.try_recv() {
+                    j.absorb(newer);
+                }
+                j
+            }
+            None => match rx.recv() {
+                Ok(j) => j,
+                Err(_) => return Ok(()),
+            },
+        };
+        let (n, dropped) = match c.commit_job(&mut job) {
+            Ok(r) => r,
+            Err(CommitError::Retry(why)) => {
+                failures += 1;
+                error!(split = %split, checkpoint = c.last() + 1, error = %why, failures, "Checkpoint failed; its changes stay pending and it is tried again.");
+                health.split_problem(&split, Some(format!("checkpoint failing: {why}")));
+                pending = Some(job);
+                backoff(&cancel, failures)?;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        // Committed: from here on only the publication is retried, never the job.
+        loop {
+            match c.finish_publication() {
+                Ok(()) => break,
+                Err(CommitError::Retry(why)) => {
+                    failures += 1;
+                    error!(split = %split, checkpoint = n, error = %why, "Publishing a committed checkpoint failed; retrying.");
+                    health.split_problem(&split, Some(format!("publication failing: {why}")));
+                    backoff(&cancel, failures)?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        c.collect(&dropped);
+        super::failpoint::hit("commit.collected");
+        if failures > 0 {
+            failures = 0;
+            health.split_problem(&split, None);
+        }
+        notify(Committed {
+            checkpoint: n,
+            position: job.position,
+            rows: job.out.rows.len(),
+            dead: job.out.dead,
+            counters: job.counters,
+            took: job.taken.elapsed(),
+        });
+        since_sweep += 1;
+        if since_sweep >= 1000 {
+            since_sweep = 0;
+            if let Err(e) = c.sweep() {
+                warn!(split = %split, error = %e, "Sweeping the split's state objects failed; the next sweep will.");
+            }
+        }
+    }
+}
+
+fn backoff(cancel: &tokio_util::sync::CancellationToken, failures: u32) -> Result<(), CommitError> {
+    let wait = Duration::from_millis(500 * u64::from(failures.min(60)));
+    let until = Instant::now() + wait;
+    while Instant::now() < until {
+        if cancel.is_cancelled() {
+            return Err(CommitError::Cancelled);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Everything a worker needs.
+pub struct Worker<C: SourceControl> {
+    /// The split.
+    pub id: SplitId,
+    /// Which worker of the split this is.
+    pub generation: u64,
+    /// Its protocol context.
+    pub ctx: Arc<SplitContext>,
+    /// The source.
+    pub control: Arc<C>,
+    /// Pipeline settings.
+    pub settings: PipelineSettings,
+    /// The schema set at start.
+    pub extractor: Arc<Extractor>,
+    /// Signals from the runtime.
+    pub signals: Arc<Signals>,
+    /// The split's previous worker in this process, still finishing.
+    pub previous: Option<std::thread::JoinHandle<()>>,
+    /// Service health.
+    pub health: Arc<Health>,
+    /// Called for each committed checkpoint (log, metrics, dead-letter topic, position hint).
+    pub on_commit: Box<dyn FnMut(Committed) + Send>,
+}
+
+impl<C: SourceControl> Worker<C> {
+    /// Runs the split until it stops; reports to the runtime on `notes`.
+    pub fn run<R>(mut self, mut reader: R, notes: &Sender<Note<R>>)
+    where
+        R: SplitReader<Position = C::Position>,
+    {
+        if let Some(p) = self.previous.take() {
+            let _ = p.join();
+        }
+        let id = self.id.clone();
+        let generation = self.generation;
+        let why = self.work(&mut reader);
+        match &why {
+            Stop::Halted(w) | Stop::Failed(w) => {
+                self.health.split_problem(id.as_str(), Some(w.clone()));
+            }
+            Stop::Asked | Stop::Fenced => self.health.split_problem(id.as_str(), None),
+        }
+        let keep = matches!(why, Stop::Fenced | Stop::Failed(_) | Stop::Halted(_));
+        let _ = notes.send(Note::Stopped { id, generation, reader: keep.then_some(reader), why });
+    }
+
+    fn work<R>(&mut self, reader: &mut R) -> Stop
+    where
+        R: SplitReader<Position = C::Position>,
+    {
+        let split = self.id.as_str().to_owned();
+        let a = match self.take() {
+            Ok(a) => a,
+            Err(stop) => return stop,
+        };
+        self.health.split_problem(&split, None);
+        let position = match a.record.position.as_deref().map(C::Position::decode) {
+            Some(Some(p)) => Some(p),
+            Some(None) => {
+                return Stop::Halted(format!(
+                    "split {split}: the commit record's position {:?} does not decode",
+                    a.record.position
+                ));
+            }
+            None => a.legacy_position.and_then(C::Position::from_legacy),
+        };
+        let at = position.clone().map_or(StartAt::Initial, StartAt::Resume);
+        let signals = Arc::clone(&self.signals);
+        if let Err(e) = self.control.start(&self.id, &at, &|| signals.stopping()) {
+            return if self.signals.stopping() { Stop::Asked } else { Stop::Failed(e) };
+        }
+        info!(split = %split, checkpoint = a.record.checkpoint, epoch = a.epoch, position = ?position, "Split assigned.");
+        let mut pipe = match Pipeline::new(self, a, position) {
+            Ok(p) => p,
+            Err(e) => return Stop::Failed(e),
+        };
+        let stop = pipe.run(reader, &self.signals, &self.settings);
+        let deadline = Instant::now() + self.settings.stop_deadline;
+        if !pipe.committer.finish(deadline) {
+            warn!(split = %split, "The split's last checkpoint did not finish in time; it stays uncommitted.");
+            self.ctx.cancel.cancel();
+        }
+        match pipe.committer.state() {
+            FENCED => Stop::Fenced,
+            HALTED => Stop::Halted(
+                pipe.committer
+                    .halted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+            _ => stop,
+        }
+    }
+
+    /// Acquires the split, waiting through refusals (they need an operator) and contention.
+    fn take(&self) -> Result<Acquired, Stop> {
+        let split = self.id.as_str();
+        let mut said = String::new();
+        let mut failures = 0u32;
+        loop {
+            if self.signals.stopping() {
+                return Err(Stop::Asked);
+            }
+            let wait = match acquire(&self.ctx) {
+                Ok(a) => return Ok(a),
+                Err(AcquireError::Refused(why)) => {
+                    if why != said {
+                        error!(split, reason = %why, "The split cannot start: it needs an operator. No output is deleted.");
+                        said.clone_from(&why);
+                    }
+                    metrics::counter!("clickstream_split_refusals_total", "split" => split.to_owned()).increment(1);
+                    self.health.split_problem(split, Some(why));
+                    REFUSED_RETRY
+                }
+                Err(AcquireError::Contended) => Duration::from_secs(1),
+                Err(AcquireError::Object(crate::sink::objects::ObjectError::Cancelled(_))) => {
+                    return Err(Stop::Asked);
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(split, error = %e, "Taking the split failed; retrying.");
+                    self.health.split_problem(split, Some(format!("cannot take the split: {e}")));
+                    Duration::from_secs(u64::from(failures.min(30)))
+                }
+            };
+            let until = Instant::now() + wait;
+            while Instant::now() < until && !self.signals.stopping() {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// A running split: processor, committer, and when to cut.
+struct Pipeline<P: Position> {
+    split: String,
+    processor: Processor,
+    committer: CommitterThread,
+    base: MetaBase,
+    next: Option<P>,
+    bytes: u64,
+    dirty: bool,
+    last_cut: Instant,
+    last_input: Instant,
+    version: u64,
+}
+
+impl<P: Position> Pipeline<P> {
+    fn new<C: SourceControl<Position = P>>(
+        w: &mut Worker<C>,
+        a: Acquired,
+        next: Option<P>,
+    ) -> Result<Pipeline<P>, String> {
+        let split = w.id.as_str().to_owned();
+        let name: Arc<str> = Arc::from(w.ctx.identity.source.trim_start_matches("kafka:"));
+        let extractor = w.signals.schemas.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let version = w.signals.version.load(Ordering::Acquire);
+        let mut processor = Processor::new(
+            extractor.unwrap_or_else(|| Arc::clone(&w.extractor)),
+            w.settings.rules,
+            vec![name],
+        );
+        processor.restore(a.state);
+        let base = MetaBase {
+            inputs: vec![
+                w.ctx.identity.source.clone(),
+                format!("epoch={}", super::snapshot::lineage(a.epoch)),
+            ],
+            settings: w.ctx.identity.settings.clone(),
+        };
+        let committer =
+            Committer::new(Arc::clone(&w.ctx), a.store, (a.record, a.etag, a.epoch), a.uploaded);
+        let notify = std::mem::replace(&mut w.on_commit, Box::new(|_| {}));
+        let committer = CommitterThread::spawn(committer, Arc::clone(&w.health), notify)
+            .map_err(|e| format!("starting the committer thread: {e}"))?;
+        let now = Instant::now();
+        Ok(Pipeline {
+            split,
+            processor,
+            committer,
+            base,
+            next,
+            bytes: 0,
+            dirty: false,
+            last_cut: now,
+            last_input: now,
+            version,
+        })
+    }
+
+    fn run<R: SplitReader<Position = P>>(
+        &mut self,
+        reader: &mut R,
+        signals: &Signals,
+        s: &PipelineSettings,
+    ) -> Stop {
+        let mut count = 0u32;
+        let mut seen = false;
+        loop {
+            count += 1;
+            if count >= CHECK_EVERY {
+                count = 0;
+                if std::mem::take(&mut seen) {
+                    self.last_input = Instant::now();
+                    metrics::counter!("clickstream_records_read", "partition" => self.split.clone())
+                        .absolute(self.processor.counters().lines);
+                }
+                match signals.stop.load(Ordering::Acquire) {
+                    RUN => {}
+                    FINAL => return self.stop_final(signals, reader),
+                    _ => return Stop::Asked,
+                }
+                if self.committer.state() != RUNNING {
+                    return Stop::Asked;
+                }
+                self.swap_schemas(signals);
+                if let Some(idle) = self.due(s, reader)
+                    && !self.cut(idle, signals, reader)
+                {
+                    return Stop::Asked;
+                }
+            }
+            match reader.poll(Duration::from_millis(100)) {
+                Polled::Record(r) => {
+                    if self.next.as_ref().is_some_and(|n| r.end <= *n) {
+                        continue; // a redelivery: already in the state
+                    }
+                    self.processor.process_record(r.payload, r.line);
+                    self.bytes += r.payload.len() as u64;
+                    self.next = Some(r.end);
+                    self.dirty = true;
+                    seen = true;
+                    // Size-based rolling: a busy split cuts before its objects (and the memory
+                    // holding them) grow past the limit.
+                    if self.bytes >= s.checkpoint_bytes && !self.cut(false, signals, reader) {
+                        return Stop::Asked;
+                    }
+                }
+                Polled::Nothing => count = CHECK_EVERY,
+            }
+        }
+    }
+
+    /// Whether a checkpoint is due, and whether it closes every session: the interval passed
+    /// with input; or the split has been quiet and caught up for the idle timeout with
+    /// sessions open (input stopped: close them, so output does not wait for new data).
+    fn due<R: SplitReader<Position = P>>(&self, s: &PipelineSettings, reader: &R) -> Option<bool> {
+        if self.dirty {
+            return (self.last_cut.elapsed() >= s.checkpoint_interval).then_some(false);
+        }
+        let quiet = self.last_input.elapsed() >= s.idle_timeout
+            && self.processor.open_customers().next().is_some();
+        // Time spent blocked behind our own checkpoints (S3 slow or down) is not quiet: the
+        // split must also have nothing more to read.
+        (quiet && self.next.as_ref().and_then(|n| reader.lag(n)) == Some(0)).then_some(true)
+    }
+
+    fn swap_schemas(&mut self, signals: &Signals) {
+        let v = signals.version.load(Ordering::Acquire);
+        if v != self.version {
+            self.version = v;
+            if let Some(x) = signals.schemas.lock().unwrap_or_else(PoisonError::into_inner).clone()
+            {
+                info!(split = %self.split, schemas = %x.versions(), "Schema set switched.");
+                self.processor.set_extractor(x);
+            }
+        }
+    }
+
+    /// Cuts a checkpoint and hands it to the committer. False when the committer is gone or the
+    /// worker was told to stop meanwhile (lost).
+    fn cut<R: SplitReader<Position = P>>(
+        &mut self,
+        idle: bool,
+        signals: &Signals,
+        reader: &R,
+    ) -> bool {
+        let legacy = self.next.as_ref().map(Position::legacy).unwrap_or_default();
+        let (out, batch) = self.processor.checkpoint(legacy, idle, self.base.clone());
+        let label = self.split.clone();
+        metrics::gauge!("clickstream_open_sessions", "partition" => label.clone())
+            .set(self.processor.open_sessions() as f64);
+        if let Some(lag) = self.next.as_ref().and_then(|n| reader.lag(n)) {
+            metrics::gauge!("clickstream_consumer_lag", "partition" => label).set(lag as f64);
+        }
+        if idle {
+            info!(split = %self.split, rows = out.rows.len(), "Split quiet and caught up: closing its sessions.");
+        }
+        let job = Job {
+            out,
+            batch,
+            position: self.next.as_ref().map(Position::encode),
+            counters: self.processor.counters().clone(),
+            taken: Instant::now(),
+        };
+        self.bytes = 0;
+        self.dirty = false;
+        self.last_cut = Instant::now();
+        self.committer.submit(job, &|| signals.stop.load(Ordering::Acquire) == LOST).is_ok()
+    }
+
+    fn stop_final<R: SplitReader<Position = P>>(&mut self, signals: &Signals, reader: &R) -> Stop {
+        if self.dirty {
+            let _ = self.cut(false, signals, reader);
+        }
+        Stop::Asked
+    }
+}
