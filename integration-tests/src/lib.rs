@@ -488,6 +488,13 @@ pub mod services {
             .collect()
     }
 
+    /// Writes one object.
+    pub fn put(bucket: &str, key: &str, body: &[u8]) {
+        let rt = runtime();
+        let body = aws_sdk_s3::primitives::ByteStream::from(body.to_vec());
+        rt.block_on(s3().put_object().bucket(bucket).key(key).body(body).send()).unwrap();
+    }
+
     /// Deletes one object.
     pub fn delete(bucket: &str, key: &str) {
         let rt = runtime();
@@ -522,6 +529,32 @@ pub mod services {
             .unwrap_or_else(|e| panic!("Kafka at {brokers} (scripts/services up kafka): {e}"));
         for x in r {
             x.unwrap();
+        }
+    }
+
+    /// A producer that stays connected, for records sent one at a time.
+    pub struct Trickle(ThreadedProducer<DefaultProducerContext>);
+
+    impl Trickle {
+        /// Connects to the cluster at `brokers`.
+        #[must_use]
+        pub fn new(brokers: &str) -> Trickle {
+            Trickle(
+                ClientConfig::new()
+                    .set("bootstrap.servers", brokers)
+                    .set("linger.ms", "0")
+                    .set("message.max.bytes", "16777216")
+                    .create()
+                    .unwrap(),
+            )
+        }
+
+        /// Sends one record (delivered in the background).
+        pub fn send(&self, topic: &str, key: &[u8], payload: &[u8]) {
+            self.0
+                .send(BaseRecord::to(topic).key(key).payload(payload))
+                .map_err(|(e, _)| e)
+                .unwrap();
         }
     }
 

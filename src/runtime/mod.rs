@@ -139,12 +139,14 @@ pub fn run(
         dlq,
     };
     let r = rtm.drive(board, cancel, &mut || source.failed());
-    rtm.shutdown();
+    let complete = rtm.shutdown();
     // Readers (partition queues) must go before the consumer can close.
     drop(rtm);
     source.stop(Duration::from_secs(10));
     r?;
-    info!("Every split checkpointed; stopping.");
+    if complete {
+        info!("Every split checkpointed; stopping.");
+    }
     Ok(())
 }
 
@@ -344,18 +346,20 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
     }
 
     /// Stops every split with a final checkpoint, within the shutdown deadline; then cancels
-    /// what is left (aborting uploads in flight).
-    fn shutdown(&mut self) {
+    /// what is left (aborting uploads in flight). Whether every split finished in time.
+    fn shutdown(&mut self) -> bool {
         for slot in self.slots.values() {
             slot.signals.stop(false);
         }
         let deadline = Instant::now() + self.s.shutdown_deadline;
+        let mut complete = true;
         while self.slots.values().any(|s| s.worker.as_ref().is_some_and(|w| !w.is_finished())) {
             if Instant::now() >= deadline {
                 warn!(
                     "The shutdown deadline passed before every split committed its last checkpoint; the rest is redone at the next start."
                 );
                 self.root.cancel();
+                complete = false;
                 break;
             }
             // Revocations and commits still arrive meanwhile.
@@ -377,6 +381,7 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
                 self.control.commit_hint(&id, &position);
             }
         }
+        complete
     }
 }
 

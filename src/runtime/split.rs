@@ -22,8 +22,8 @@ use tracing::{error, info, warn};
 
 /// How long a refused split waits before looking at its commit record again.
 const REFUSED_RETRY: Duration = Duration::from_secs(15);
-/// Records between two looks at the clock and the signals.
-const CHECK_EVERY: u32 = 256;
+/// How often the worker looks at its signals and whether a checkpoint is due.
+const CHECK_PERIOD: Duration = Duration::from_millis(20);
 
 /// Settings of every split's pipeline.
 #[derive(Debug, Clone)]
@@ -396,6 +396,8 @@ struct Pipeline<P: Position> {
     dirty: bool,
     last_cut: Instant,
     last_input: Instant,
+    /// Since when the source has said, without interruption, that nothing more is there.
+    caught_up_since: Option<Instant>,
     version: u64,
 }
 
@@ -438,6 +440,7 @@ impl<P: Position> Pipeline<P> {
             dirty: false,
             last_cut: now,
             last_input: now,
+            caught_up_since: None,
             version,
         })
     }
@@ -448,12 +451,14 @@ impl<P: Position> Pipeline<P> {
         signals: &Signals,
         s: &PipelineSettings,
     ) -> Stop {
-        let mut count = 0u32;
+        let mut last_check = Instant::now();
         let mut seen = false;
         loop {
-            count += 1;
-            if count >= CHECK_EVERY {
-                count = 0;
+            // One clock read per record (tens of nanoseconds): checkpoints stay on time however
+            // slowly or quickly records arrive.
+            let now = Instant::now();
+            if now.duration_since(last_check) >= CHECK_PERIOD {
+                last_check = now;
                 if std::mem::take(&mut seen) {
                     self.last_input = Instant::now();
                     metrics::counter!("clickstream_records_read", "partition" => self.split.clone())
@@ -474,7 +479,7 @@ impl<P: Position> Pipeline<P> {
                     return Stop::Asked;
                 }
             }
-            match reader.poll(Duration::from_millis(100)) {
+            match reader.poll(CHECK_PERIOD) {
                 Polled::Record(r) => {
                     if self.next.as_ref().is_some_and(|n| r.end <= *n) {
                         continue; // a redelivery: already in the state
@@ -490,7 +495,7 @@ impl<P: Position> Pipeline<P> {
                         return Stop::Asked;
                     }
                 }
-                Polled::Nothing => count = CHECK_EVERY,
+                Polled::Nothing => {}
             }
         }
     }
@@ -498,15 +503,25 @@ impl<P: Position> Pipeline<P> {
     /// Whether a checkpoint is due, and whether it closes every session: the interval passed
     /// with input; or the split has been quiet and caught up for the idle timeout with
     /// sessions open (input stopped: close them, so output does not wait for new data).
-    fn due<R: SplitReader<Position = P>>(&self, s: &PipelineSettings, reader: &R) -> Option<bool> {
+    fn due<R: SplitReader<Position = P>>(
+        &mut self,
+        s: &PipelineSettings,
+        reader: &R,
+    ) -> Option<bool> {
+        // Time spent blocked behind our own checkpoints (S3 slow or down), or while the source
+        // could not tell (brokers away), is not quiet: the split must have had nothing more to
+        // read, as far as the source knew, for the whole idle timeout.
+        if self.next.as_ref().and_then(|n| reader.lag(n)) == Some(0) {
+            self.caught_up_since.get_or_insert_with(Instant::now);
+        } else {
+            self.caught_up_since = None;
+        }
         if self.dirty {
             return (self.last_cut.elapsed() >= s.checkpoint_interval).then_some(false);
         }
         let quiet = self.last_input.elapsed() >= s.idle_timeout
-            && self.processor.open_customers().next().is_some();
-        // Time spent blocked behind our own checkpoints (S3 slow or down) is not quiet: the
-        // split must also have nothing more to read.
-        (quiet && self.next.as_ref().and_then(|n| reader.lag(n)) == Some(0)).then_some(true)
+            && self.caught_up_since.is_some_and(|t| t.elapsed() >= s.idle_timeout);
+        (quiet && self.processor.open_customers().next().is_some()).then_some(true)
     }
 
     fn swap_schemas(&mut self, signals: &Signals) {

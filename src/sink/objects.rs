@@ -356,7 +356,8 @@ impl S3Objects {
             // Whatever stopped it (cancellation included), the parts must not linger: they are
             // billed and invisible. Bounded, and not subject to the cancelled token.
             let abort = c.abort_multipart_upload().bucket(bucket).key(key).upload_id(&id).send();
-            match self.rt.block_on(tokio::time::timeout(Duration::from_secs(10), abort)) {
+            let bounded = async { tokio::time::timeout(Duration::from_secs(10), abort).await };
+            match self.rt.block_on(bounded) {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => {
                     warn!(key, error = %describe(&e), "Aborting a multipart upload failed; start-up recovery aborts it.");

@@ -144,6 +144,8 @@ struct Shared {
     started: Mutex<BTreeSet<i32>>,
     /// High watermark per partition, from statistics.
     high: Mutex<HashMap<i32, Arc<AtomicI64>>>,
+    /// The next offset each partition's reader will hand out (-1: not known yet).
+    next: Mutex<HashMap<i32, Arc<AtomicI64>>>,
     /// When the assignment last changed (or the member first joined).
     last_assignment: Mutex<Option<Instant>>,
     /// Shutting down: callbacks no longer wait for the runtime.
@@ -152,8 +154,15 @@ struct Shared {
 
 impl Shared {
     fn high(&self, partition: i32) -> Arc<AtomicI64> {
-        let mut m = self.high.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(m.entry(partition).or_insert_with(|| Arc::new(AtomicI64::new(-1))))
+        Arc::clone(
+            lock(&self.high).entry(partition).or_insert_with(|| Arc::new(AtomicI64::new(-1))),
+        )
+    }
+
+    fn next(&self, partition: i32) -> Arc<AtomicI64> {
+        Arc::clone(
+            lock(&self.next).entry(partition).or_insert_with(|| Arc::new(AtomicI64::new(-1))),
+        )
     }
 
     fn note(&self, n: Note<KafkaReader>) -> bool {
@@ -214,10 +223,17 @@ pub struct KafkaContext {
 impl ClientContext for KafkaContext {
     fn stats(&self, statistics: Statistics) {
         let Some(t) = statistics.topics.get(&self.shared.topic) else { return };
+        let up: BTreeSet<i32> =
+            statistics.brokers.values().filter(|b| b.state == "UP").map(|b| b.nodeid).collect();
         for (p, s) in &t.partitions {
-            if *p >= 0 && s.hi_offset >= 0 {
-                self.shared.high(*p).store(s.hi_offset, Ordering::Relaxed);
+            if *p < 0 {
+                continue;
             }
+            // A watermark is only news while its leader answers: during an outage "nothing
+            // more to read" is unknown, not true (a quiet partition must not close its
+            // sessions because the cluster is away).
+            let high = if up.contains(&s.leader) && s.hi_offset >= 0 { s.hi_offset } else { -1 };
+            self.shared.high(*p).store(high, Ordering::Relaxed);
         }
     }
 }
@@ -271,6 +287,8 @@ pub struct KafkaReader {
     queue: PartitionQueue<KafkaContext>,
     partition: i32,
     high: Arc<AtomicI64>,
+    /// Shared with the liveness probe.
+    next: Arc<AtomicI64>,
     buf: Vec<u8>,
     /// The offset the next record should have (to notice gaps: retention, compaction).
     expect: Option<i64>,
@@ -304,6 +322,7 @@ impl SplitReader for KafkaReader {
             metrics::counter!("clickstream_offsets_skipped_total").increment((offset - e) as u64);
         }
         self.expect = Some(offset + 1);
+        self.next.store(offset + 1, Ordering::Relaxed);
         Polled::Record(Record {
             payload: &self.buf,
             line: LinePosition { input: 0, line: offset as u64, offset: offset as u64 },
@@ -394,6 +413,7 @@ impl KafkaSource {
             fresh: Mutex::default(),
             started: Mutex::default(),
             high: Mutex::default(),
+            next: Mutex::default(),
             last_assignment: Mutex::default(),
             closing: AtomicBool::new(false),
         });
@@ -405,13 +425,7 @@ impl KafkaSource {
         consumer.subscribe(&[&s.topic]).map_err(|e| format!("subscribing to {}: {e}", s.topic))?;
         let (tx, rx) = std::sync::mpsc::channel();
         let stop = Arc::new(AtomicBool::new(false));
-        let probe = probe::Probe::spawn(
-            s,
-            Arc::clone(&consumer),
-            Arc::clone(&shared),
-            health,
-            Arc::clone(&stop),
-        )?;
+        let probe = probe::Probe::spawn(s, Arc::clone(&shared), health, Arc::clone(&stop))?;
         let thread = std::thread::Builder::new()
             .name("kafka-poll".into())
             .spawn({
@@ -509,6 +523,7 @@ fn poll_loop(
                 queue,
                 partition: p,
                 high: shared.high(p),
+                next: shared.next(p),
                 buf: Vec::new(),
                 expect: None,
             };
@@ -554,6 +569,11 @@ fn handle(
             let r =
                 consumer.resume(&tpl).map_err(|e| format!("resuming partition {partition}: {e}"));
             if r.is_ok() {
+                let at = match offset {
+                    rdkafka::Offset::Offset(n) => n,
+                    _ => -1,
+                };
+                shared.next(partition).store(at, Ordering::Relaxed);
                 lock(&shared.started).insert(partition);
             }
             let _ = ack.send(r);

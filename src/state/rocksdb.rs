@@ -20,8 +20,8 @@ const CF_SESSIONS: &str = "sessions";
 const CF_DEDUP: &str = "dedup";
 const META_KEY: &[u8] = b"checkpoint";
 const SEQ_KEY: &[u8] = b"dedup_segment";
-/// Size at which `RocksDB` starts a new MANIFEST.
-const MAX_MANIFEST: usize = 1 << 20;
+/// Size at which `RocksDB` starts a new MANIFEST (which then holds just the live files).
+const MAX_MANIFEST: usize = 64 << 10;
 
 /// State in a `RocksDB` directory.
 pub struct RocksDbStore {

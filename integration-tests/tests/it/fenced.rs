@@ -304,10 +304,52 @@ fn a_stalled_owner_that_resumes_is_fenced_and_no_row_is_lost_or_doubled() {
     wait_for("A to learn it lost the split", 60, || {
         a.logged("Another owner committed this split") || a.logged("lost\":true")
     });
-    std::thread::sleep(Duration::from_secs(3));
+    eprintln!(
+        "A on resuming: {}",
+        if a.logged("Another owner committed this split") {
+            "its commit was refused (fenced)"
+        } else {
+            "its consumer found the assignment lost first"
+        }
+    );
+    // Sessions close once the split is quiet (idle timeout), whoever owns it by then.
+    sc.assert_oracle(90);
     terminate(b);
     terminate(a);
-    sc.assert_oracle(60);
+    sc.assert_oracle(10);
+    let seen = reader.finish();
+    assert_eq!(seen, expected_rows(&sc.expected), "the reader saw every row once");
+    assert_writes_fenced(&sc.bucket);
+    assert_offsets_behind(&sc);
+}
+
+#[test]
+fn a_commit_that_arrives_after_its_split_moved_is_refused() {
+    let input = input(8_000, 3);
+    let sc = Scenario::new("latecommit", &input, 1, true);
+    let half = sc.records.len() / 2;
+    sc.produce(0..half);
+    let reader = Reader::spawn(&sc.bucket);
+    // A's writes of its commit record take minutes (an S3 brownout, a congested link).
+    let proxy = FaultProxy::start(services::s3_env()[0].1.trim_start_matches("http://"));
+    let url = proxy.url();
+    let a = sc
+        .start("a", &[("AWS_ENDPOINT_URL", &url), ("CLICKSTREAM__RUN__SHUTDOWN_DEADLINE", "90s")]);
+    sc.wait_committed(half, 60);
+    proxy.hold("/_state/p0000/LATEST", Duration::from_mins(2));
+    sc.produce(half..sc.records.len());
+    wait_for("A's commit to be held", 60, || proxy.held() >= 1);
+    // B joins and takes the partition (its member id sorts first); A's handover cannot finish
+    // in time, so the group moves on without it.
+    let b = sc.start_first("b", &[]);
+    b.wait_log("Claimed split", 60);
+    sc.wait_committed(sc.records.len(), 120);
+    // A's old request reaches S3 now: its condition fails, and A stops writing.
+    proxy.release();
+    a.wait_log("Another owner committed this split", 60);
+    sc.assert_oracle(90);
+    terminate(b);
+    terminate(a);
     let seen = reader.finish();
     assert_eq!(seen, expected_rows(&sc.expected), "the reader saw every row once");
     assert_writes_fenced(&sc.bucket);
@@ -324,6 +366,9 @@ fn a_slow_listing_never_deletes_what_a_newer_owner_committed() {
     let c = sc.start("c", &[]);
     sc.wait_committed(third, 60);
     terminate(c);
+    // What a crashed attempt of C's epoch would leave: garbage for the next owner's sweep.
+    let garbage = "v1/_state/p0000/e0000000001/sst/999999.sst";
+    services::put(&sc.bucket, garbage, b"left by a crashed attempt");
     // A's listing of the split's state (its sweep after taking the split) is held far past
     // max.poll.interval.ms (10 s here).
     let proxy = FaultProxy::start(services::s3_env()[0].1.trim_start_matches("http://"));
@@ -353,6 +398,10 @@ fn a_slow_listing_never_deletes_what_a_newer_owner_committed() {
         a.logged("Swept state objects") || a.logged("Another owner committed this split")
     });
     std::thread::sleep(Duration::from_secs(3));
+    for l in a.log().iter().filter(|l| l.contains("Swept") || l.contains("Another owner")) {
+        eprintln!("A: {l}");
+    }
+    assert!(services::get(&sc.bucket, garbage).is_none(), "garbage of a dead epoch was not swept");
     let after = keys(&sc.bucket, "v1/sessions/");
     assert!(
         published.is_subset(&after),
@@ -363,9 +412,9 @@ fn a_slow_listing_never_deletes_what_a_newer_owner_committed() {
     for k in &snapshot {
         assert!(present.contains(k), "{k}, a file of the committed snapshot, was deleted");
     }
+    sc.assert_oracle(90);
     terminate(b);
     terminate(a);
-    sc.assert_oracle(60);
 }
 
 fn keys(bucket: &str, prefix: &str) -> BTreeSet<String> {
@@ -469,16 +518,19 @@ fn two_thousand_checkpoints_keep_the_state_objects_bounded() {
     let stop = Arc::new(AtomicBool::new(false));
     let producer = {
         let (stop, topic, records) = (Arc::clone(&stop), sc.topic.clone(), sc.records.clone());
+        let trickle = services::Trickle::new(&sc.brokers);
         std::thread::spawn(move || {
-            for r in records.iter().cycle() {
+            for (k, v) in records.iter().cycle() {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
-                services::produce(&topic, std::slice::from_ref(r));
+                trickle.send(&topic, k, v);
+                std::thread::sleep(Duration::from_millis(4));
             }
         })
     };
     let a = sc.start("a", &[("CLICKSTREAM__RUN__CHECKPOINT_INTERVAL", "5ms")]);
+    let started = Instant::now();
     let mut figures = Vec::new();
     for at in [100u64, 500, 1000, 1500, 2000] {
         wait_for("checkpoints", 600, || {
@@ -486,17 +538,24 @@ fn two_thousand_checkpoints_keep_the_state_objects_bounded() {
         });
         let l = services::listing(&sc.bucket, "v1/_state/p0000/");
         let bytes: i64 = l.iter().map(|(_, _, n)| n).sum();
-        figures.push((at, l.len(), bytes));
+        figures.push((at, l.len(), bytes, started.elapsed().as_secs_f64()));
     }
     stop.store(true, Ordering::Release);
     producer.join().unwrap();
     terminate(a);
-    for (at, n, bytes) in &figures {
-        eprintln!("after {at} checkpoints: {n} objects, {bytes} bytes under _state/p0000/");
+    for (at, n, bytes, secs) in &figures {
+        eprintln!(
+            "after {at} checkpoints ({secs:.0} s): {n} objects, {bytes} bytes under _state/p0000/"
+        );
     }
-    let (first, last) = (figures[0], figures[figures.len() - 1]);
-    assert!(last.1 <= first.1 + 6, "state objects grew with checkpoints: {figures:?}");
-    assert!(last.2 <= first.2 * 3 + 200_000, "state bytes grew with checkpoints: {figures:?}");
+    // The records repeat after the first 3,000 (duplicates add no state), so from 500
+    // checkpoints on the data is what it is: whatever grows now grows with checkpoints.
+    let (first, settled, last) = (figures[0], figures[1], figures[figures.len() - 1]);
+    assert!(last.1 <= first.1 + 10, "state objects grew with checkpoints: {figures:?}");
+    assert!(
+        last.2 <= settled.2 * 3 / 2 + 200_000,
+        "state bytes grew with checkpoints: {figures:?}"
+    );
 }
 
 #[test]
@@ -585,7 +644,7 @@ fn no_multipart_upload_is_left_behind_by_a_sigterm_or_a_crash_during_a_large_upl
     let url = proxy.url();
     let env = [
         ("AWS_ENDPOINT_URL", url.as_str()),
-        ("CLICKSTREAM__RUN__CHECKPOINT_INTERVAL", "60s"),
+        ("CLICKSTREAM__RUN__CHECKPOINT_INTERVAL", "5s"),
         ("CLICKSTREAM__RUN__SHUTDOWN_DEADLINE", "3s"),
     ];
     let uploading =
@@ -597,7 +656,17 @@ fn no_multipart_upload_is_left_behind_by_a_sigterm_or_a_crash_during_a_large_upl
     a.signal("TERM");
     let st = a.wait_exit(60);
     assert!(st.code().is_some(), "{st}");
-    assert_eq!(services::multipart_uploads(&sc.bucket), Vec::<String>::new(), "after SIGTERM");
+    assert_eq!(
+        services::multipart_uploads(&sc.bucket),
+        Vec::<String>::new(),
+        "after SIGTERM; log:\n{}",
+        a.log()
+            .iter()
+            .filter(|l| !l.contains("Committed checkpoint"))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     // SIGKILL during the upload: nothing can abort it then; the next owner's recovery does.
     let before = proxy.requests().len();
     let b = sc.start("b", &env);

@@ -9,7 +9,7 @@
 //!
 //! A member with nothing to do — caught up, or a spare beside busy peers — is not stuck.
 
-use super::{KafkaContext, KafkaSettings, Shared, lock};
+use super::{KafkaSettings, Shared, lock};
 use crate::runtime::health::Health;
 use rdkafka::TopicPartitionList;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -28,7 +28,6 @@ pub(super) struct Probe {
 impl Probe {
     pub(super) fn spawn(
         s: &KafkaSettings,
-        consumer: Arc<BaseConsumer<KafkaContext>>,
         shared: Arc<Shared>,
         health: Arc<Health>,
         stop: Arc<AtomicBool>,
@@ -47,7 +46,7 @@ impl Probe {
             .spawn(move || {
                 let mut p = State::new(timeout);
                 while !st.load(Ordering::Acquire) {
-                    let stuck = p.tick(&consumer, &group, &shared);
+                    let stuck = p.tick(&group, &shared);
                     health.source_ready(
                         p.joined,
                         (!p.joined).then(|| "not in the consumer group yet".to_owned()),
@@ -73,6 +72,8 @@ struct State {
     timeout: Duration,
     started: Instant,
     joined: bool,
+    /// The assignment change last seen: progress is judged anew after each.
+    seen_change: Option<Instant>,
     last_progress: Instant,
     last_reached: Instant,
     positions: BTreeMap<i32, i64>,
@@ -86,6 +87,7 @@ impl State {
             timeout,
             started: now,
             joined: false,
+            seen_change: None,
             last_progress: now,
             last_reached: now,
             positions: BTreeMap::new(),
@@ -93,27 +95,28 @@ impl State {
         }
     }
 
-    fn tick(
-        &mut self,
-        consumer: &BaseConsumer<KafkaContext>,
-        group: &BaseConsumer,
-        shared: &Shared,
-    ) -> Option<String> {
+    fn tick(&mut self, group: &BaseConsumer, shared: &Shared) -> Option<String> {
         let now = Instant::now();
         let changed = *lock(&shared.last_assignment);
         self.joined |= changed.is_some();
+        if changed != self.seen_change {
+            self.seen_change = changed;
+            self.last_progress = now;
+        }
         let started: Vec<i32> = lock(&shared.started).iter().copied().collect();
         let held = !lock(&shared.assigned).is_empty();
         if !started.is_empty() {
             self.last_reached = now;
-            let positions = positions(consumer, &shared.topic, &started);
-            let lagging: Vec<i32> = started
+            let positions: BTreeMap<i32, i64> =
+                started.iter().map(|p| (*p, shared.next(*p).load(Ordering::Relaxed))).collect();
+            // A position not known yet (started at the beginning, nothing read) is judged at
+            // the next tick.
+            let lagging: Vec<i32> = positions
                 .iter()
-                .copied()
-                .filter(|p| {
-                    let high = shared.high(*p).load(Ordering::Relaxed);
-                    high > positions.get(p).copied().unwrap_or(0)
+                .filter(|(p, next)| {
+                    **next >= 0 && shared.high(**p).load(Ordering::Relaxed) > **next
                 })
+                .map(|(p, _)| *p)
                 .collect();
             if positions != self.positions || lagging.is_empty() {
                 self.last_progress = now;
@@ -156,23 +159,6 @@ impl State {
             }
         }
     }
-}
-
-/// The consumer's positions (next offset to hand out) of `partitions`.
-fn positions(
-    consumer: &BaseConsumer<KafkaContext>,
-    topic: &str,
-    partitions: &[i32],
-) -> BTreeMap<i32, i64> {
-    let Ok(tpl) = consumer.position() else { return BTreeMap::new() };
-    tpl.elements()
-        .iter()
-        .filter(|e| e.topic() == topic && partitions.contains(&e.partition()))
-        .filter_map(|e| match e.offset() {
-            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect()
 }
 
 /// Records of the topic beyond the group's committed offsets, and those offsets.
