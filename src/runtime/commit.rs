@@ -169,22 +169,27 @@ pub fn publish(
             Err(e) => Err(e.into()),
         }
     };
-    let chunk = p.objects.len().div_ceil(PUBLISH_THREADS).max(1);
-    std::thread::scope(|s| {
-        let handles: Vec<_> = p
-            .objects
-            .chunks(chunk)
-            .map(|part| s.spawn(|| part.iter().try_for_each(&work)))
-            .collect();
-        handles.into_iter().try_for_each(|h| {
-            h.join().unwrap_or_else(|_| {
-                Err(PublishError::Refused("a publishing thread panicked".to_owned()))
-            })
-        })
+    in_parallel(&p.objects, work, || {
+        PublishError::Refused("a publishing thread panicked".to_owned())
     })?;
     failpoint::hit("commit.published");
     ctx.objects.delete(std::slice::from_ref(&p.bundle))?;
     Ok(written.into_inner())
+}
+
+/// Runs `work` on every item, on up to [`PUBLISH_THREADS`] threads (S3 requests are mostly
+/// waiting); the first error wins.
+pub(super) fn in_parallel<T: Sync, E: Send>(
+    items: &[T],
+    work: impl Fn(&T) -> Result<(), E> + Sync,
+    panicked: impl Fn() -> E,
+) -> Result<(), E> {
+    let chunk = items.len().div_ceil(PUBLISH_THREADS).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> =
+            items.chunks(chunk).map(|part| s.spawn(|| part.iter().try_for_each(&work))).collect();
+        handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(panicked())))
+    })
 }
 
 fn foreign(split: &str, o: &Publication, checkpoint: u64) -> PublishError {

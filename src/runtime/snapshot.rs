@@ -84,21 +84,31 @@ pub fn publish(
         names.push(e.file_name().to_string_lossy().into_owned());
     }
     names.sort();
+    let mut new = Vec::new();
     for file in names {
-        let path = tmp.join(&file);
         let table = Path::new(&file).extension().is_some_and(|x| x == "sst");
-        if table && let Some(k) = uploaded.get(&file) {
-            files.insert(file, k.clone());
-            continue;
-        }
-        let key = if table { layout.sst(epoch, &file) } else { format!("{dir}{file}") };
-        let body = std::fs::read(&path).map_err(io("read", &path))?;
-        objects.put(&key, body.into(), &meta, Condition::None)?;
-        if table {
-            uploaded.insert(file.clone(), key.clone());
-        }
+        let key = match uploaded.get(&file) {
+            Some(k) if table => k.clone(),
+            _ => {
+                let key = if table { layout.sst(epoch, &file) } else { format!("{dir}{file}") };
+                new.push((file.clone(), key.clone(), table));
+                key
+            }
+        };
         files.insert(file, key);
     }
+    let up = |(file, key, _): &(String, String, bool)| -> Result<(), SnapshotError> {
+        let path = tmp.join(file);
+        let body = std::fs::read(&path).map_err(io("read", &path))?;
+        objects.put(key, body.into(), &meta, Condition::None)?;
+        Ok(())
+    };
+    super::commit::in_parallel(&new, up, || SnapshotError::Io {
+        op: "upload",
+        path: tmp.display().to_string(),
+        source: std::io::Error::other("an upload thread panicked"),
+    })?;
+    uploaded.extend(new.into_iter().filter(|(_, _, t)| *t).map(|(f, k, _)| (f, k)));
     std::fs::remove_dir_all(tmp).map_err(io("remove", tmp))?;
     // Only files of this snapshot stay known: RocksDB never brings a deleted table back.
     uploaded.retain(|name, _| files.contains_key(name));

@@ -81,7 +81,7 @@ impl KafkaSettings {
             .set("fetch.queue.backoff.ms", "10")
             // Prefetch per partition: enough to keep a worker busy between fetches, bounded
             // while its pipeline waits on S3.
-            .set("queued.max.messages.kbytes", "32768")
+            .set("queued.max.messages.kbytes", "16384")
             .set("max.partition.fetch.bytes", "4194304")
             // High watermarks for lag and the idle test, without a request of our own.
             .set("statistics.interval.ms", "1000");
