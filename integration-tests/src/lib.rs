@@ -463,17 +463,24 @@ pub mod services {
         })
     }
 
-    /// Deletes every object of `bucket`, then the bucket.
+    /// Deletes every object of `bucket`, then the bucket (again while a running instance
+    /// keeps writing into it).
     pub fn delete_bucket(bucket: &str) {
         let rt = runtime();
         let c = s3();
-        let keys: Vec<String> = listing(bucket, "").into_iter().map(|(k, _, _)| k).collect();
-        rt.block_on(async {
-            for k in keys {
-                c.delete_object().bucket(bucket).key(k).send().await.unwrap();
+        for _ in 0..50 {
+            let keys: Vec<String> = listing(bucket, "").into_iter().map(|(k, _, _)| k).collect();
+            let gone = rt.block_on(async {
+                for k in keys {
+                    c.delete_object().bucket(bucket).key(k).send().await.unwrap();
+                }
+                c.delete_bucket().bucket(bucket).send().await.is_ok()
+            });
+            if gone {
+                return;
             }
-            c.delete_bucket().bucket(bucket).send().await.unwrap();
-        });
+        }
+        panic!("bucket {bucket} could not be emptied and deleted");
     }
 
     /// Unfinished multipart uploads in `bucket`: their keys.

@@ -17,6 +17,7 @@
 
 pub mod acquire;
 pub mod commit;
+mod committer;
 pub mod failpoint;
 pub mod health;
 pub mod record;

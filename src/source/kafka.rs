@@ -18,6 +18,7 @@
 //!   partition, the group's committed offsets against the topic's end, and reports a consumer
 //!   that is stuck (`/livez`).
 
+mod poll;
 mod probe;
 
 use super::{Done, Note, Polled, Position, Record, SourceControl, SplitId, SplitReader, StartAt};
@@ -25,13 +26,13 @@ use crate::event::{LinePosition, SourcePosition};
 use crate::runtime::health::Health;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
 use rdkafka::message::Message as _;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
@@ -336,15 +337,9 @@ impl SplitReader for KafkaReader {
     }
 }
 
-/// A command for the poll thread.
-enum Cmd {
-    Start { partition: i32, offset: rdkafka::Offset, ack: Sender<Result<(), String>> },
-    Hint { partition: i32, next: i64 },
-}
-
 /// The runtime's handle on the consumer.
 pub struct KafkaControl {
-    cmds: Mutex<Sender<Cmd>>,
+    cmds: Mutex<Sender<poll::Cmd>>,
     topic: String,
 }
 
@@ -364,7 +359,7 @@ impl SourceControl for KafkaControl {
         };
         let (ack, rx) = std::sync::mpsc::channel();
         lock(&self.cmds)
-            .send(Cmd::Start { partition, offset, ack })
+            .send(poll::Cmd::Start { partition, offset, ack })
             .map_err(|_| "the consumer has stopped".to_owned())?;
         loop {
             match rx.recv_timeout(Duration::from_millis(100)) {
@@ -377,7 +372,7 @@ impl SourceControl for KafkaControl {
 
     fn commit_hint(&self, id: &SplitId, at: &Offset) {
         if let Some(partition) = partition_of(id) {
-            let _ = lock(&self.cmds).send(Cmd::Hint { partition, next: at.0 });
+            let _ = lock(&self.cmds).send(poll::Cmd::Hint { partition, next: at.0 });
         }
     }
 
@@ -430,7 +425,7 @@ impl KafkaSource {
             .name("kafka-poll".into())
             .spawn({
                 let (shared, stop) = (Arc::clone(&shared), Arc::clone(&stop));
-                move || poll_loop(&consumer, &shared, &rx, &stop)
+                move || poll::poll_loop(&consumer, &shared, &rx, &stop)
             })
             .map_err(|e| format!("starting the poll thread: {e}"))?;
         info!(topic = %s.topic, group = %s.group, brokers = %s.brokers, "Consuming.");
@@ -476,132 +471,6 @@ impl KafkaSource {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-/// Polls the consumer: callbacks, statistics, the runtime's commands, and splitting the queues
-/// of new partitions. Messages on the main queue were fetched before a partition was split
-/// and positioned: its worker seeks to its own position, so they are dropped.
-fn poll_loop(
-    consumer: &Arc<BaseConsumer<KafkaContext>>,
-    shared: &Arc<Shared>,
-    cmds: &Receiver<Cmd>,
-    stop: &AtomicBool,
-) -> Result<(), String> {
-    let mut retry: Vec<(Cmd, u32)> = Vec::new();
-    let mut hints: BTreeMap<i32, i64> = BTreeMap::new();
-    while !stop.load(Ordering::Acquire) {
-        for (cmd, tries) in std::mem::take(&mut retry) {
-            handle(consumer, shared, cmd, tries, &mut retry, &mut hints);
-        }
-        while let Ok(cmd) = cmds.try_recv() {
-            handle(consumer, shared, cmd, 0, &mut retry, &mut hints);
-        }
-        commit_hints(consumer, shared, &mut hints);
-        match consumer.poll(Duration::from_millis(50)) {
-            Some(Ok(m)) => debug!(
-                partition = m.partition(),
-                offset = m.offset(),
-                "Dropped a record fetched before its partition was positioned."
-            ),
-            Some(Err(e)) => {
-                if let Some((code, why)) = consumer.client().fatal_error() {
-                    error!(code = ?code, error = %why, "Fatal Kafka consumer error.");
-                    return Err(format!("fatal Kafka consumer error: {why}"));
-                }
-                warn!(error = %e, "Kafka consumer error.");
-            }
-            None => {}
-        }
-        let fresh: Vec<i32> = std::mem::take(&mut *lock(&shared.fresh));
-        for p in fresh {
-            let Some(queue) = consumer.split_partition_queue(&shared.topic, p) else {
-                error!(partition = p, "Cannot split the partition's queue.");
-                continue;
-            };
-            let reader = KafkaReader {
-                queue,
-                partition: p,
-                high: shared.high(p),
-                next: shared.next(p),
-                buf: Vec::new(),
-                expect: None,
-            };
-            shared.note(Note::Assigned { id: split_id(p), reader });
-        }
-    }
-    consumer.unsubscribe();
-    Ok(())
-}
-
-fn handle(
-    consumer: &BaseConsumer<KafkaContext>,
-    shared: &Shared,
-    cmd: Cmd,
-    tries: u32,
-    retry: &mut Vec<(Cmd, u32)>,
-    hints: &mut BTreeMap<i32, i64>,
-) {
-    match cmd {
-        Cmd::Hint { partition, next } => {
-            hints.insert(partition, next);
-        }
-        Cmd::Start { partition, offset, ack } => {
-            if !lock(&shared.assigned).contains(&partition) {
-                let _ = ack.send(Err(format!("partition {partition} is no longer assigned")));
-                return;
-            }
-            match consumer.seek(&shared.topic, partition, offset, Duration::from_secs(2)) {
-                Ok(()) => {}
-                // The partition's fetcher may not be set up yet right after the assignment.
-                Err(e) if tries < 100 => {
-                    debug!(partition, error = %e, "Seek not possible yet; retrying.");
-                    retry.push((Cmd::Start { partition, offset, ack }, tries + 1));
-                    return;
-                }
-                Err(e) => {
-                    let _ = ack.send(Err(format!("seeking partition {partition}: {e}")));
-                    return;
-                }
-            }
-            let mut tpl = TopicPartitionList::new();
-            tpl.add_partition(&shared.topic, partition);
-            let r =
-                consumer.resume(&tpl).map_err(|e| format!("resuming partition {partition}: {e}"));
-            if r.is_ok() {
-                let at = match offset {
-                    rdkafka::Offset::Offset(n) => n,
-                    _ => -1,
-                };
-                shared.next(partition).store(at, Ordering::Relaxed);
-                lock(&shared.started).insert(partition);
-            }
-            let _ = ack.send(r);
-        }
-    }
-}
-
-/// Commits the latest hint of each partition still assigned, asynchronously: never blocks the
-/// poll thread on a coordinator that is away.
-fn commit_hints(
-    consumer: &BaseConsumer<KafkaContext>,
-    shared: &Shared,
-    hints: &mut BTreeMap<i32, i64>,
-) {
-    if hints.is_empty() {
-        return;
-    }
-    let assigned = lock(&shared.assigned).clone();
-    let mut tpl = TopicPartitionList::new();
-    for (p, next) in std::mem::take(hints) {
-        if assigned.contains(&p) {
-            let _ = tpl.add_partition_offset(&shared.topic, p, rdkafka::Offset::Offset(next));
-        }
-    }
-    if tpl.count() > 0
-        && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
-    {
-        debug!(error = %e, "Could not queue an offset commit.");
     }
 }
 

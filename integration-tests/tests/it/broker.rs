@@ -221,8 +221,11 @@ fn losing_the_group_coordinators_broker_of_three_loses_nothing() {
     let sc = Scenario::on(&brokers, 3, "three", &input, 3, false);
     let half = sc.records.len() / 2;
     sc.produce(0..half);
-    let a = sc.start("a", &[]);
-    let b = sc.start("b", &[]);
+    // Producing while leadership moves can stall longer than the tests' usual idle timeout;
+    // that pause must not pass for the end of input.
+    let idle = [("CLICKSTREAM__RUN__IDLE_TIMEOUT", "20s")];
+    let a = sc.start("a", &idle);
+    let b = sc.start("b", &idle);
     sc.wait_committed(half, 120);
     let coordinator = services(&["kafka3-coordinator", &sc.group]);
     eprintln!("group coordinator: node {coordinator}");
