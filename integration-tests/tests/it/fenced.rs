@@ -427,6 +427,7 @@ fn a_crash_at_every_step_of_the_commit_protocol_leaves_the_oracles_rows() {
     for (i, point) in clickstream::runtime::failpoint::POINTS.iter().enumerate() {
         let sc = Scenario::new(&format!("crash{i}"), &input, 1, false);
         sc.produce(0..sc.records.len());
+        let reader = Reader::spawn(&sc.bucket);
         // Small checkpoints, so that several commit before the armed one.
         let small = [("CLICKSTREAM__RUN__CHECKPOINT_BYTES", "150000")];
         let at =
@@ -443,8 +444,31 @@ fn a_crash_at_every_step_of_the_commit_protocol_leaves_the_oracles_rows() {
         sc.wait_committed(sc.records.len(), 120);
         sc.assert_oracle(60);
         terminate(second);
+        assert_eq!(reader.finish(), expected_rows(&sc.expected), "{point}: rows the reader saw");
         eprintln!("crash at {at}: output equals the oracle");
     }
+}
+
+#[test]
+fn an_s3_outage_longer_than_max_poll_interval_keeps_the_member_in_the_group() {
+    let input = input(6_000, 23);
+    let sc = Scenario::new("s3away", &input, 2, false);
+    let half = sc.records.len() / 2;
+    sc.produce(0..half);
+    let proxy = FaultProxy::start(services::s3_env()[0].1.trim_start_matches("http://"));
+    let url = proxy.url();
+    let a = sc.start("a", &[("AWS_ENDPOINT_URL", &url)]);
+    sc.wait_committed(half, 60);
+    proxy.set_down(true);
+    sc.produce(half..sc.records.len());
+    // Twice max.poll.interval.ms (10 s here): the splits wait on S3, the poll thread polls on.
+    std::thread::sleep(Duration::from_secs(20));
+    assert!(a.logged("S3 request failed; retrying"), "S3 was not missed");
+    proxy.set_down(false);
+    sc.wait_committed(sc.records.len(), 120);
+    sc.assert_oracle(60);
+    assert!(!a.logged("Partitions revoked"), "the member left the group during the outage");
+    terminate(a);
 }
 
 #[test]
