@@ -133,7 +133,7 @@ pub fn run(
         control: source.control(),
         notes: (tx, rx),
         slots: BTreeMap::new(),
-        objects,
+        objects: Arc::new(objects),
         root,
         extractor,
         health: Arc::clone(health),
@@ -172,7 +172,7 @@ struct Runtime<'a, C: SourceControl, R: SplitReader<Position = C::Position>> {
     control: Arc<C>,
     notes: (Sender<Note<R>>, Receiver<Note<R>>),
     slots: BTreeMap<SplitId, Slot<R>>,
-    objects: S3Objects,
+    objects: Arc<dyn ObjectStore>,
     root: CancellationToken,
     extractor: Arc<Extractor>,
     health: Arc<Health>,
@@ -309,8 +309,7 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
         let split = id.as_str();
         let ctx = Arc::new(SplitContext {
             layout: record::Layout::new(split),
-            objects: Arc::new(self.objects.with_cancel(slot.cancel.clone()))
-                as Arc<dyn ObjectStore>,
+            objects: self.objects.with_cancel(slot.cancel.clone()),
             cancel: slot.cancel.clone(),
             identity: Identity {
                 source: self.control.identity(&id),
@@ -320,7 +319,7 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
             },
             state_dir: s.state.join(split),
             tmp_dir: s.state.join(format!(".snapshot-{split}")),
-            prefix: self.objects.location().list_prefix(),
+            prefix: s.sink.list_prefix(),
             keep_snapshots: s.keep_snapshots,
             parquet: s.parquet,
         });
@@ -422,5 +421,7 @@ fn on_commit<P: Position>(
     })
 }
 
+#[cfg(test)]
+mod scripted_tests;
 #[cfg(test)]
 mod tests;

@@ -372,7 +372,7 @@ fn a_slow_listing_never_deletes_what_a_newer_owner_committed() {
     // A's listing of the split's state (its sweep after taking the split) is held far past
     // max.poll.interval.ms (10 s here).
     let proxy = FaultProxy::start(services::s3_env()[0].1.trim_start_matches("http://"));
-    proxy.hold("list-type=2", Duration::from_secs(15));
+    proxy.hold("list-type=2", Duration::from_secs(90));
     let url = proxy.url();
     let a = sc
         .start("a", &[("AWS_ENDPOINT_URL", &url), ("CLICKSTREAM__RUN__SHUTDOWN_DEADLINE", "60s")]);

@@ -4,14 +4,17 @@
 use super::{Condition, Head, Object, ObjectError, ObjectStore};
 use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
+use tokio_util::sync::CancellationToken;
 
 /// Objects in memory: the model the commit protocol's tests run against. Conditions behave as
 /// S3's; ETags are a counter; `fail_next_put` makes the next matching request fail, as a store
 /// that refuses a write.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct MemoryObjects {
-    inner: Mutex<Memory>,
+    inner: Arc<Mutex<Memory>>,
+    /// Requests fail as cancelled once this fires (as the S3 store's retries stop).
+    cancel: Option<CancellationToken>,
 }
 
 #[derive(Debug, Default)]
@@ -43,14 +46,27 @@ impl MemoryObjects {
     fn lock(&self) -> std::sync::MutexGuard<'_, Memory> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    fn live(&self, what: &str) -> Result<(), ObjectError> {
+        match &self.cancel {
+            Some(c) if c.is_cancelled() => Err(ObjectError::Cancelled(what.to_owned())),
+            _ => Ok(()),
+        }
+    }
 }
 
 impl ObjectStore for MemoryObjects {
+    fn with_cancel(&self, cancel: CancellationToken) -> Arc<dyn ObjectStore> {
+        Arc::new(MemoryObjects { inner: Arc::clone(&self.inner), cancel: Some(cancel) })
+    }
+
     fn get(&self, key: &str) -> Result<Option<Object>, ObjectError> {
+        self.live(key)?;
         Ok(self.lock().objects.get(key).cloned())
     }
 
     fn head(&self, key: &str) -> Result<Option<Head>, ObjectError> {
+        self.live(key)?;
         Ok(self
             .lock()
             .objects
@@ -65,6 +81,7 @@ impl ObjectStore for MemoryObjects {
         meta: &[(&str, &str)],
         cond: Condition,
     ) -> Result<String, ObjectError> {
+        self.live(key)?;
         let mut m = self.lock();
         if let Some(i) = m.fail.iter().position(|p| key.starts_with(p.as_str())) {
             m.fail.remove(i);
@@ -92,10 +109,12 @@ impl ObjectStore for MemoryObjects {
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<String>, ObjectError> {
+        self.live(prefix)?;
         Ok(self.lock().objects.keys().filter(|k| k.starts_with(prefix)).cloned().collect())
     }
 
     fn delete(&self, keys: &[String]) -> Result<(), ObjectError> {
+        self.live("delete")?;
         let mut m = self.lock();
         for k in keys {
             m.objects.remove(k);

@@ -19,9 +19,10 @@ pub use s3::S3Objects;
 
 use bytes::Bytes;
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 /// When a put may replace what is there.
@@ -130,6 +131,10 @@ pub trait ObjectStore: Send + Sync + std::fmt::Debug {
         prefix: &str,
         stale: &dyn Fn(&str) -> bool,
     ) -> Result<usize, ObjectError>;
+
+    /// The same store, whose requests stop with [`ObjectError::Cancelled`] once `cancel` fires
+    /// (a split that is lost writes nothing more).
+    fn with_cancel(&self, cancel: CancellationToken) -> Arc<dyn ObjectStore>;
 }
 
 /// Trouble with the sink that retrying does not heal by itself, for `/readyz` and the

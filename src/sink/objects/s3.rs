@@ -105,12 +105,6 @@ impl S3Objects {
         S3Objects { client, location, rt, cancel, health }
     }
 
-    /// The same store, with retries stopped by `cancel` instead.
-    #[must_use]
-    pub fn with_cancel(&self, cancel: CancellationToken) -> Self {
-        S3Objects { cancel, ..self.clone() }
-    }
-
     /// The location.
     #[must_use]
     pub fn location(&self) -> &S3Location {
@@ -277,6 +271,10 @@ fn meta_map(m: Option<&std::collections::HashMap<String, String>>) -> BTreeMap<S
 }
 
 impl ObjectStore for S3Objects {
+    fn with_cancel(&self, cancel: CancellationToken) -> Arc<dyn ObjectStore> {
+        Arc::new(S3Objects { cancel, ..self.clone() })
+    }
+
     fn get(&self, relative: &str) -> Result<Option<Object>, ObjectError> {
         let key = self.location.key(relative);
         let (c, bucket) = (&self.client, &self.location.bucket);
