@@ -160,8 +160,9 @@ struct Slot<R: SplitReader> {
     /// Revocations waiting for a worker generation to stop.
     waiting: Vec<(u64, Done)>,
     cancel: CancellationToken,
-    /// A revoked split's last checkpoint gets until then.
-    cancel_at: Option<Instant>,
+    /// A revoked worker's last checkpoint gets until then; its own token (a newer worker of
+    /// the split may run meanwhile, with another).
+    cancel_at: Vec<(u64, Instant, CancellationToken)>,
     /// Still assigned after its worker stopped (fenced, failed): taken again then.
     restart: Option<(Instant, R)>,
 }
@@ -231,7 +232,8 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
                     // Nothing more may be written: stop retries of requests not yet sent.
                     slot.cancel.cancel();
                 } else {
-                    slot.cancel_at = Some(Instant::now() + self.s.pipeline.stop_deadline);
+                    let at = Instant::now() + self.s.pipeline.stop_deadline;
+                    slot.cancel_at.push((slot.generation, at, slot.cancel.clone()));
                 }
                 slot.waiting.push((slot.generation, done));
             }
@@ -241,13 +243,13 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
                 for (_, d) in slot.waiting.extract_if(.., |(g, _)| *g <= generation) {
                     d.done();
                 }
+                slot.cancel_at.retain(|(g, _, _)| *g > generation);
                 if generation != slot.generation {
                     return;
                 }
                 if let Some(w) = slot.worker.take() {
                     let _ = w.join();
                 }
-                slot.cancel_at = None;
                 if let (true, Some(reader)) = (slot.assigned, reader) {
                     // Fenced while still assigned: the group will most likely revoke it soon;
                     // if not, this member owns it after all and takes it again.
@@ -268,10 +270,9 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
         let now = Instant::now();
         let mut again = Vec::new();
         for (id, slot) in &mut self.slots {
-            if slot.cancel_at.is_some_and(|t| now >= t) {
-                slot.cancel_at = None;
+            for (_, _, token) in slot.cancel_at.extract_if(.., |(_, t, _)| now >= *t) {
                 warn!(split = %id, "A revoked split's last checkpoint ran out of time; it stays uncommitted and the next owner redoes it.");
-                slot.cancel.cancel();
+                token.cancel();
             }
             if slot.restart.as_ref().is_some_and(|(t, _)| now >= *t)
                 && let Some((_, r)) = slot.restart.take()
@@ -296,7 +297,7 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
             assigned: false,
             waiting: Vec::new(),
             cancel: CancellationToken::new(),
-            cancel_at: None,
+            cancel_at: Vec::new(),
             restart: None,
         });
         slot.generation += 1;

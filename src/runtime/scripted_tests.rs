@@ -287,7 +287,11 @@ fn splits_moved_lost_and_left_running_by_a_script_publish_every_row_once() {
             let to = rng.below(2) as usize;
             match (owner[s], rng.below(4)) {
                 (None, _) => instances[to].assign(&logs, s),
-                (Some(from), _) if from == to => {}
+                // An eager rebalance: revoked and given back to the same instance.
+                (Some(from), _) if from == to => {
+                    instances[from].revoke(s, false);
+                    instances[to].assign(&logs, s);
+                }
                 // A handover: the old owner stops with a final checkpoint, the new one takes over.
                 (Some(from), 0 | 1) => {
                     instances[from].revoke(s, false);
