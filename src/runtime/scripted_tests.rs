@@ -6,11 +6,10 @@
 //! source traits, which is what a Kinesis source will be.
 
 use super::split::PipelineSettings;
+use super::tests::{RULES, extractor, rows};
 use super::{RunSettings, Runtime};
 use crate::event::{LinePosition, SourcePosition};
-use crate::extract::Extractor;
-use crate::extract::schema::parse_bytes;
-use crate::processor::{MetaBase, Processor, Rules};
+use crate::processor::{MetaBase, Processor};
 use crate::registry::watch::Switchboard;
 use crate::sink::objects::{MemoryObjects, ObjectStore};
 use crate::source::kafka::KafkaSettings;
@@ -24,7 +23,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
-const RULES: Rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0 };
 const SPLITS: usize = 3;
 const RECORDS: usize = 1_500;
 
@@ -67,12 +65,6 @@ fn log(s: usize) -> Log {
         .collect();
     records.push(format!(r#"{{"id":"{s}-end","c":"flush","t":{}}}"#, t0 + 86_400_000).into_bytes());
     Log { records, produced: AtomicUsize::new(0) }
-}
-
-fn extractor() -> Arc<Extractor> {
-    let text = "name = \"t\"\nversion = 1\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.c']\nevent_time = [{ path = '$.t', format = \"epoch_millis\" }]\n";
-    let l = parse_bytes(std::path::Path::new("t.toml"), text.as_bytes().to_vec()).unwrap();
-    Arc::new(Extractor::compile(vec![l]).unwrap())
 }
 
 fn split(s: usize) -> SplitId {
@@ -234,18 +226,6 @@ fn reference(log: &Log) -> Vec<String> {
     out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect()
 }
 
-fn published(store: &MemoryObjects) -> Vec<String> {
-    let mut out = Vec::new();
-    for k in store.list("sessions/").unwrap() {
-        let body = store.get(&k).unwrap().unwrap().body;
-        let mut text = String::new();
-        std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&body[..]), &mut text)
-            .unwrap();
-        out.extend(text.lines().map(str::to_owned));
-    }
-    out
-}
-
 /// A small deterministic generator.
 struct Rng(u64);
 
@@ -332,8 +312,7 @@ fn splits_moved_lost_and_left_running_by_a_script_publish_every_row_once() {
         for i in instances {
             i.stop();
         }
-        let mut got = published(&store);
-        got.sort();
+        let got = rows(&store);
         let mut want: Vec<String> = logs.iter().flat_map(|l| reference(l)).collect();
         want.sort();
         assert_eq!(got.len(), want.len(), "seed {seed}: row count");

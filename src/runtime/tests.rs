@@ -14,9 +14,9 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-const RULES: Rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0 };
+pub(super) const RULES: Rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0 };
 
-fn extractor() -> Arc<Extractor> {
+pub(super) fn extractor() -> Arc<Extractor> {
     let text = "name = \"t\"\nversion = 1\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.c']\nevent_time = [{ path = '$.t', format = \"epoch_millis\" }]\n";
     let l = parse_bytes(Path::new("t.toml"), text.as_bytes().to_vec()).unwrap();
     Arc::new(Extractor::compile(vec![l]).unwrap())
@@ -95,7 +95,7 @@ impl Owner {
 }
 
 /// Every published session row, sorted.
-fn rows(store: &MemoryObjects) -> Vec<String> {
+pub(super) fn rows(store: &MemoryObjects) -> Vec<String> {
     let mut out = Vec::new();
     for k in store.list("sessions/").unwrap() {
         let body = store.get(&k).unwrap().unwrap().body;
