@@ -291,7 +291,7 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
     fn start(&mut self, id: SplitId, reader: R) {
         let s = self.s;
         let slot = self.slots.entry(id.clone()).or_insert_with(|| Slot {
-            signals: Arc::new(Signals::default()),
+            signals: Arc::new(Signals::new(Arc::clone(&self.extractor))),
             worker: None,
             generation: 0,
             assigned: false,
@@ -303,8 +303,7 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
         slot.generation += 1;
         slot.assigned = true;
         slot.restart = None;
-        slot.signals = Arc::new(Signals::default());
-        slot.signals.offer(Arc::clone(&self.extractor));
+        slot.signals = Arc::new(Signals::new(Arc::clone(&self.extractor)));
         // The previous worker keeps its own token: a new owner must not cancel its handover.
         slot.cancel = self.root.child_token();
         let split = id.as_str();
@@ -330,7 +329,6 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
             ctx,
             control: Arc::clone(&self.control),
             settings: s.pipeline.clone(),
-            extractor: Arc::clone(&self.extractor),
             signals: Arc::clone(&slot.signals),
             previous: slot.worker.take(),
             health: Arc::clone(&self.health),

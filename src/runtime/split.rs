@@ -42,13 +42,14 @@ pub struct PipelineSettings {
 }
 
 /// What the runtime tells a running worker.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Signals {
     /// 0: run; 1: stop after a final checkpoint; 2: stop now, write nothing more.
     stop: AtomicU8,
     /// Bumped when a new schema set is offered.
     version: AtomicU64,
-    schemas: Mutex<Option<Arc<Extractor>>>,
+    /// The schema set in force.
+    schemas: Mutex<Arc<Extractor>>,
 }
 
 const RUN: u8 = 0;
@@ -56,6 +57,16 @@ const FINAL: u8 = 1;
 const LOST: u8 = 2;
 
 impl Signals {
+    /// Signals of a worker that starts with schema set `x`.
+    #[must_use]
+    pub fn new(x: Arc<Extractor>) -> Signals {
+        Signals { stop: AtomicU8::new(RUN), version: AtomicU64::new(0), schemas: Mutex::new(x) }
+    }
+
+    fn schemas(&self) -> Arc<Extractor> {
+        Arc::clone(&self.schemas.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
     /// Asks the worker to stop: after a final checkpoint, or (`lost`) at once.
     pub fn stop(&self, lost: bool) {
         let v = if lost { LOST } else { FINAL };
@@ -70,7 +81,7 @@ impl Signals {
 
     /// Offers a new schema set.
     pub fn offer(&self, x: Arc<Extractor>) {
-        *self.schemas.lock().unwrap_or_else(PoisonError::into_inner) = Some(x);
+        *self.schemas.lock().unwrap_or_else(PoisonError::into_inner) = x;
         self.version.fetch_add(1, Ordering::Release);
     }
 }
@@ -87,8 +98,6 @@ pub struct Worker<C: SourceControl> {
     pub control: Arc<C>,
     /// Pipeline settings.
     pub settings: PipelineSettings,
-    /// The schema set at start.
-    pub extractor: Arc<Extractor>,
     /// Signals from the runtime.
     pub signals: Arc<Signals>,
     /// The split's previous worker in this process, still finishing.
@@ -233,14 +242,11 @@ impl<P: Position> Pipeline<P> {
         next: Option<P>,
     ) -> Result<Pipeline<P>, String> {
         let split = w.id.as_str().to_owned();
-        let name: Arc<str> = Arc::from(w.ctx.identity.source.trim_start_matches("kafka:"));
-        let extractor = w.signals.schemas.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        // Dead letters name their input as the source does, without its scheme (`topic/3`).
+        let source = &w.ctx.identity.source;
+        let name: Arc<str> = Arc::from(source.split_once(':').map_or(&source[..], |(_, n)| n));
         let version = w.signals.version.load(Ordering::Acquire);
-        let mut processor = Processor::new(
-            extractor.unwrap_or_else(|| Arc::clone(&w.extractor)),
-            w.settings.rules,
-            vec![name],
-        );
+        let mut processor = Processor::new(w.signals.schemas(), w.settings.rules, vec![name]);
         processor.restore(a.state);
         let base = MetaBase {
             inputs: vec![
@@ -285,7 +291,7 @@ impl<P: Position> Pipeline<P> {
             if now.duration_since(last_check) >= CHECK_PERIOD {
                 last_check = now;
                 if std::mem::take(&mut seen) {
-                    self.last_input = Instant::now();
+                    self.last_input = now;
                     metrics::counter!("clickstream_records_read", "partition" => self.split.clone())
                         .absolute(self.processor.counters().lines);
                 }
@@ -353,11 +359,9 @@ impl<P: Position> Pipeline<P> {
         let v = signals.version.load(Ordering::Acquire);
         if v != self.version {
             self.version = v;
-            if let Some(x) = signals.schemas.lock().unwrap_or_else(PoisonError::into_inner).clone()
-            {
-                info!(split = %self.split, schemas = %x.versions(), "Schema set switched.");
-                self.processor.set_extractor(x);
-            }
+            let x = signals.schemas();
+            info!(split = %self.split, schemas = %x.versions(), "Schema set switched.");
+            self.processor.set_extractor(x);
         }
     }
 
