@@ -156,6 +156,11 @@ pub fn acquire(ctx: &SplitContext) -> Result<Acquired, AcquireError> {
     Err(AcquireError::Contended)
 }
 
+/// Whether the commit record is no longer the one written with `etag`.
+fn moved_on(ctx: &SplitContext, etag: &str) -> Result<bool, AcquireError> {
+    Ok(ctx.objects.head(&ctx.layout.latest())?.is_none_or(|h| h.etag != etag))
+}
+
 /// The record of a split that never ran.
 fn fresh(ctx: &SplitContext) -> CommitRecord {
     CommitRecord {
@@ -231,6 +236,11 @@ fn restore(
             info!(split, local = ?local, checkpoint = s.checkpoint, lineage = %s.lineage, "Restoring split state from its S3 snapshot.");
             match snapshot::restore(&*ctx.objects, s, dir) {
                 Ok(()) => {}
+                Err(SnapshotError::Missing { .. }) if moved_on(ctx, &etag)? => {
+                    // A newer owner claimed the split while this one restored (it stalled), and
+                    // has since collected the snapshot: this owner is stale, not the state lost.
+                    return Err(AcquireError::Contended);
+                }
                 Err(SnapshotError::Missing { key }) => {
                     return Err(AcquireError::Refused(format!(
                         "split {split}: file {key} of its state snapshot (checkpoint {}) is missing in S3. Its published output is kept. Reset the split (`clickstream state reset`).",
