@@ -52,7 +52,11 @@ struct Owner {
 
 fn take(ctx: &Arc<SplitContext>) -> Result<Owner, AcquireError> {
     let a = acquire(ctx)?;
-    let next = a.record.position.as_deref().map_or(0, |p| p.parse().unwrap());
+    let next = match (&a.record.position, a.legacy_position) {
+        (Some(p), _) => p.parse().unwrap(),
+        (None, Some(p)) => p.line,
+        (None, None) => 0,
+    };
     let mut p = Processor::new(extractor(), RULES, vec![Arc::from("t/0")]);
     p.restore(a.state);
     let base = MetaBase {
@@ -295,4 +299,48 @@ fn state_objects_stay_bounded_over_many_checkpoints() {
             .all(|(k, e)| !k.starts_with("_state/p0000/e") || e.contains_key(META_EPOCH)),
         "untagged state object"
     );
+}
+
+#[test]
+fn state_published_by_the_previous_version_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(MemoryObjects::default());
+    let mut old = take(&ctx(&store, &dir.path().join("a"), "a")).unwrap();
+    let mut job = old.read(60);
+    old.commit(&mut job).unwrap();
+    // The same state in the previous version's layout: descriptor files under
+    // `_state/p0000/CHECKPOINT-LINEAGE/` with a files.json of full keys, table files under
+    // `_state/p0000/sst/`, and LATEST holding `CHECKPOINT LINEAGE`; no marker.
+    let snap = latest(&store).snapshot.unwrap();
+    let layout = Layout::new("p0000");
+    let dir1 = layout.legacy_dir(snap.checkpoint, &snap.lineage);
+    let mut files = std::collections::BTreeMap::new();
+    for (name, key) in &snap.files {
+        let body = store.get(key).unwrap().unwrap().body;
+        let legacy = if std::path::Path::new(name).extension().is_some_and(|x| x == "sst") {
+            format!("_state/p0000/sst/{}-{name}", snap.lineage)
+        } else {
+            format!("{dir1}{name}")
+        };
+        store.put(&legacy, body, &[], Condition::None).unwrap();
+        files.insert(name.clone(), format!("pre/{legacy}"));
+    }
+    for k in
+        store.list("_state/p0000/e").unwrap().into_iter().chain(store.list("_splits/").unwrap())
+    {
+        store.remove(&k);
+    }
+    let list = serde_json::to_vec(&files).unwrap();
+    store.put(&format!("{dir1}files.json"), list.into(), &[], Condition::None).unwrap();
+    let line = format!("{} {}\n", snap.checkpoint, snap.lineage);
+    store.put(&layout.latest(), line.into_bytes().into(), &[], Condition::None).unwrap();
+    // This version takes it over, from the state and the position that state recorded.
+    let mut context = Arc::into_inner(ctx(&store, &dir.path().join("b"), "b")).unwrap();
+    context.prefix = "pre/".into();
+    let mut new = take(&Arc::new(context)).unwrap();
+    assert_eq!(new.next, 60);
+    let mut job = new.read(120);
+    new.commit(&mut job).unwrap();
+    assert_eq!(rows(&store), reference(120));
+    assert_eq!(latest(&store).format, super::record::FORMAT);
 }
