@@ -41,17 +41,6 @@ pub enum AcquireError {
     /// Local state failed.
     #[error(transparent)]
     State(#[from] StateError),
-    /// A local file operation failed.
-    #[error("{op} {path}: {source}")]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// On which path.
-        path: String,
-        /// The OS error.
-        #[source]
-        source: std::io::Error,
-    },
 }
 
 /// A split taken by this owner.
@@ -204,13 +193,6 @@ fn check_identity(ctx: &SplitContext, source: &str, settings: &str) -> Result<()
     Ok(())
 }
 
-fn io<'a>(
-    op: &'static str,
-    path: &'a std::path::Path,
-) -> impl FnOnce(std::io::Error) -> AcquireError + 'a {
-    move |source| AcquireError::Io { op, path: path.display().to_string(), source }
-}
-
 /// Makes local state exactly the claimed record's snapshot: reused when it already is (same
 /// checkpoint and lineage), otherwise downloaded; empty when the record has none.
 fn restore(
@@ -228,7 +210,7 @@ fn restore(
     match &record.snapshot {
         None => {
             if dir.exists() {
-                std::fs::remove_dir_all(dir).map_err(io("remove", dir))?;
+                std::fs::remove_dir_all(dir).map_err(snapshot::io("remove", dir))?;
             }
         }
         Some(s) if local.as_ref() == Some(&(s.checkpoint, s.lineage.clone())) => {}
@@ -251,7 +233,7 @@ fn restore(
             }
         }
     }
-    std::fs::create_dir_all(dir).map_err(io("create", dir))?;
+    std::fs::create_dir_all(dir).map_err(snapshot::io("create", dir))?;
     let store = RocksDbStore::open(dir)?;
     let state = store.load()?;
     let mut legacy_position = None;
