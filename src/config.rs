@@ -40,12 +40,73 @@ pub struct RawConfig {
     pub s3: S3Config,
     /// Admin API.
     pub admin: AdminConfig,
+    /// Which source `run` reads.
+    pub source: SourceConfig,
+    /// Kinesis source of `run`.
+    pub kinesis: KinesisConfig,
     /// Kafka source of `run`.
     pub kafka: KafkaConfig,
     /// Sink of `run`.
     pub sink: SinkConfig,
     /// `run` settings.
     pub run: RunConfig,
+}
+
+/// `[source]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// The source's kind.
+    pub kind: SourceKind,
+}
+
+/// Which source `run` reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    /// Kafka, with a consumer group.
+    Kafka,
+    /// Kinesis Data Streams, with a DynamoDB lease table.
+    Kinesis,
+}
+
+/// Where a Kinesis shard without a lease starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitialPosition {
+    /// The oldest record kept.
+    TrimHorizon,
+    /// Records put from the start on.
+    Latest,
+    /// Records put at or after `kinesis.at_timestamp`.
+    AtTimestamp,
+}
+
+/// `[kinesis]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisConfig {
+    /// Stream name or ARN.
+    pub stream: String,
+    /// DynamoDB lease table.
+    pub lease_table: String,
+    /// Start of a shard without a lease.
+    pub initial_position: InitialPosition,
+    /// RFC 3339 time for `at_timestamp`.
+    pub at_timestamp: String,
+    /// Wait after an empty response at the tip.
+    #[serde(with = "humantime_serde")]
+    pub idle_poll: Duration,
+    /// Records per `GetRecords`.
+    pub max_records: u32,
+    /// Lease failover time.
+    #[serde(with = "humantime_serde")]
+    pub lease_duration: Duration,
+    /// Shard list period.
+    #[serde(with = "humantime_serde")]
+    pub shard_sync: Duration,
+    /// Name in the lease table.
+    pub worker_id: String,
 }
 
 /// `[kafka]`.
@@ -282,6 +343,36 @@ impl RawConfig {
                 humantime::format_duration(r.revoke_deadline),
                 humantime::format_duration(session)
             )));
+        }
+        if self.source.kind == SourceKind::Kinesis {
+            let k = &self.kinesis;
+            if k.stream.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "source.kind = \"kinesis\" needs kinesis.stream (a name or an ARN)".into(),
+                ));
+            }
+            if !(1..=10_000).contains(&k.max_records) {
+                return Err(ConfigError::Invalid("kinesis.max_records must be 1..=10000".into()));
+            }
+            if k.lease_duration < Duration::from_secs(1) {
+                return Err(ConfigError::Invalid(
+                    "kinesis.lease_duration must be at least 1s".into(),
+                ));
+            }
+            if k.initial_position == InitialPosition::AtTimestamp
+                && humantime::parse_rfc3339_weak(&k.at_timestamp).is_err()
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "kinesis.initial_position = \"at_timestamp\" needs kinesis.at_timestamp as an RFC 3339 time, not {:?}",
+                    k.at_timestamp
+                )));
+            }
+            if !self.sink.dead_letter_topic.is_empty() {
+                return Err(ConfigError::Invalid(
+                    "sink.dead_letter_topic is a Kafka topic: it needs source.kind = \"kafka\""
+                        .into(),
+                ));
+            }
         }
         if r.checkpoint_bytes > 1 << 30 {
             return Err(ConfigError::Invalid("run.checkpoint_bytes is over 1 GiB: a checkpoint's objects must stay well below S3's 5 GB single-put limit".into()));

@@ -364,6 +364,9 @@ fn run_settings(c: &RawConfig) -> Result<clickstream::runtime::RunSettings> {
             revoke_deadline: r.revoke_deadline,
             liveness_timeout: r.liveness_timeout,
         },
+        kinesis: (c.source.kind == clickstream::config::SourceKind::Kinesis)
+            .then(|| kinesis_settings(&c.kinesis))
+            .transpose()?,
         sink,
         state: r.state.clone(),
         pipeline: clickstream::runtime::split::PipelineSettings {
@@ -381,6 +384,40 @@ fn run_settings(c: &RawConfig) -> Result<clickstream::runtime::RunSettings> {
         keep_snapshots: r.keep_snapshots,
         permanent_error_deadline: r.permanent_error_deadline,
         allow_settings_change: r.allow_settings_change,
+    })
+}
+
+fn kinesis_settings(
+    k: &clickstream::config::KinesisConfig,
+) -> Result<clickstream::source::kinesis::KinesisSettings> {
+    use clickstream::config::InitialPosition;
+    use clickstream::source::kinesis::Initial;
+    let initial = match k.initial_position {
+        InitialPosition::TrimHorizon => Initial::TrimHorizon,
+        InitialPosition::Latest => Initial::Latest,
+        InitialPosition::AtTimestamp => {
+            let t = humantime::parse_rfc3339_weak(&k.at_timestamp)
+                .with_context(|| format!("kinesis.at_timestamp = {:?}", k.at_timestamp))?;
+            let ms = t.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64);
+            Initial::AtTimestamp(ms)
+        }
+    };
+    let worker_id = if k.worker_id.is_empty() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map_or_else(|_| "unknown".into(), |h| h.trim().to_owned());
+        format!("{host}/{}", std::process::id())
+    } else {
+        k.worker_id.clone()
+    };
+    Ok(clickstream::source::kinesis::KinesisSettings {
+        stream: k.stream.clone(),
+        lease_table: k.lease_table.clone(),
+        initial,
+        idle_poll: k.idle_poll,
+        max_records: k.max_records as i32,
+        lease_duration: k.lease_duration,
+        shard_sync: k.shard_sync,
+        worker_id,
     })
 }
 

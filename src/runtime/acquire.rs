@@ -29,6 +29,9 @@ pub enum AcquireError {
     /// The split needs an operator; the message says why and what to do.
     #[error("{0}")]
     Refused(String),
+    /// A parent split has not committed its end yet: try again later.
+    #[error("waiting: {0}")]
+    Waiting(String),
     /// Other writers kept changing the record; try again later.
     #[error("the commit record kept changing under {CLAIM_ATTEMPTS} claims")]
     Contended,
@@ -234,7 +237,13 @@ fn restore(
         }
     }
     std::fs::create_dir_all(dir).map_err(snapshot::io("create", dir))?;
-    let store = RocksDbStore::open(dir)?;
+    let mut store = RocksDbStore::open(dir)?;
+    if record.snapshot.is_none()
+        && let Some(l) = ctx.lineage.as_ref().filter(|l| !l.parents.is_empty())
+    {
+        // A child that never committed: it starts from its parents' ends (or waits for them).
+        super::lineage::seed(ctx, l, &mut store)?;
+    }
     let state = store.load()?;
     let mut legacy_position = None;
     if let Some(s) = &record.snapshot {

@@ -78,6 +78,8 @@ pub struct SplitContext {
     pub keep_snapshots: usize,
     /// Rows as Parquet.
     pub parquet: bool,
+    /// Where the split's first state comes from, when keys move between splits.
+    pub lineage: Option<crate::source::Lineage>,
 }
 
 /// Publishing could not finish.

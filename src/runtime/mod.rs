@@ -20,6 +20,7 @@ pub mod commit;
 mod committer;
 pub mod failpoint;
 pub mod health;
+pub mod lineage;
 pub mod record;
 pub mod reset;
 pub mod snapshot;
@@ -32,6 +33,7 @@ use crate::s3::S3Location;
 use crate::sink::dead_letter_topic::DeadLetterTopic;
 use crate::sink::objects::{ObjectStore, S3Objects};
 use crate::source::kafka::{KafkaSettings, KafkaSource};
+use crate::source::kinesis::{KinesisSettings, KinesisSource};
 use crate::source::{Done, Note, Position, SourceControl, SplitId, SplitReader, Stop};
 use anyhow::{Context as _, Result, anyhow};
 use commit::{Committed, Identity, SplitContext};
@@ -51,6 +53,8 @@ use tracing::{error, info, warn};
 pub struct RunSettings {
     /// The Kafka consumer.
     pub kafka: KafkaSettings,
+    /// The Kinesis source, when the source is Kinesis (`[source] kind = "kinesis"`).
+    pub kinesis: Option<KinesisSettings>,
     /// Output location.
     pub sink: S3Location,
     /// Local state root.
@@ -125,25 +129,69 @@ pub fn run(
         )),
         None => None,
     };
+    let parts =
+        Parts { objects: Arc::new(objects), root, extractor, health: Arc::clone(health), dlq };
+    if let Some(k) = &s.kinesis {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut source =
+            KinesisSource::spawn(k, tx.clone(), Arc::clone(health)).map_err(anyhow::Error::msg)?;
+        let fence_retry = (k.lease_duration * 2).max(Duration::from_secs(10));
+        let r =
+            drive(s, source.control(), (tx, rx), parts, fence_retry, board, cancel, &mut || {
+                source.failed()
+            });
+        // Final checkpoints are in the lease table, then every lease is released.
+        source.stop(Duration::from_secs(10));
+        return r;
+    }
     let (tx, rx) = std::sync::mpsc::channel();
     let mut source =
         KafkaSource::spawn(&s.kafka, tx.clone(), Arc::clone(health)).map_err(anyhow::Error::msg)?;
+    let fence_retry = (s.kafka.session_timeout() * 2).max(Duration::from_secs(10));
+    let r = drive(s, source.control(), (tx, rx), parts, fence_retry, board, cancel, &mut || {
+        source.failed()
+    });
+    // Readers (partition queues) are gone with the runtime; the consumer can close.
+    source.stop(Duration::from_secs(10));
+    r
+}
+
+/// What every split shares.
+struct Parts {
+    objects: Arc<dyn ObjectStore>,
+    root: CancellationToken,
+    extractor: Arc<Extractor>,
+    health: Arc<Health>,
+    dlq: Option<Arc<DeadLetterTopic>>,
+}
+
+/// Runs the splits of one source until `cancel`, then stops them with a final checkpoint.
+#[allow(clippy::too_many_arguments)] // one call per source kind
+fn drive<C: SourceControl, R: SplitReader<Position = C::Position>>(
+    s: &RunSettings,
+    control: Arc<C>,
+    notes: (Sender<Note<R>>, Receiver<Note<R>>),
+    parts: Parts,
+    fence_retry: Duration,
+    board: &Switchboard,
+    cancel: &CancellationToken,
+    failed: &mut dyn FnMut() -> Option<String>,
+) -> Result<()> {
     let mut rtm = Runtime {
         s,
-        control: source.control(),
-        notes: (tx, rx),
+        control,
+        notes,
         slots: BTreeMap::new(),
-        objects: Arc::new(objects),
-        root,
-        extractor,
-        health: Arc::clone(health),
-        dlq,
+        objects: parts.objects,
+        root: parts.root,
+        extractor: parts.extractor,
+        health: parts.health,
+        dlq: parts.dlq,
+        fence_retry,
     };
-    let r = rtm.drive(board, cancel, &mut || source.failed());
+    let r = rtm.drive(board, cancel, failed);
     let complete = rtm.shutdown();
-    // Readers (partition queues) must go before the consumer can close.
     drop(rtm);
-    source.stop(Duration::from_secs(10));
     r?;
     if complete {
         info!("Every split checkpointed; stopping.");
@@ -178,6 +226,8 @@ struct Runtime<'a, C: SourceControl, R: SplitReader<Position = C::Position>> {
     extractor: Arc<Extractor>,
     health: Arc<Health>,
     dlq: Option<Arc<DeadLetterTopic>>,
+    /// How long a fenced split waits before it is taken again (if still assigned).
+    fence_retry: Duration,
 }
 
 impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R> {
@@ -254,9 +304,7 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
                     // Fenced while still assigned: the group will most likely revoke it soon;
                     // if not, this member owns it after all and takes it again.
                     let after = match why {
-                        Stop::Fenced => {
-                            (self.s.kafka.session_timeout() * 2).max(Duration::from_secs(10))
-                        }
+                        Stop::Fenced => self.fence_retry,
                         _ => Duration::from_secs(15),
                     };
                     warn!(split = %id, reason = ?why, retry_in_s = after.as_secs(), "Split worker stopped while the split is still assigned; it is taken again later unless revoked.");
@@ -322,6 +370,7 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
             prefix: s.sink.list_prefix(),
             keep_snapshots: s.keep_snapshots,
             parquet: s.parquet,
+            lineage: self.control.lineage(&id),
         });
         let worker = Worker {
             id: id.clone(),

@@ -127,8 +127,9 @@ impl SplitReader for Reader {
         })
     }
 
-    fn lag(&self, at: &At) -> Option<u64> {
-        Some((self.log.produced.load(Ordering::Acquire) as u64).saturating_sub(at.0))
+    fn lag(&self, at: Option<&At>) -> Option<u64> {
+        let at = at.map_or(0, |a| a.0);
+        Some((self.log.produced.load(Ordering::Acquire) as u64).saturating_sub(at))
     }
 }
 
@@ -151,6 +152,7 @@ impl Instance {
                 revoke_deadline: Duration::from_secs(1),
                 liveness_timeout: Duration::from_mins(1),
             },
+            kinesis: None,
             sink: crate::s3::S3Location { bucket: "memory".into(), prefix: String::new() },
             state: state.to_path_buf(),
             pipeline: PipelineSettings {
@@ -186,6 +188,7 @@ impl Instance {
                 extractor: x,
                 health: Arc::default(),
                 dlq: None,
+                fence_retry: Duration::from_secs(10),
             };
             rtm.drive(&board, &k, &mut || None).unwrap();
             rtm.shutdown();

@@ -124,7 +124,9 @@ impl<C: SourceControl> Worker<C> {
             Stop::Halted(w) | Stop::Failed(w) => {
                 self.health.split_problem(id.as_str(), Some(w.clone()));
             }
-            Stop::Asked | Stop::Fenced => self.health.split_problem(id.as_str(), None),
+            Stop::Asked | Stop::Fenced | Stop::Finished => {
+                self.health.split_problem(id.as_str(), None);
+            }
         }
         let keep = matches!(why, Stop::Fenced | Stop::Failed(_) | Stop::Halted(_));
         let _ = notes.send(Note::Stopped { id, generation, reader: keep.then_some(reader), why });
@@ -161,10 +163,16 @@ impl<C: SourceControl> Worker<C> {
             Err(e) => return Stop::Failed(e),
         };
         let stop = pipe.run(reader, &self.signals, &self.settings);
-        let deadline = Instant::now() + self.settings.stop_deadline;
-        if !pipe.committer.finish(deadline) {
+        // A split's end must be committed before its children may start: it gets as long as S3
+        // needs, unless the split is taken away meanwhile.
+        let finishing = stop == Stop::Finished && !self.signals.stopping();
+        let allowed = if finishing { Duration::from_hours(1) } else { self.settings.stop_deadline };
+        if !pipe.committer.finish(Instant::now() + allowed) {
             warn!(split = %split, "The split's last checkpoint did not finish in time; it stays uncommitted.");
             self.ctx.cancel.cancel();
+            if stop == Stop::Finished {
+                return Stop::Failed("the split's end was not committed".into());
+            }
         }
         match pipe.committer.state() {
             FENCED => Stop::Fenced,
@@ -201,6 +209,13 @@ impl<C: SourceControl> Worker<C> {
                     REFUSED_RETRY
                 }
                 Err(AcquireError::Contended) => Duration::from_secs(1),
+                Err(AcquireError::Waiting(why)) => {
+                    if why != said {
+                        info!(split, reason = %why, "The split waits for its parents.");
+                        said.clone_from(&why);
+                    }
+                    Duration::from_secs(1)
+                }
                 Err(AcquireError::Object(crate::sink::objects::ObjectError::Cancelled(_))) => {
                     return Err(Stop::Asked);
                 }
@@ -327,8 +342,28 @@ impl<P: Position> Pipeline<P> {
                     }
                 }
                 Polled::Nothing => {}
+                Polled::End(end) => return self.finish(end, signals, reader),
             }
         }
+    }
+
+    /// The split is closed: its final checkpoint records the end (without closing sessions:
+    /// they go on in the split's children, which start from this state).
+    fn finish<R: SplitReader<Position = P>>(
+        &mut self,
+        end: P,
+        signals: &Signals,
+        reader: &R,
+    ) -> Stop {
+        if self.next.as_ref() != Some(&end) {
+            info!(split = %self.split, "Split read to its end; committing the end.");
+            self.next = Some(end);
+            if !self.cut(false, signals, reader) {
+                return Stop::Asked;
+            }
+        }
+        // Only a committed end lets children start: wait for it (the caller's `finish` does).
+        Stop::Finished
     }
 
     /// Whether a checkpoint is due, and whether it closes every session: the interval passed
@@ -342,7 +377,7 @@ impl<P: Position> Pipeline<P> {
         // Time spent blocked behind our own checkpoints (S3 slow or down), or while the source
         // could not tell (brokers away), is not quiet: the split must have had nothing more to
         // read, as far as the source knew, for the whole idle timeout.
-        if self.next.as_ref().and_then(|n| reader.lag(n)) == Some(0) {
+        if reader.lag(self.next.as_ref()) == Some(0) {
             self.caught_up_since.get_or_insert_with(Instant::now);
         } else {
             self.caught_up_since = None;
@@ -378,7 +413,7 @@ impl<P: Position> Pipeline<P> {
         let label = self.split.clone();
         metrics::gauge!("clickstream_open_sessions", "partition" => label.clone())
             .set(self.processor.open_sessions() as f64);
-        if let Some(lag) = self.next.as_ref().and_then(|n| reader.lag(n)) {
+        if let Some(lag) = reader.lag(self.next.as_ref()) {
             metrics::gauge!("clickstream_consumer_lag", "partition" => label).set(lag as f64);
         }
         if idle {

@@ -39,6 +39,7 @@ fn ctx(objects: &Arc<MemoryObjects>, dir: &Path, owner: &str) -> Arc<SplitContex
         prefix: String::new(),
         keep_snapshots: 2,
         parquet: false,
+        lineage: None,
     })
 }
 

@@ -331,9 +331,16 @@ impl SplitReader for KafkaReader {
         })
     }
 
-    fn lag(&self, at: &Offset) -> Option<u64> {
+    fn lag(&self, at: Option<&Offset>) -> Option<u64> {
         let high = self.high.load(Ordering::Relaxed);
-        (high >= 0).then(|| (high - at.0).max(0) as u64)
+        // Before the first record the start is not known here: only an empty partition is
+        // surely caught up.
+        let at = match at {
+            Some(o) => o.0,
+            None if high == 0 => 0,
+            None => return None,
+        };
+        (high >= 0).then(|| (high - at).max(0) as u64)
     }
 }
 

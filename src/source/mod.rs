@@ -8,6 +8,7 @@
 //! runtime (`crate::runtime`) owns everything else: pipelines, checkpoints, commits, fencing.
 
 pub mod kafka;
+pub mod kinesis;
 pub mod replay;
 
 use crate::event::{LinePosition, SourcePosition};
@@ -122,6 +123,9 @@ pub enum Polled<'a, P> {
     Record(Record<'a, P>),
     /// Nothing within the timeout.
     Nothing,
+    /// The split is closed and every record of it was handed over: its final position (a
+    /// Kinesis shard after a split or merge). Its state goes on in its children.
+    End(P),
 }
 
 /// Reads one split's records, on the split's own thread.
@@ -132,8 +136,9 @@ pub trait SplitReader: Send + 'static {
     /// The next record, waiting at most `timeout`.
     fn poll(&mut self, timeout: Duration) -> Polled<'_, Self::Position>;
 
-    /// Records after `at` that the source holds (the lag), if known.
-    fn lag(&self, at: &Self::Position) -> Option<u64>;
+    /// Records after `at` (`None`: nothing read yet) that the source holds (the lag), if
+    /// known; `Some(0)` means caught up.
+    fn lag(&self, at: Option<&Self::Position>) -> Option<u64>;
 }
 
 /// Signals a rendezvous: the runtime has done what a revocation needs.
@@ -206,6 +211,20 @@ pub enum Stop {
     Halted(String),
     /// An error a new worker may not repeat.
     Failed(String),
+    /// The split reached its end and committed it.
+    Finished,
+}
+
+/// Where a split's state comes from besides its own records: the splits it continues (a
+/// Kinesis shard's parents), and the hash keys it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lineage {
+    /// Each parent, and whether the source still lists it (a parent past retention may have
+    /// left no final state: it counts as finished).
+    pub parents: Vec<(SplitId, bool)>,
+    /// The keys (`MD5(customer id)` read as a big-endian number) whose customers this split
+    /// holds, both ends inclusive.
+    pub range: (u128, u128),
 }
 
 /// What the runtime asks of a partitioned source.
@@ -232,4 +251,10 @@ pub trait SourceControl: Send + Sync + 'static {
     /// What the split reads, for the commit record (`kafka:TOPIC/PARTITION`): a restore of
     /// another source's state is refused.
     fn identity(&self, id: &SplitId) -> String;
+
+    /// The split's lineage, when keys move between splits (Kinesis resharding). `None`: the
+    /// split's state is its own alone (Kafka).
+    fn lineage(&self, _id: &SplitId) -> Option<Lineage> {
+        None
+    }
 }
