@@ -7,6 +7,7 @@ mod conformance;
 mod fenced;
 mod golden;
 mod kafka;
+mod leases;
 mod recovery;
 mod registry;
 mod schemas;
