@@ -7,6 +7,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+pub mod kinesis_proxy;
 pub mod proxy;
 
 /// The workspace root.
