@@ -17,6 +17,9 @@ pub const POINTS: &[&str] = &[
     "commit.published_one",
     "commit.published",
     "commit.collected",
+    "shard.read_to_end",
+    "shard.end_committed",
+    "child.seeded",
 ];
 
 struct Armed {

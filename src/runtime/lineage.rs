@@ -82,6 +82,7 @@ pub fn seed(
     let batch = cut(finals, lineage.range);
     let sessions = batch.sessions.upserts.len();
     store.write_batch(&batch)?;
+    super::failpoint::hit("child.seeded");
     info!(
         split = child,
         parents = lineage.parents.len(),

@@ -174,6 +174,9 @@ impl<C: SourceControl> Worker<C> {
                 return Stop::Failed("the split's end was not committed".into());
             }
         }
+        if stop == Stop::Finished && pipe.committer.state() == RUNNING {
+            super::failpoint::hit("shard.end_committed");
+        }
         match pipe.committer.state() {
             FENCED => Stop::Fenced,
             HALTED => Stop::Halted(
@@ -248,6 +251,11 @@ struct Pipeline<P: Position> {
     /// Since when the source has said, without interruption, that nothing more is there.
     caught_up_since: Option<Instant>,
     version: u64,
+    /// The keys this split holds, when keys move between splits (Kinesis).
+    range: Option<(u128, u128)>,
+    /// Customers seen here whose key is another split's (the producer did not key by
+    /// customer): their sessions are cut in two at a reshard.
+    strays: std::collections::HashSet<Box<str>>,
 }
 
 impl<P: Position> Pipeline<P> {
@@ -288,6 +296,8 @@ impl<P: Position> Pipeline<P> {
             last_input: now,
             caught_up_since: None,
             version,
+            range: w.ctx.lineage.as_ref().map(|l| l.range),
+            strays: std::collections::HashSet::new(),
         })
     }
 
@@ -357,6 +367,7 @@ impl<P: Position> Pipeline<P> {
     ) -> Stop {
         if self.next.as_ref() != Some(&end) {
             info!(split = %self.split, "Split read to its end; committing the end.");
+            super::failpoint::hit("shard.read_to_end");
             self.next = Some(end);
             if !self.cut(false, signals, reader) {
                 return Stop::Asked;
@@ -411,6 +422,9 @@ impl<P: Position> Pipeline<P> {
         let legacy = self.next.as_ref().map(Position::legacy).unwrap_or_default();
         let (out, batch) = self.processor.checkpoint(legacy, idle, self.base.clone());
         let label = self.split.clone();
+        if let Some(range) = self.range {
+            self.count_strays(range, &batch.sessions.upserts);
+        }
         metrics::gauge!("clickstream_open_sessions", "partition" => label.clone())
             .set(self.processor.open_sessions() as f64);
         if let Some(lag) = reader.lag(self.next.as_ref()) {
@@ -430,6 +444,29 @@ impl<P: Position> Pipeline<P> {
         self.dirty = false;
         self.last_cut = Instant::now();
         self.committer.submit(job, &|| signals.stop.load(Ordering::Acquire) == LOST).is_ok()
+    }
+
+    /// Counts customers whose key is not in this split's range: their events reached it under
+    /// another partition key, so their sessions live on several splits.
+    fn count_strays(
+        &mut self,
+        range: (u128, u128),
+        touched: &[(Box<str>, Vec<crate::session::Session>)],
+    ) {
+        /// Enough to show the problem; a badly keyed stream must not grow this without bound.
+        const MAX_STRAYS: usize = 100_000;
+        let before = self.strays.len();
+        for (customer, _) in touched {
+            let key = crate::source::kinesis::kpl::hash_key_of(customer.as_bytes());
+            if !(range.0..=range.1).contains(&key) && self.strays.len() < MAX_STRAYS {
+                self.strays.insert(customer.clone());
+            }
+        }
+        if self.strays.len() > before {
+            warn!(split = %self.split, customers = self.strays.len(), "Customers arrived on a shard their id does not hash to: the partition key is not the customer id, so a reshard splits their sessions.");
+        }
+        metrics::gauge!("clickstream_customers_on_several_partitions", "partition" => self.split.clone())
+            .set(self.strays.len() as f64);
     }
 
     fn stop_final<R: SplitReader<Position = P>>(&mut self, signals: &Signals, reader: &R) -> Stop {

@@ -7,6 +7,8 @@ mod conformance;
 mod fenced;
 mod golden;
 mod kafka;
+mod kinesis;
+mod kinesis_proxy;
 mod leases;
 mod recovery;
 mod registry;

@@ -172,6 +172,7 @@ impl SourceControl for KinesisControl {
             tx,
             cancel,
             fatal: Arc::clone(&self.fatal),
+            at_tip: false,
         };
         self.rt.spawn(fetch.run());
         Ok(())

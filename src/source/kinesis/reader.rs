@@ -232,6 +232,8 @@ pub(super) struct Fetch {
     pub cancel: CancellationToken,
     /// Set when the stream is gone for good.
     pub fatal: Arc<Mutex<Option<String>>>,
+    /// The last response handed over was empty at the shard's tip.
+    pub at_tip: bool,
 }
 
 impl Fetch {
@@ -335,7 +337,11 @@ impl Fetch {
         if let Some((seq, _)) = batch.last() {
             self.from = From::Position(ShardPosition::After { seq: seq.clone(), sub: None });
         }
-        if !batch.is_empty() || behind == 0 {
+        // An empty response only matters when it tells the reader something new (it reached
+        // the tip): repeating it would keep the channel busy and the split never quiet.
+        let news = !batch.is_empty() || (behind == 0 && !self.at_tip);
+        self.at_tip = batch.is_empty() && behind == 0;
+        if news {
             let sent = tokio::select! {
                 () = self.cancel.cancelled() => return None,
                 r = self.tx.send(Fetched::Batch { records: batch, behind_ms: behind }) => r,
