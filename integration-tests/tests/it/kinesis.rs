@@ -356,6 +356,13 @@ fn kinesis_reshard_loses_nothing_and_cuts_no_session() {
     assert!(lineage.len() >= 7, "split, merge and scaling made shards: {lineage:?}");
     assert_children_after_parents(&p, &lineage);
     assert!(events(&p, "Child split starts from its parents' final state").len() >= 4);
+    let metrics = integration_tests::curl(&["-s", &format!("http://{}/metrics", p.admin_addr())]).1;
+    let strays: Vec<&str> = metrics
+        .lines()
+        .filter(|l| l.starts_with("clickstream_customers_on_several_partitions{"))
+        .collect();
+    assert!(!strays.is_empty(), "the metric is exported: {metrics}");
+    assert!(strays.iter().all(|l| l.ends_with(" 0")), "{strays:?}");
     crate::kafka::terminate(p);
 }
 
@@ -673,5 +680,68 @@ fn kinesis_parent_past_retention_counts_as_finished() {
     let p = s.start("a", &[("AWS_ENDPOINT_URL_KINESIS", &proxy.url())]);
     s.assert_done(180);
     assert!(events(&p, "Split assigned").iter().all(|(_, v)| v["split"] != parent.id.as_str()));
+    crate::kafka::terminate(p);
+}
+
+#[test]
+fn kinesis_expired_iterator_is_reissued_from_the_position() {
+    // kinesalite, whose clock a test can move 301 s ahead: every iterator held across the
+    // jump has expired (the service's limit is 300 s).
+    let url = var("CLICKSTREAM_KINESALITE_URL", "http://127.0.0.1:4568");
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("events.jsonl");
+    integration_tests::generate(&input, 4_000, 3, "0.0");
+    let expected = oracle(&input, dir.path());
+    let stream = Stream::create_at(&url, "kexpire", 2);
+    let bucket = services::fresh_bucket("kexpire");
+    let table = format!("leases-{}", stream.name);
+    let s = Scenario { records: keyed_lines(&input), dir, expected, stream, bucket, table };
+    let n = s.records.len();
+    let p = s.start("a", &[("AWS_ENDPOINT_URL_KINESIS", &url)]);
+    s.put(0..n / 2);
+    p.wait_log("Committed checkpoint", 60);
+    let skew = std::process::Command::new(root().join("scripts/services"))
+        .arg("kinesalite-skew")
+        .status()
+        .unwrap();
+    assert!(skew.success(), "scripts/services kinesalite-skew");
+    s.put(n / 2..n);
+    p.wait_log("Shard iterator expired", 60);
+    s.assert_done(180);
+    crate::kafka::terminate(p);
+}
+
+impl Stream {
+    /// Deletes the stream and creates it again under the same name (same shard ids).
+    fn recreate(&self, shards: i32) {
+        self.rt.block_on(self.client.delete_stream().stream_name(&self.name).send()).unwrap();
+        wait_for("the stream to be gone", 60, || {
+            self.rt
+                .block_on(self.client.describe_stream_summary().stream_name(&self.name).send())
+                .is_err()
+        });
+        // The creation time is what tells the two apart: make sure it moves.
+        std::thread::sleep(Duration::from_millis(1100));
+        self.rt
+            .block_on(
+                self.client.create_stream().stream_name(&self.name).shard_count(shards).send(),
+            )
+            .unwrap();
+        self.wait_active();
+    }
+}
+
+#[test]
+fn kinesis_recreated_stream_state_is_refused() {
+    let s = Scenario::new("krecreate", 1_000, 1);
+    let p = s.start("a", &[]);
+    s.put(0..s.records.len());
+    p.wait_log("Committed checkpoint", 60);
+    crate::kafka::terminate(p);
+    s.stream.recreate(1);
+    s.put(0..10);
+    let p = s.start("a", &[]);
+    let refused = p.wait_log("The split cannot start", 60);
+    assert!(refused.contains("was built from kinesis:"), "{refused}");
     crate::kafka::terminate(p);
 }

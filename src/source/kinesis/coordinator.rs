@@ -196,7 +196,8 @@ impl Coordinator {
 
     /// Reads the shard list and makes sure each shard has a lease.
     async fn sync(&mut self) {
-        let listing = match list_shards(&self.client, &self.arn).await {
+        let name = super::by_name(&self.s.stream);
+        let listing = match list_shards(&self.client, &self.arn, name.as_deref()).await {
             Ok(l) => l,
             Err(e) => {
                 self.health.source_ready(false, Some(format!("ListShards: {e}")));
@@ -316,14 +317,17 @@ impl Coordinator {
 }
 
 /// Every shard of the stream (all pages).
-async fn list_shards(client: &Client, arn: &str) -> Result<Vec<Shard>, String> {
+async fn list_shards(client: &Client, arn: &str, name: Option<&str>) -> Result<Vec<Shard>, String> {
     let mut out = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let req = match &token {
             // A continuation names neither the stream nor a filter.
             Some(t) => client.list_shards().next_token(t),
-            None => client.list_shards().stream_arn(arn),
+            None => match name {
+                Some(n) => client.list_shards().stream_name(n),
+                None => client.list_shards().stream_arn(arn),
+            },
         };
         let page =
             req.send().await.map_err(|e| format!("{e}: {}", e.message().unwrap_or_default()))?;

@@ -164,6 +164,7 @@ impl SourceControl for KinesisControl {
         let fetch = Fetch {
             client: self.client.clone(),
             stream_arn: self.arn.clone(),
+            stream_name: by_name(&self.s.stream),
             shard: id.as_str().to_owned(),
             split: id.clone(),
             from,
@@ -292,6 +293,11 @@ impl KinesisSource {
             self.control.halt(&id);
         }
     }
+}
+
+/// The stream's name, when it was configured by name.
+fn by_name(stream: &str) -> Option<String> {
+    (!stream.starts_with("arn:")).then(|| stream.to_owned())
 }
 
 /// The stream's ARN and creation time.

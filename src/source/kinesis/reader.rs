@@ -223,6 +223,9 @@ const THROTTLES: [&str; 3] =
 pub(super) struct Fetch {
     pub client: Client,
     pub stream_arn: String,
+    /// The stream's name when it was configured by name: older endpoints (emulators, some
+    /// proxies) know calls by name only.
+    pub stream_name: Option<String>,
     pub shard: String,
     pub split: SplitId,
     pub from: From,
@@ -358,8 +361,11 @@ impl Fetch {
 
     /// A new iterator at `self.from`; `None` when the shard is closed and read past its end.
     async fn iterator(&self) -> Result<Option<String>, (String, String)> {
-        let mut req =
-            self.client.get_shard_iterator().stream_arn(&self.stream_arn).shard_id(&self.shard);
+        let mut req = self.client.get_shard_iterator().shard_id(&self.shard);
+        req = match &self.stream_name {
+            Some(name) => req.stream_name(name),
+            None => req.stream_arn(&self.stream_arn),
+        };
         req = match &self.from {
             From::TrimHorizon => req.shard_iterator_type(ShardIteratorType::TrimHorizon),
             From::Latest => req.shard_iterator_type(ShardIteratorType::Latest),
