@@ -22,7 +22,8 @@ use aws_sdk_dynamodb::types::{
     AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ReturnValue,
     ScalarAttributeType, TableStatus,
 };
-use std::collections::{BTreeSet, HashMap};
+use item::{ENTITY_TYPE, LEASE_COUNTER, LEASE_KEY, names, number, s, to_item};
+use std::collections::BTreeSet;
 use std::fmt;
 use std::time::Duration;
 use thiserror::Error;
@@ -35,22 +36,6 @@ pub const TRIM_HORIZON: &str = "TRIM_HORIZON";
 pub const LATEST: &str = "LATEST";
 /// The checkpoint of a new lease that starts at a timestamp.
 pub const AT_TIMESTAMP: &str = "AT_TIMESTAMP";
-
-// KCL's attribute names (DynamoDBLeaseSerializer), spelled exactly as KCL spells them.
-const LEASE_KEY: &str = "leaseKey";
-const LEASE_OWNER: &str = "leaseOwner";
-const LEASE_COUNTER: &str = "leaseCounter";
-const CHECKPOINT: &str = "checkpoint";
-const CHECKPOINT_SUB: &str = "checkpointSubSequenceNumber";
-const OWNER_SWITCHES: &str = "ownerSwitchesSinceCheckpoint";
-const PARENTS: &str = "parentShardId";
-const CHILDREN: &str = "childShardIds";
-const STARTING_HASH_KEY: &str = "startingHashKey";
-const ENDING_HASH_KEY: &str = "endingHashKey";
-/// KCL 3.5 tags every item, because its lease table may also hold coordinator entities; an
-/// item without the tag is a lease (written by an older KCL).
-const ENTITY_TYPE: &str = "entityType";
-const ENTITY_LEASE: &str = "LEASE";
 
 /// How long `ensure` waits for a new table to become usable. `DynamoDB` takes seconds; KCL waits
 /// up to 10 minutes, but a worker that cannot start should say so sooner.
@@ -517,56 +502,6 @@ impl LeaseTable {
         }
     }
 
-    /// The lease an item holds; `None` for KCL's other entity types.
-    fn parse(&self, item: &HashMap<String, AttributeValue>) -> Result<Option<Lease>, LeaseError> {
-        let key = match item.get(LEASE_KEY) {
-            Some(AttributeValue::S(k)) => k.clone(),
-            // The table's hash key is a string, so this is a table that is not a lease table.
-            _ => return Err(self.malformed("?", LEASE_KEY, "is not a string (S)".to_owned())),
-        };
-        let field = Field { table: self, key: &key, item };
-        if field.string(ENTITY_TYPE)?.is_some_and(|t| t != ENTITY_LEASE) {
-            return Ok(None);
-        }
-        let hash_range = match (field.string(STARTING_HASH_KEY)?, field.string(ENDING_HASH_KEY)?) {
-            (Some(start), Some(end)) => {
-                let start = field.hash_key(STARTING_HASH_KEY, start)?;
-                let end = field.hash_key(ENDING_HASH_KEY, end)?;
-                if start > end {
-                    return Err(self.malformed(
-                        &key,
-                        ENDING_HASH_KEY,
-                        format!("is below {STARTING_HASH_KEY}"),
-                    ));
-                }
-                Some((start, end))
-            }
-            (None, None) => None,
-            (Some(_), None) => return Err(self.malformed(&key, ENDING_HASH_KEY, missing())),
-            (None, Some(_)) => return Err(self.malformed(&key, STARTING_HASH_KEY, missing())),
-        };
-        let mut parents = field.string_set(PARENTS)?;
-        parents.sort();
-        let mut children = field.string_set(CHILDREN)?;
-        children.sort();
-        Ok(Some(Lease {
-            owner: field.string(LEASE_OWNER)?.map(str::to_owned),
-            counter: field.number(LEASE_COUNTER)?.ok_or_else(|| field.error(LEASE_COUNTER))?,
-            checkpoint: field
-                .string(CHECKPOINT)?
-                .ok_or_else(|| field.error(CHECKPOINT))?
-                .to_owned(),
-            // KCL always writes these two; older or hand-made items read as zero, as KCL reads
-            // a missing sub-sequence number.
-            checkpoint_sub: field.number(CHECKPOINT_SUB)?.unwrap_or(0),
-            owner_switches: field.number(OWNER_SWITCHES)?.unwrap_or(0),
-            parents,
-            children,
-            hash_range,
-            key,
-        }))
-    }
-
     fn malformed(&self, key: &str, attribute: &'static str, problem: String) -> LeaseError {
         LeaseError::Malformed { table: self.table.clone(), key: key.to_owned(), attribute, problem }
     }
@@ -611,199 +546,7 @@ impl fmt::Display for Lease {
 /// The condition of every change to a lease the caller holds.
 const HELD_BY_ME: &str = "#leaseCounter = :seen AND #leaseOwner = :me";
 
-/// One item's attributes, read with the lease's key at hand for errors.
-struct Field<'a> {
-    table: &'a LeaseTable,
-    key: &'a str,
-    item: &'a HashMap<String, AttributeValue>,
-}
-
-impl<'a> Field<'a> {
-    fn error(&self, attribute: &'static str) -> LeaseError {
-        self.table.malformed(self.key, attribute, missing())
-    }
-
-    fn wrong_type(&self, attribute: &'static str, want: &str) -> LeaseError {
-        self.table.malformed(self.key, attribute, format!("is not {want}"))
-    }
-
-    fn string(&self, attribute: &'static str) -> Result<Option<&'a str>, LeaseError> {
-        match self.item.get(attribute) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::S(v)) => Ok(Some(v)),
-            Some(_) => Err(self.wrong_type(attribute, "a string (S)")),
-        }
-    }
-
-    fn number(&self, attribute: &'static str) -> Result<Option<u64>, LeaseError> {
-        match self.item.get(attribute) {
-            None | Some(AttributeValue::Null(_)) => Ok(None),
-            Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| {
-                self.table.malformed(self.key, attribute, format!("{v:?} is not a count"))
-            }),
-            Some(_) => Err(self.wrong_type(attribute, "a number (N)")),
-        }
-    }
-
-    fn string_set(&self, attribute: &'static str) -> Result<Vec<String>, LeaseError> {
-        match self.item.get(attribute) {
-            None | Some(AttributeValue::Null(_)) => Ok(Vec::new()),
-            Some(AttributeValue::Ss(v)) => Ok(v.clone()),
-            Some(_) => Err(self.wrong_type(attribute, "a string set (SS)")),
-        }
-    }
-
-    /// KCL writes hash keys as decimal strings (`BigInteger.toString`).
-    fn hash_key(&self, attribute: &'static str, value: &str) -> Result<u128, LeaseError> {
-        value.parse().map_err(|_| {
-            self.table.malformed(self.key, attribute, format!("{value:?} is not a 128-bit key"))
-        })
-    }
-}
-
-fn missing() -> String {
-    "is missing".to_owned()
-}
-
-fn s(v: &str) -> AttributeValue {
-    AttributeValue::S(v.to_owned())
-}
-
-fn number(v: u64) -> AttributeValue {
-    AttributeValue::N(v.to_string())
-}
-
-/// The item KCL's serializer writes for `lease` (`toDynamoRecord`): optional attributes are
-/// left out rather than written empty, since `DynamoDB` sets cannot be empty.
-fn to_item(lease: &Lease) -> HashMap<String, AttributeValue> {
-    let mut item = HashMap::from([
-        (LEASE_KEY.to_owned(), s(&lease.key)),
-        (LEASE_COUNTER.to_owned(), number(lease.counter)),
-        (OWNER_SWITCHES.to_owned(), number(lease.owner_switches)),
-        (CHECKPOINT.to_owned(), s(&lease.checkpoint)),
-        (CHECKPOINT_SUB.to_owned(), number(lease.checkpoint_sub)),
-        (ENTITY_TYPE.to_owned(), s(ENTITY_LEASE)),
-    ]);
-    if let Some(owner) = &lease.owner {
-        item.insert(LEASE_OWNER.to_owned(), s(owner));
-    }
-    let set = |v: &[String]| {
-        AttributeValue::Ss(v.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect())
-    };
-    if !lease.parents.is_empty() {
-        item.insert(PARENTS.to_owned(), set(&lease.parents));
-    }
-    if !lease.children.is_empty() {
-        item.insert(CHILDREN.to_owned(), set(&lease.children));
-    }
-    if let Some((start, end)) = lease.hash_range {
-        item.insert(STARTING_HASH_KEY.to_owned(), s(&start.to_string()));
-        item.insert(ENDING_HASH_KEY.to_owned(), s(&end.to_string()));
-    }
-    item
-}
-
-/// The expression attribute names `expressions` use. Every `#name` stands for the attribute
-/// `name`: placeholders spare us `DynamoDB`'s reserved words, and `DynamoDB` refuses a name map
-/// that holds names no expression uses, so the map is derived from the expressions.
-fn names(expressions: &[&str]) -> HashMap<String, String> {
-    let mut names = HashMap::new();
-    for expression in expressions {
-        for (i, _) in expression.match_indices('#') {
-            let rest = &expression[i + 1..];
-            let end = rest.find(|c: char| !c.is_ascii_alphanumeric()).unwrap_or(rest.len());
-            let name = &rest[..end];
-            names.insert(format!("#{name}"), name.to_owned());
-        }
-    }
-    names
-}
+mod item;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_are_derived_from_the_expressions() {
-        let n = names(&["SET #leaseCounter = :next REMOVE #leaseOwner", HELD_BY_ME]);
-        let mut got: Vec<_> = n.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        got.sort_unstable();
-        assert_eq!(got, [("#leaseCounter", "leaseCounter"), ("#leaseOwner", "leaseOwner")]);
-    }
-
-    #[test]
-    fn items_round_trip_in_kcl_schema() {
-        let lease = Lease {
-            owner: Some("w1".into()),
-            counter: 7,
-            checkpoint_sub: 3,
-            owner_switches: 2,
-            parents: vec!["shardId-000000000000".into(), "shardId-000000000001".into()],
-            children: vec!["shardId-000000000003".into()],
-            hash_range: Some((0, u128::MAX)),
-            ..Lease::new(
-                "shardId-000000000002",
-                "49590338271490256608559692538361571095921575989136588898",
-            )
-        };
-        let item = to_item(&lease);
-        let mut attrs: Vec<_> = item.keys().map(String::as_str).collect();
-        attrs.sort_unstable();
-        assert_eq!(
-            attrs,
-            [
-                "checkpoint",
-                "checkpointSubSequenceNumber",
-                "childShardIds",
-                "endingHashKey",
-                "entityType",
-                "leaseCounter",
-                "leaseKey",
-                "leaseOwner",
-                "ownerSwitchesSinceCheckpoint",
-                "parentShardId",
-                "startingHashKey",
-            ]
-        );
-        assert_eq!(item[ENDING_HASH_KEY], s("340282366920938463463374607431768211455"));
-        let table = LeaseTable::new(client(), "t");
-        assert_eq!(table.parse(&item).unwrap(), Some(lease));
-    }
-
-    #[test]
-    fn malformed_items_name_key_and_attribute() {
-        let table = LeaseTable::new(client(), "t");
-        let mut item = to_item(&Lease::new("shardId-1", TRIM_HORIZON));
-        item.insert(LEASE_COUNTER.into(), s("7"));
-        let e = table.parse(&item).unwrap_err();
-        assert!(
-            matches!(&e, LeaseError::Malformed { key, attribute: "leaseCounter", .. } if key == "shardId-1"),
-            "{e}"
-        );
-        item.insert(LEASE_COUNTER.into(), number(7));
-        item.insert(STARTING_HASH_KEY.into(), s("12"));
-        let e = table.parse(&item).unwrap_err();
-        assert!(matches!(e, LeaseError::Malformed { attribute: "endingHashKey", .. }), "{e}");
-        item.remove(CHECKPOINT);
-        item.remove(STARTING_HASH_KEY);
-        let e = table.parse(&item).unwrap_err();
-        assert!(matches!(e, LeaseError::Malformed { attribute: "checkpoint", .. }), "{e}");
-    }
-
-    #[test]
-    fn other_kcl_entities_are_skipped_and_untagged_items_are_leases() {
-        let table = LeaseTable::new(client(), "t");
-        let mut item = to_item(&Lease::new("shardId-1", LATEST));
-        item.remove(ENTITY_TYPE);
-        assert!(table.parse(&item).unwrap().is_some());
-        item.insert(ENTITY_TYPE.into(), s("LEADER"));
-        assert_eq!(table.parse(&item).unwrap(), None);
-    }
-
-    fn client() -> Client {
-        let conf = aws_sdk_dynamodb::Config::builder()
-            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-            .build();
-        Client::from_conf(conf)
-    }
-}
+mod tests;
