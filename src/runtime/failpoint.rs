@@ -2,7 +2,8 @@
 //!
 //! `CLICKSTREAM_FAILPOINT=NAME[:N]` makes the process abort (as `kill -9` would: no destructor,
 //! no flush) the `N`th time (default: first) it reaches the point `NAME`. Unset, a point costs
-//! one load of an already-initialised value. The names are listed in [`POINTS`].
+//! one load of an already-initialised value. The names are listed in [`POINTS`] and
+//! [`HANDOFF`].
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,10 +18,10 @@ pub const POINTS: &[&str] = &[
     "commit.published_one",
     "commit.published",
     "commit.collected",
-    "shard.read_to_end",
-    "shard.end_committed",
-    "child.seeded",
 ];
+
+/// The failpoints of a closed split's handover to its children (Kinesis resharding), in order.
+pub const HANDOFF: &[&str] = &["shard.read_to_end", "shard.end_committed", "child.seeded"];
 
 struct Armed {
     name: String,
