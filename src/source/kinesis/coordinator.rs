@@ -98,7 +98,9 @@ impl Coordinator {
             if self.synced.is_none_or(|t| now.duration_since(t) >= self.s.shard_sync) {
                 self.sync().await;
             }
-            if self.taken.is_none_or(|t| now.duration_since(t) >= self.s.lease_duration) {
+            // Every half lease duration (KCL: every two): a released lease (a peer's SIGTERM)
+            // is taken within seconds; an expired one still needs a whole duration unrenewed.
+            if self.taken.is_none_or(|t| now.duration_since(t) >= self.s.lease_duration / 2) {
                 self.take().await;
             }
             self.assign();

@@ -266,3 +266,30 @@ fn kinesis_iterator_expired_during_an_s3_outage_is_reissued() {
     s.assert_done(180);
     terminate(p);
 }
+
+#[test]
+fn kinesis_sigterm_hands_the_leases_over_at_once() {
+    let s = Scenario::new("kterm", 4_000, 4);
+    let n = s.records.len();
+    // A long lease: only a release, not an expiry, can move the shards quickly.
+    let long = [("CLICKSTREAM__KINESIS__LEASE_DURATION", "20s")];
+    let a = s.start("a", &long);
+    let b = s.start("b", &long);
+    s.put(0..n / 2);
+    wait_for("an even share", 400, || {
+        owners(&s.table) == BTreeMap::from([("a".to_owned(), 2), ("b".to_owned(), 2)])
+    });
+    let stopped = std::time::Instant::now();
+    terminate(b);
+    wait_for("the peer to take the released leases", 90, || {
+        owners(&s.table) == BTreeMap::from([("a".to_owned(), 4)])
+    });
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "released leases are taken at the next round, not after the lease duration: {:?}",
+        stopped.elapsed()
+    );
+    s.put(n / 2..n);
+    s.assert_done(180);
+    terminate(a);
+}
