@@ -181,6 +181,21 @@ impl Running {
         Running { child, log }
     }
 
+    /// Starts the binary with `base` settings (environment variables), then `extra` over them.
+    #[must_use]
+    pub fn start_overriding(
+        args: &[&str],
+        mut base: Vec<(String, String)>,
+        extra: &[(&str, &str)],
+    ) -> Running {
+        for (k, v) in extra {
+            base.retain(|(n, _)| n != k);
+            base.push(((*k).to_owned(), (*v).to_owned()));
+        }
+        let env: Vec<(&str, &str)> = base.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Running::start(args, &env)
+    }
+
     /// The log lines so far.
     #[must_use]
     pub fn log(&self) -> Vec<String> {

@@ -119,13 +119,8 @@ impl Scenario {
         ] {
             env.push((k.to_owned(), v));
         }
-        for (k, v) in extra {
-            env.retain(|(n, _)| n != k);
-            env.push(((*k).to_owned(), (*v).to_owned()));
-        }
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         let config = config.to_string_lossy().into_owned();
-        Running::start(&["run", "--config", &config], &env)
+        Running::start_overriding(&["run", "--config", &config], env, extra)
     }
 
     /// The committed position of partition `p`.

@@ -276,12 +276,7 @@ impl Scenario {
         ] {
             env.push((k.to_owned(), v));
         }
-        for (k, v) in extra {
-            env.retain(|(n, _)| n != k);
-            env.push(((*k).to_owned(), (*v).to_owned()));
-        }
-        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        Running::start(&["run"], &env)
+        Running::start_overriding(&["run"], env, extra)
     }
 
     pub(crate) fn put(&self, range: std::ops::Range<usize>) {
