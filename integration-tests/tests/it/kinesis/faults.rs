@@ -302,3 +302,19 @@ fn kinesis_sigterm_hands_the_leases_over_at_once() {
     s.assert_done(180);
     terminate(a);
 }
+
+#[test]
+fn kinesis_deleted_stream_is_a_clear_fatal_error() {
+    let s = Scenario::new("kdeleted", 500, 1);
+    let mut p = s.start("a", &[]);
+    s.put(0..s.records.len());
+    p.wait_log("Committed checkpoint", 60);
+    s.stream
+        .rt
+        .block_on(s.stream.client.delete_stream().stream_name(&s.stream.name).send())
+        .unwrap();
+    let st = p.wait_exit(120);
+    assert!(!st.success(), "a deleted stream ends the process with an error");
+    let log = p.log().join("\n");
+    assert!(log.contains("no longer exists"), "{log}");
+}
