@@ -304,4 +304,4 @@ impl<'a> Iterator for Fields<'a> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(super) mod tests;

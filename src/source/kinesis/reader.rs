@@ -420,3 +420,54 @@ impl Fetch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::Position as _;
+    use crate::source::kinesis::kpl::tests::{THREE, unhex};
+
+    #[test]
+    fn user_records_of_an_aggregate_have_positions_of_their_own() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let handoff = Arc::new(Handoff::default());
+        let id = SplitId::new("shardId-000000000000");
+        let mut r = ShardReader::new(id, (0, u128::MAX), Arc::clone(&handoff), rt.handle().clone());
+        assert_eq!(r.lag(None), None, "nothing known before the first response");
+        let (tx, rx) = mpsc::channel(4);
+        handoff.put(rx);
+        let seq = |s: &str| SeqNo::parse(s).unwrap();
+        // A plain record, then a KPL aggregate of three (built by aws-kinesis-agg).
+        let records = vec![(seq("10"), b"{\"a\":1}".to_vec()), (seq("11"), unhex(THREE))];
+        tx.try_send(Fetched::Batch { records, behind_ms: 0 }).unwrap();
+        tx.try_send(Fetched::End).unwrap();
+        let mut got: Vec<(Vec<u8>, String)> = Vec::new();
+        loop {
+            match r.poll(Duration::from_millis(50)) {
+                Polled::Record(rec) => got.push((rec.payload.to_vec(), rec.end.encode())),
+                Polled::End(e) => {
+                    got.push((Vec::new(), e.encode()));
+                    break;
+                }
+                Polled::Nothing => panic!("records were waiting"),
+            }
+        }
+        let want: Vec<(Vec<u8>, String)> = [
+            (&b"{\"a\":1}"[..], "10"),
+            (b"one", "11/0"),
+            (b"two", "11/1"),
+            // The last user record completes the Kinesis record.
+            (b"three", "11"),
+            (b"", "END"),
+        ]
+        .iter()
+        .map(|(d, p)| (d.to_vec(), (*p).to_owned()))
+        .collect();
+        assert_eq!(got, want);
+        assert_eq!(r.lag(None), Some(0), "read to the tip");
+    }
+}

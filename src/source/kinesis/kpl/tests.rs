@@ -62,7 +62,7 @@ use super::*;
 //     print("TAG_WITHOUT_KEY", wrap(m, partial=True).hex())
 
 /// Three records, partition keys alpha, beta, gamma; no explicit hash keys.
-const THREE: &str = concat!(
+pub(crate) const THREE: &str = concat!(
     "f3899ac20a05616c7068610a04626574610a0567616d6d611a0708001a036f6e651a0708011a0374776f1a09",
     "08021a057468726565239687a96a8d21b607d2947ec9eb2be1",
 );
@@ -107,7 +107,7 @@ const H_C2: u128 = 269_797_977_540_446_273_904_734_428_576_392_847_470;
 
 const ALL: (u128, u128) = (0, u128::MAX);
 
-fn unhex(s: &str) -> Vec<u8> {
+pub(crate) fn unhex(s: &str) -> Vec<u8> {
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
 }
 
