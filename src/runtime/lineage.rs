@@ -16,16 +16,13 @@ use super::commit::SplitContext;
 use super::record::{CommitRecord, Layout};
 use super::snapshot;
 use crate::session::Session;
-use crate::source::Lineage;
 use crate::source::kinesis::kpl::hash_key_of;
 use crate::source::kinesis::shards::contains;
+use crate::source::{END, Lineage};
 use crate::state::rocksdb::RocksDbStore;
 use crate::state::{CheckpointBatch, Meta, STATE_VERSION, Snapshot, StateStore};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
-
-/// The text a finished split's commit record holds as its position.
-pub const END: &str = "END";
 
 /// Writes the child's first state into `store` from its parents' committed ends.
 ///

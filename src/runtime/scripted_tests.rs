@@ -3,7 +3,8 @@
 //! owners that keep running after their split moved — while records arrive. Whatever the
 //! script, the published rows equal those of one processor reading each split once, and no
 //! key but the commit record is written by two epochs. A second implementation of the
-//! source traits, which is what a Kinesis source will be.
+//! source traits besides Kafka's and Kinesis's; it also closes a split and starts its children
+//! from its final state, as a Kinesis reshard does.
 
 use super::split::PipelineSettings;
 use super::tests::{RULES, extractor, rows};
@@ -14,7 +15,7 @@ use crate::registry::watch::Switchboard;
 use crate::sink::objects::{MemoryObjects, ObjectStore};
 use crate::source::kafka::KafkaSettings;
 use crate::source::{
-    Done, Note, Polled, Position, Record, SourceControl, SplitId, SplitReader, StartAt,
+    Done, Lineage, Note, Polled, Position, Record, SourceControl, SplitId, SplitReader, StartAt,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,11 +31,19 @@ const RECORDS: usize = 1_500;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct At(u64);
 
+impl At {
+    /// A closed split's end.
+    const END: At = At(u64::MAX);
+}
+
 impl Position for At {
     fn encode(&self) -> String {
-        self.0.to_string()
+        if *self == At::END { crate::source::END.to_owned() } else { self.0.to_string() }
     }
     fn decode(text: &str) -> Option<Self> {
+        if text == crate::source::END {
+            return Some(At::END);
+        }
         text.parse().ok().map(At)
     }
     fn legacy(&self) -> SourcePosition {
@@ -49,6 +58,8 @@ impl Position for At {
 struct Log {
     records: Vec<Vec<u8>>,
     produced: AtomicUsize,
+    /// Closed (a parent of a reshard): its reader ends after the last record.
+    closed: bool,
 }
 
 /// Records of split `s`: customers `s-0`..`s-9` in turn, 40 ms apart, with a pause of two
@@ -64,7 +75,7 @@ fn log(s: usize) -> Log {
         })
         .collect();
     records.push(format!(r#"{{"id":"{s}-end","c":"flush","t":{}}}"#, t0 + 86_400_000).into_bytes());
-    Log { records, produced: AtomicUsize::new(0) }
+    Log { records, produced: AtomicUsize::new(0), closed: false }
 }
 
 fn split(s: usize) -> SplitId {
@@ -74,6 +85,8 @@ fn split(s: usize) -> SplitId {
 /// One instance's view of the source: where each of its readers was positioned.
 struct Control {
     seeks: Mutex<HashMap<SplitId, Arc<Mutex<Option<u64>>>>>,
+    /// Splits that continue others (a reshard).
+    lineage: HashMap<SplitId, Lineage>,
 }
 
 impl Control {
@@ -97,7 +110,12 @@ impl SourceControl for Control {
     fn commit_hint(&self, _: &SplitId, _: &At) {}
 
     fn identity(&self, id: &SplitId) -> String {
-        format!("memory:{id}")
+        // One stream: the lineage check compares what precedes the split's name.
+        format!("memory/{id}")
+    }
+
+    fn lineage(&self, id: &SplitId) -> Option<Lineage> {
+        self.lineage.get(id).cloned()
     }
 }
 
@@ -114,7 +132,11 @@ impl SplitReader for Reader {
         if let Some(n) = self.seek.lock().unwrap().take() {
             self.next = n;
         }
-        if self.next as usize >= self.log.produced.load(Ordering::Acquire) {
+        let produced = self.log.produced.load(Ordering::Acquire);
+        if self.log.closed && produced == self.log.records.len() && self.next as usize >= produced {
+            return Polled::End(At::END);
+        }
+        if self.next as usize >= produced {
             std::thread::sleep(timeout.min(Duration::from_millis(2)));
             return Polled::Nothing;
         }
@@ -143,6 +165,14 @@ struct Instance {
 
 impl Instance {
     fn start(store: &MemoryObjects, state: &std::path::Path) -> Instance {
+        Instance::with_lineage(store, state, HashMap::new())
+    }
+
+    fn with_lineage(
+        store: &MemoryObjects,
+        state: &std::path::Path,
+        lineage: HashMap<SplitId, Lineage>,
+    ) -> Instance {
         let s = RunSettings {
             kafka: KafkaSettings {
                 brokers: String::new(),
@@ -170,7 +200,7 @@ impl Instance {
             permanent_error_deadline: Duration::from_mins(1),
             allow_settings_change: false,
         };
-        let control = Arc::new(Control { seeks: Mutex::default() });
+        let control = Arc::new(Control { seeks: Mutex::default(), lineage });
         let (tx, rx) = std::sync::mpsc::channel();
         let cancel = CancellationToken::new();
         let (c, k, objects) = (Arc::clone(&control), cancel.clone(), store.clone());
@@ -339,4 +369,84 @@ fn splits_moved_lost_and_left_running_by_a_script_publish_every_row_once() {
         assert!(claims.iter().all(|e| *e >= 3), "seed {seed}: epochs {claims:?}");
         eprintln!("seed {seed}: {} rows, final epochs {claims:?}", got.len());
     }
+}
+
+/// The position in split `s`'s commit record.
+fn position(store: &MemoryObjects, s: usize) -> Option<String> {
+    let o = store.get(&format!("_state/{}/LATEST", split(s))).unwrap()?;
+    super::record::CommitRecord::parse(&o.body, split(s).as_str()).unwrap().position
+}
+
+#[test]
+fn a_parent_read_to_its_end_hands_open_sessions_to_the_children_holding_their_keys() {
+    use crate::source::kinesis::kpl::hash_key_of;
+    let half = u128::MAX / 2;
+    let ranges = [(0, half), (half + 1, u128::MAX)];
+    let t0: u64 = 1_709_510_400_000;
+    let child_of = |c: &str| usize::from(hash_key_of(c.as_bytes()) > half);
+    let line =
+        |id: String, c: &str, t: u64| format!(r#"{{"id":"{id}","c":"{c}","t":{t}}}"#).into_bytes();
+    // Ten customers, one event each 40 ms, 300 on the parent then 300 on the child holding
+    // each customer's key: every session spans the reshard.
+    let customers: Vec<String> = (0..10).map(|i| format!("c{i}")).collect();
+    assert!(
+        customers.iter().any(|c| child_of(c) == 0) && customers.iter().any(|c| child_of(c) == 1)
+    );
+    let mut timed: Vec<(u64, usize, Vec<u8>)> = Vec::new();
+    for i in 0..600 {
+        let c = &customers[i % 10];
+        let t = t0 + i as u64 * 40;
+        let on = if i < 300 { 0 } else { 1 + child_of(c) };
+        timed.push((t, on, line(format!("e-{i}"), c, t)));
+    }
+    // Each child ends with an event a day later, of a customer in its own range: every session
+    // it holds closes.
+    for k in 0..2 {
+        let flush = (0..1000).map(|n| format!("flush-{n}")).find(|c| child_of(c) == k).unwrap();
+        timed.push((t0 + 86_400_000, 1 + k, line(format!("f-{k}"), &flush, t0 + 86_400_000)));
+    }
+    let split_log = |s: usize| {
+        let records: Vec<Vec<u8>> =
+            timed.iter().filter(|(_, on, _)| *on == s).map(|(_, _, r)| r.clone()).collect();
+        let n = records.len();
+        Arc::new(Log { records, produced: AtomicUsize::new(n), closed: s == 0 })
+    };
+    let logs: Vec<Arc<Log>> = (0..3).map(split_log).collect();
+    // What one processor reading every event once, in time order, publishes.
+    let all = Log {
+        records: timed.iter().map(|(_, _, r)| r.clone()).collect(),
+        produced: AtomicUsize::new(0),
+        closed: false,
+    };
+    let mut want = reference(&all);
+    want.sort();
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = MemoryObjects::default();
+    let lineage = HashMap::from([
+        (split(1), Lineage { parents: vec![(split(0), true)], range: ranges[0] }),
+        (split(2), Lineage { parents: vec![(split(0), true)], range: ranges[1] }),
+    ]);
+    let instance = Instance::with_lineage(&store, &dir.path().join("a"), lineage);
+    instance.assign(&logs, 0);
+    let until = Instant::now() + Duration::from_mins(1);
+    while position(&store, 0).as_deref() != Some(crate::source::END) {
+        assert!(Instant::now() < until, "the parent did not commit its end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let parent_rows = rows(&store).len();
+    instance.assign(&logs, 1);
+    instance.assign(&logs, 2);
+    for (s, log) in logs.iter().enumerate().skip(1) {
+        let end = log.records.len().to_string();
+        while position(&store, s) != Some(end.clone()) {
+            assert!(Instant::now() < until, "child {s} did not read its records");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    instance.stop();
+    let got = rows(&store);
+    assert!(parent_rows < want.len(), "sessions went on in the children");
+    assert_eq!(got.len(), want.len(), "row count");
+    assert!(got == want, "rows differ from one processor reading every event once");
 }

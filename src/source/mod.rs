@@ -83,6 +83,10 @@ impl std::fmt::Display for SplitId {
     }
 }
 
+/// How a closed split's final position ([`Polled::End`]) is encoded in its commit record: what
+/// a child split checks before it starts from its parents' state.
+pub const END: &str = "END";
+
 /// Where a split resumes: the source's own notion (Kafka: the next offset). Ordered, so a
 /// record at or before the resume point is a redelivery; encoded as text in the commit record.
 pub trait Position: Clone + Ord + Debug + Send + Sync + 'static {

@@ -5,7 +5,7 @@
 //! fit in a `u128`, so they are compared as numbers by length, then digits.
 
 use crate::event::SourcePosition;
-use crate::source::Position;
+use crate::source::{END, Position};
 use std::cmp::Ordering;
 use std::fmt;
 
@@ -73,8 +73,6 @@ pub enum ShardPosition {
     /// The shard is closed and every record of it is done: its children may start.
     End,
 }
-
-const END: &str = "END";
 
 impl Ord for ShardPosition {
     fn cmp(&self, other: &Self) -> Ordering {
