@@ -82,6 +82,10 @@ pub fn acquire(ctx: &SplitContext) -> Result<Acquired, AcquireError> {
                         marker = layout.marker()
                     )));
                 }
+                if let Some(l) = ctx.lineage.as_ref().filter(|l| !l.parents.is_empty()) {
+                    // Before the claim: a child waiting for its parents writes nothing.
+                    super::lineage::parents_ended(ctx, l)?;
+                }
                 (fresh(ctx), Condition::IfAbsent)
             }
             Some(o) => match CommitRecord::parse(&o.body, layout.split()) {

@@ -36,36 +36,7 @@ pub fn seed(
     let child = ctx.layout.split();
     let mut finals = Vec::new();
     for (parent, listed) in &lineage.parents {
-        let layout = Layout::new(parent.as_str());
-        let record = match ctx.objects.get(&layout.latest())? {
-            Some(o) => CommitRecord::parse(&o.body, parent.as_str()).map_err(|why| {
-                AcquireError::Refused(format!(
-                    "split {child}: the commit record of its parent {parent} is unreadable ({why})"
-                ))
-            })?,
-            None if *listed => {
-                return Err(AcquireError::Waiting(format!("parent {parent} has not started")));
-            }
-            None => {
-                warn!(split = child, parent = %parent, "A parent past retention left no state: sessions it had open are not carried over.");
-                continue;
-            }
-        };
-        if !same_stream(&record.source, &ctx.identity.source) {
-            return Err(AcquireError::Refused(format!(
-                "split {child}: its parent {parent}'s state was built from {}, not this stream ({}). Use another sink prefix.",
-                record.source, ctx.identity.source
-            )));
-        }
-        if record.position.as_deref() != Some(END) {
-            if *listed {
-                return Err(AcquireError::Waiting(format!(
-                    "parent {parent} has not committed its end"
-                )));
-            }
-            warn!(split = child, parent = %parent, "A parent past retention never committed its end: records it had not read are gone.");
-            metrics::counter!("clickstream_kinesis_expired_parents_total").increment(1);
-        }
+        let Some(record) = ended(ctx, parent, *listed)? else { continue };
         let Some(snap) = &record.snapshot else { continue };
         let dir = ctx.tmp_dir.with_extension(format!("parent-{parent}"));
         if dir.exists() {
@@ -87,6 +58,59 @@ pub fn seed(
         "Child split starts from its parents' final state."
     );
     Ok(())
+}
+
+/// Waits (`AcquireError::Waiting`) until every parent still listed has committed its end:
+/// checked before a child claims its record, so that a waiting child writes nothing.
+///
+/// # Errors
+/// `Waiting`, or S3 errors.
+pub fn parents_ended(ctx: &SplitContext, lineage: &Lineage) -> Result<(), AcquireError> {
+    for (parent, listed) in &lineage.parents {
+        ended(ctx, parent, *listed)?;
+    }
+    Ok(())
+}
+
+/// A parent's commit record, once it says `END`; `None` for a parent past retention that left
+/// no record.
+fn ended(
+    ctx: &SplitContext,
+    parent: &crate::source::SplitId,
+    listed: bool,
+) -> Result<Option<CommitRecord>, AcquireError> {
+    let child = ctx.layout.split();
+    let layout = Layout::new(parent.as_str());
+    let record = match ctx.objects.get(&layout.latest())? {
+        Some(o) => CommitRecord::parse(&o.body, parent.as_str()).map_err(|why| {
+            AcquireError::Refused(format!(
+                "split {child}: the commit record of its parent {parent} is unreadable ({why})"
+            ))
+        })?,
+        None if listed => {
+            return Err(AcquireError::Waiting(format!("parent {parent} has not started")));
+        }
+        None => {
+            warn!(split = child, parent = %parent, "A parent past retention left no state: sessions it had open are not carried over.");
+            return Ok(None);
+        }
+    };
+    if !same_stream(&record.source, &ctx.identity.source) {
+        return Err(AcquireError::Refused(format!(
+            "split {child}: its parent {parent}'s state was built from {}, not this stream ({}). Use another sink prefix.",
+            record.source, ctx.identity.source
+        )));
+    }
+    if record.position.as_deref() != Some(END) {
+        if listed {
+            return Err(AcquireError::Waiting(format!(
+                "parent {parent} has not committed its end"
+            )));
+        }
+        warn!(split = child, parent = %parent, "A parent past retention never committed its end: records it had not read are gone.");
+        metrics::counter!("clickstream_kinesis_expired_parents_total").increment(1);
+    }
+    Ok(Some(record))
 }
 
 /// Whether two identities (`kinesis:ARN@CREATED/SHARD`) name shards of one stream.

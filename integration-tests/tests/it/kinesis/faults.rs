@@ -323,20 +323,8 @@ fn kinesis_deleted_stream_is_a_clear_fatal_error() {
 fn kinesis_at_timestamp_starts_new_shards_at_that_time() {
     // Records put before the configured time are not read: the expected rows are the oracle's
     // for the later records alone.
-    let dir = tempfile::tempdir().unwrap();
-    let all = dir.path().join("all.jsonl");
-    integration_tests::generate(&all, 2_000, 9, "0.0");
-    let records = keyed_lines(&all);
-    let (before, after) = records.split_at(records.len() / 2);
-    let later = dir.path().join("later.jsonl");
-    let mut text: Vec<u8> = Vec::new();
-    for (_, v) in after {
-        text.extend_from_slice(v);
-        text.push(b'\n');
-    }
-    std::fs::write(&later, text).unwrap();
-    let s = Scenario::from_input("kattime", &later, dir, 2);
-    s.stream.put(before);
+    let (s, before) = Scenario::later_half("kattime", 2_000, 9, 2);
+    s.stream.put(&before);
     std::thread::sleep(Duration::from_millis(1500));
     let at = humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string();
     std::thread::sleep(Duration::from_millis(1500));

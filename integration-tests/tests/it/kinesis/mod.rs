@@ -209,6 +209,9 @@ fn now_ms() -> u128 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis()
 }
 
+/// A record to put: partition key and data.
+pub(crate) type Keyed = (Vec<u8>, Vec<u8>);
+
 /// A stream, its bucket and lease table, and the oracle's answer for the events.
 pub(crate) struct Scenario {
     pub(crate) dir: tempfile::TempDir,
@@ -243,6 +246,29 @@ impl Scenario {
         let bucket = services::fresh_bucket(tag);
         let table = format!("leases-{}", stream.name);
         Scenario { records: keyed_lines(input), dir, expected, stream, bucket, table }
+    }
+
+    /// A scenario whose oracle covers only the later half of `events` generated records; the
+    /// earlier half is returned, for a test to put where it will not be read.
+    pub(crate) fn later_half(
+        tag: &str,
+        events: u64,
+        seed: u64,
+        shards: i32,
+    ) -> (Scenario, Vec<Keyed>) {
+        let dir = tempfile::tempdir().unwrap();
+        let all = dir.path().join("all.jsonl");
+        integration_tests::generate(&all, events, seed, "0.0");
+        let mut records = keyed_lines(&all);
+        let after = records.split_off(records.len() / 2);
+        let later = dir.path().join("later.jsonl");
+        let mut text: Vec<u8> = Vec::new();
+        for (_, v) in &after {
+            text.extend_from_slice(v);
+            text.push(b'\n');
+        }
+        std::fs::write(&later, text).unwrap();
+        (Scenario::from_input(tag, &later, dir, shards), records)
     }
 
     /// Starts an instance named `name` (its own state directory and worker id).

@@ -75,20 +75,8 @@ fn kinesis_parent_past_retention_counts_as_finished() {
     use integration_tests::kinesis_proxy::KinesisProxy;
     // The parent's records were never read and are past retention; the children's are all
     // there is: the expected rows are the oracle's for the children's records alone.
-    let dir = tempfile::tempdir().unwrap();
-    let all = dir.path().join("all.jsonl");
-    integration_tests::generate(&all, 4_000, 5, "0.0");
-    let records = keyed_lines(&all);
-    let (before, after) = records.split_at(records.len() / 2);
-    let later = dir.path().join("later.jsonl");
-    let mut text: Vec<u8> = Vec::new();
-    for (_, v) in after {
-        text.extend_from_slice(v);
-        text.push(b'\n');
-    }
-    std::fs::write(&later, text).unwrap();
-    let s = Scenario::from_input("kexpired", &later, dir, 1);
-    s.stream.put(before);
+    let (s, before) = Scenario::later_half("kexpired", 4_000, 5, 1);
+    s.stream.put(&before);
     let parent = s.stream.open_shards()[0].clone();
     s.stream.split(&parent);
     s.put(0..s.records.len());
