@@ -2,7 +2,6 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use clickstream::decode;
-use clickstream::event::Kind;
 use clickstream::extract::Extractor;
 use clickstream::session::Sessionizer;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
@@ -41,13 +40,17 @@ fn stages(c: &mut Criterion) {
             black_box(ok)
         });
     });
-    let events: Vec<(String, i64, Kind)> = lines
+    let events: Vec<(String, i64, Option<u32>)> = lines
         .iter()
         .filter_map(|l| {
             let t = decode::decode(l).ok()?;
             let mut slots = Vec::new();
             let e = extractor.extract(t, &mut slots).ok()?;
-            Some((e.customer_id.into_owned(), e.event_time, e.kind))
+            Some((
+                e.customer_id.into_owned(),
+                e.event_time,
+                Some(u32::from(e.kind.0)).filter(|_| e.kind.is_classified()),
+            ))
         })
         .collect();
     g.throughput(Throughput::Elements(events.len() as u64));
@@ -56,7 +59,7 @@ fn stages(c: &mut Criterion) {
             let mut s = Sessionizer::new(1_800_000, 7 * 3_600_000);
             let mut out = Vec::new();
             for (c, t, k) in &events {
-                s.observe(c, *t, *k);
+                s.observe(c, *t, *k, &[]);
             }
             s.close_all(&mut out);
             black_box(out.len())

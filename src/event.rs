@@ -3,49 +3,39 @@
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
-/// What an accepted event counts as in a session row. The precedence when several
-/// classification rules match is the declaration order: support call first, page view last.
+/// What an accepted event counts as: the index of a kind the schema set declares (see
+/// [`crate::extract::catalog`]), or [`Kind::OTHER`]. Kinds are data: their names, columns and
+/// precedence come from the schema files, not from this type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Kind {
-    /// A support call (phone, IVR, call-center bridge).
-    SupportCall,
-    /// A click on the subscribe button.
-    SubscribeClick,
-    /// A hover over the subscribe button.
-    SubscribeHover,
-    /// A page or screen view.
-    PageView,
-    /// Anything else: counts only in `event_count`.
-    Other,
-}
+pub struct Kind(pub u16);
 
 impl Kind {
-    /// Kinds that a schema can assign, in precedence order.
-    pub const CLASSIFIED: [Kind; 4] =
-        [Kind::SupportCall, Kind::SubscribeClick, Kind::SubscribeHover, Kind::PageView];
+    /// No classification rule matched: the event counts only in `event_count`.
+    pub const OTHER: Kind = Kind(u16::MAX);
 
-    /// The name used in schema files.
+    /// Whether some rule classified the event.
     #[must_use]
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::SupportCall => "support_call",
-            Kind::SubscribeClick => "subscribe_click",
-            Kind::SubscribeHover => "subscribe_hover",
-            Kind::PageView => "page_view",
-            Kind::Other => "other",
-        }
+    pub fn is_classified(self) -> bool {
+        self != Kind::OTHER
     }
+}
 
-    /// Parses a schema-file kind name.
-    #[must_use]
-    pub fn from_name(name: &str) -> Option<Kind> {
-        Kind::CLASSIFIED.into_iter().find(|k| k.name() == name)
-    }
+/// An attribute value read from an event, coerced to the attribute's declared type.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttrValue<'a> {
+    /// A string (already cut to the attribute's byte limit).
+    Str(Cow<'a, str>),
+    /// A 64-bit integer.
+    Int(i64),
+    /// A finite double.
+    Num(f64),
+    /// A boolean.
+    Bool(bool),
 }
 
 /// One event after extraction: everything the sessionizer needs, borrowed from the input line
 /// where possible.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ClickEvent<'a> {
     /// Producer's message id, used for dedup (ids are compared as strings).
     pub message_id: Cow<'a, str>,
@@ -55,6 +45,11 @@ pub struct ClickEvent<'a> {
     pub event_time: i64,
     /// Classification.
     pub kind: Kind,
+    /// The set's attributes in declaration order; `None` where the event has no usable value.
+    /// Empty (no allocation) when the set declares none.
+    pub attrs: Vec<Option<AttrValue<'a>>>,
+    /// How many of `attrs` were cut to their byte limit.
+    pub truncated: u32,
 }
 
 /// Where a line came from: enough for an operator to find it again.

@@ -2,13 +2,14 @@
 //! thread, with no I/O. It buffers one checkpoint interval of output; the checkpoint
 //! coordinator writes it out.
 
-use crate::aggregate::SessionRow;
+use crate::aggregate::{RowLayout, SessionRow};
 use crate::decode;
 use crate::event::{LinePosition, SourcePosition};
 use crate::extract::Extractor;
+use crate::extract::catalog::Aggregate;
 use crate::extract::walk::Slot;
 use crate::session::dedup::Dedup;
-use crate::session::{ClosedSession, Observed, Sessionizer};
+use crate::session::{ClosedSession, EventAttr, Observed, Sessionizer};
 use crate::sink::DeadLetter;
 use crate::source::{Chunk, Oversized};
 use crate::state::{CheckpointBatch, Counters, Meta, STATE_VERSION, Snapshot};
@@ -57,6 +58,14 @@ pub struct Processor {
     /// Schema sets seen by this state, by index; the last one is in force.
     schema_sets: Vec<String>,
     schema_set: Arc<str>,
+    /// Kind names and attribute identities by the numbers the state keeps them under.
+    kinds: Vec<String>,
+    attributes: Vec<String>,
+    /// The set in force's kinds and attributes, by their state numbers.
+    kind_ids: Vec<u32>,
+    attr_ids: Vec<(u32, Aggregate)>,
+    /// The columns of rows closed now.
+    layout: Arc<RowLayout>,
     /// Scratch slots kept between [`Processor::process_record`] calls (empty between them).
     spare: Vec<Slot<'static>>,
 }
@@ -66,7 +75,7 @@ impl Processor {
     #[must_use]
     pub fn new(extractor: Arc<Extractor>, rules: Rules, inputs: Vec<Arc<str>>) -> Self {
         let set = extractor.versions();
-        Processor {
+        let mut p = Processor {
             extractor,
             sessions: Sessionizer::new(rules.gap_ms, rules.lateness_ms),
             dedup: Dedup::new(rules.dedup_horizon_ms),
@@ -76,8 +85,54 @@ impl Processor {
             late: Arc::from("late"),
             schema_set: Arc::from(set.as_str()),
             schema_sets: vec![set],
+            kinds: Vec::new(),
+            attributes: Vec::new(),
+            kind_ids: Vec::new(),
+            attr_ids: Vec::new(),
+            layout: Arc::default(),
             spare: Vec::new(),
-        }
+        };
+        p.bind();
+        p
+    }
+
+    /// Numbers the kinds and attributes of the set in force in the state's lists, appending
+    /// new ones: numbers never change meaning, so open sessions stay valid across reloads.
+    fn bind(&mut self) {
+        let cat = self.extractor.catalog();
+        let number = |list: &mut Vec<String>, name: &str| -> u32 {
+            let i = list.iter().position(|n| n == name).unwrap_or_else(|| {
+                list.push(name.to_owned());
+                list.len() - 1
+            });
+            i as u32
+        };
+        self.kind_ids = cat.kinds.iter().map(|k| number(&mut self.kinds, &k.name)).collect();
+        self.attr_ids = cat
+            .attrs
+            .iter()
+            .map(|a| {
+                let identity = a.identity();
+                // A renamed column keeps its values: its old identity takes the new name.
+                if !self.attributes.contains(&identity)
+                    && let Some(old) = &a.renamed_from
+                {
+                    let was = format!("{old}:{}", identity.split_once(':').map_or("", |x| x.1));
+                    if let Some(slot) = self.attributes.iter_mut().find(|n| **n == was) {
+                        slot.clone_from(&identity);
+                    }
+                }
+                (number(&mut self.attributes, &identity), a.aggregate)
+            })
+            .collect();
+        let folds = self
+            .attributes
+            .iter()
+            .map(|id| id.rsplit(':').next().and_then(Aggregate::parse).unwrap_or(Aggregate::First))
+            .collect();
+        self.sessions.set_folds(folds);
+        let attr_ids: Vec<u32> = self.attr_ids.iter().map(|a| a.0).collect();
+        self.layout = Arc::new(RowLayout::new(cat, &self.kind_ids, &attr_ids));
     }
 
     /// Restores the state of a committed checkpoint.
@@ -89,6 +144,9 @@ impl Processor {
                 self.schema_sets.clone_from(&m.schema_sets);
                 self.use_set(self.extractor.versions());
             }
+            self.kinds.clone_from(&m.kinds);
+            self.attributes.clone_from(&m.attributes);
+            self.bind();
         }
         self.dedup.restore(snap.ids);
     }
@@ -98,6 +156,7 @@ impl Processor {
         let id = x.versions();
         self.extractor = x;
         self.use_set(id);
+        self.bind();
     }
 
     /// The schema set in force (`name@version,…`).
@@ -203,7 +262,18 @@ impl Processor {
             self.counters.duplicates += 1;
             return;
         }
-        match self.sessions.observe(&ev.customer_id, ev.event_time, ev.kind) {
+        let kind = self.kind_ids.get(ev.kind.0 as usize).copied();
+        let attrs: Vec<EventAttr<'_>> = if ev.attrs.is_empty() {
+            Vec::new()
+        } else {
+            self.counters.truncated_values += u64::from(ev.truncated);
+            ev.attrs
+                .into_iter()
+                .zip(&self.attr_ids)
+                .filter_map(|(v, &(id, aggregate))| Some(EventAttr { id, aggregate, value: v? }))
+                .collect()
+        };
+        match self.sessions.observe(&ev.customer_id, ev.event_time, kind, &attrs) {
             Observed::Accepted => {
                 self.dedup.insert(&ev.message_id, ev.event_time);
                 self.counters.accepted += 1;
@@ -258,8 +328,10 @@ impl Processor {
             self.sessions.close_expired(&mut closed);
         }
         self.dedup.expire(self.sessions.watermark());
-        let mut rows: Vec<SessionRow> =
-            closed.into_iter().map(|c| SessionRow::fold(c, &self.schema_sets)).collect();
+        let mut rows: Vec<SessionRow> = closed
+            .into_iter()
+            .map(|c| SessionRow::fold(c, &self.schema_sets, &self.layout))
+            .collect();
         rows.sort_by(|a, b| {
             (&a.customer_id, a.session_start).cmp(&(&b.customer_id, b.session_start))
         });
@@ -275,6 +347,8 @@ impl Processor {
                 settings: meta.settings,
                 finished: end_of_input,
                 schema_sets: self.schema_sets.clone(),
+                kinds: self.kinds.clone(),
+                attributes: self.attributes.clone(),
             }),
             sessions: self.sessions.take_changes(),
             dedup: self.dedup.take_changes(),
@@ -332,7 +406,7 @@ mod tests {
         let sets: Vec<(&str, Vec<String>, u64)> = out
             .rows
             .iter()
-            .map(|r| (&*r.customer_id, r.schema_sets.clone(), r.page_views))
+            .map(|r| (&*r.customer_id, r.schema_sets.clone(), r.count("page_views").unwrap()))
             .collect();
         assert_eq!(
             sets,

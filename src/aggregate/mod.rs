@@ -1,10 +1,54 @@
 //! Aggregate: closed sessions → per-customer rows, the product's output.
 
+use crate::extract::catalog::{Aggregate, AttrType, Catalog};
 use crate::session::ClosedSession;
-use serde::Serialize;
+use crate::session::attrs::Value;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use std::sync::Arc;
+
+/// The columns a schema set gives session rows beyond the fixed ones, with the state numbers
+/// their values are kept under.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RowLayout {
+    /// Count columns: (column, state kind number), in the set's order.
+    pub kinds: Vec<(Arc<str>, u32)>,
+    /// Attribute columns: (column, column type, state attribute number, fold).
+    pub attrs: Vec<(Arc<str>, AttrType, u32, Aggregate)>,
+}
+
+impl RowLayout {
+    /// The layout of `catalog`, whose kinds and attributes the state numbers as given.
+    #[must_use]
+    pub fn new(catalog: &Catalog, kind_ids: &[u32], attr_ids: &[u32]) -> RowLayout {
+        RowLayout {
+            kinds: catalog
+                .kinds
+                .iter()
+                .zip(kind_ids)
+                .map(|(k, &id)| (Arc::clone(&k.column), id))
+                .collect(),
+            attrs: catalog
+                .attrs
+                .iter()
+                .zip(attr_ids)
+                .map(|(a, &id)| (Arc::clone(&a.name), a.column_type(), id, a.aggregate))
+                .collect(),
+        }
+    }
+
+    /// The classic layout: four counts, numbered as listed, no attribute.
+    #[must_use]
+    pub fn classic() -> RowLayout {
+        RowLayout::new(&Catalog::classic(), &[0, 1, 2, 3], &[])
+    }
+}
 
 /// One output row: a customer's session and what happened in it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+///
+/// As JSON its keys are, in order: the fixed columns up to `event_count`, one count per kind
+/// of the schema set in force when the session closed, one column per attribute (null when no
+/// event had a value), and `schema_sets`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionRow {
     /// Customer id.
     pub customer_id: Box<str>,
@@ -16,24 +60,22 @@ pub struct SessionRow {
     pub duration_ms: i64,
     /// Events in the session.
     pub event_count: u64,
-    /// Page and screen views.
-    pub page_views: u64,
-    /// Hovers over the subscribe button.
-    pub subscribe_hovers: u64,
-    /// Clicks on the subscribe button.
-    pub subscribe_clicks: u64,
-    /// Support calls.
-    pub support_calls: u64,
+    /// Events per kind, in the order of `layout.kinds`.
+    pub counts: Vec<u64>,
+    /// Attribute values, in the order of `layout.attrs`.
+    pub attrs: Vec<Option<Value>>,
+    /// The columns.
+    pub layout: Arc<RowLayout>,
     /// The schema sets (`name@version,…`) that extracted the session's events: one, or the
     /// first and the last when the set was reloaded during the session.
     pub schema_sets: Vec<String>,
 }
 
 impl SessionRow {
-    /// The row of a closed session; `sets` names the schema sets by index.
+    /// The row of a closed session in `layout`; `sets` names the schema sets by index.
     #[must_use]
-    pub fn fold(c: ClosedSession, sets: &[String]) -> SessionRow {
-        let (s, n) = (c.session, c.session.counts);
+    pub fn fold(c: ClosedSession, sets: &[String], layout: &Arc<RowLayout>) -> SessionRow {
+        let s = c.session;
         let name = |i: u32| sets.get(i as usize).cloned().unwrap_or_else(|| format!("#{i}"));
         let (first, last) = s.schema_sets;
         let mut schema_sets = vec![name(first)];
@@ -45,19 +87,65 @@ impl SessionRow {
             session_start: s.start,
             session_end: s.end,
             duration_ms: s.end - s.start,
-            event_count: n.events,
-            page_views: n.page_views,
-            subscribe_hovers: n.subscribe_hovers,
-            subscribe_clicks: n.subscribe_clicks,
-            support_calls: n.support_calls,
+            event_count: s.counts.events,
+            counts: layout.kinds.iter().map(|&(_, k)| s.counts.of(k)).collect(),
+            attrs: layout
+                .attrs
+                .iter()
+                .map(|&(_, _, id, agg)| {
+                    s.attrs.get(id as usize).cloned().unwrap_or_default().output(agg)
+                })
+                .collect(),
+            layout: Arc::clone(layout),
             schema_sets,
         }
+    }
+
+    /// The count in column `column`, if the row has that column.
+    #[must_use]
+    pub fn count(&self, column: &str) -> Option<u64> {
+        let i = self.layout.kinds.iter().position(|(c, _)| &**c == column)?;
+        self.counts.get(i).copied()
     }
 
     /// The UTC date of the session start, `YYYY-MM-DD`: the output partition.
     #[must_use]
     pub fn date(&self) -> String {
         utc_date(self.session_start)
+    }
+}
+
+/// An attribute value as a JSON cell (state keeps its own, tagged encoding).
+struct Cell<'a>(&'a Value);
+
+impl Serialize for Cell<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Str(v) => s.serialize_str(v),
+            Value::Int(v) => s.serialize_i64(*v),
+            Value::Num(v) => s.serialize_f64(*v),
+            Value::Bool(v) => s.serialize_bool(*v),
+        }
+    }
+}
+
+impl Serialize for SessionRow {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let l = &self.layout;
+        let mut m = s.serialize_map(Some(6 + l.kinds.len() + l.attrs.len()))?;
+        m.serialize_entry("customer_id", &self.customer_id)?;
+        m.serialize_entry("session_start", &self.session_start)?;
+        m.serialize_entry("session_end", &self.session_end)?;
+        m.serialize_entry("duration_ms", &self.duration_ms)?;
+        m.serialize_entry("event_count", &self.event_count)?;
+        for ((column, _), n) in l.kinds.iter().zip(&self.counts) {
+            m.serialize_entry(&**column, n)?;
+        }
+        for ((column, ..), v) in l.attrs.iter().zip(&self.attrs) {
+            m.serialize_entry(&**column, &v.as_ref().map(Cell))?;
+        }
+        m.serialize_entry("schema_sets", &self.schema_sets)?;
+        m.end()
     }
 }
 
@@ -108,17 +196,13 @@ mod tests {
             session: Session {
                 start: 10,
                 end: 25,
-                counts: Counts {
-                    events: 3,
-                    page_views: 1,
-                    subscribe_hovers: 1,
-                    subscribe_clicks: 1,
-                    support_calls: 0,
-                },
+                counts: Counts { events: 3, kinds: vec![1, 1, 1] },
                 schema_sets: (0, 1),
+                attrs: Vec::new(),
             },
         };
-        let row = SessionRow::fold(c, &["web@1".into(), "web@2".into()]);
+        let row =
+            SessionRow::fold(c, &["web@1".into(), "web@2".into()], &Arc::new(RowLayout::classic()));
         assert_eq!(
             serde_json::to_string(&row).unwrap(),
             r#"{"customer_id":"433120","session_start":10,"session_end":25,"duration_ms":15,"event_count":3,"page_views":1,"subscribe_hovers":1,"subscribe_clicks":1,"support_calls":0,"schema_sets":["web@1","web@2"]}"#

@@ -6,11 +6,11 @@
 //! newly rejected. Rule changes without a sample cannot be judged and are refused too, with a
 //! hint to give one. Pure: both versions and the sample come in as values.
 
-use super::schema::{ClassifyRule, Condition, LoadedSchema, RejectRule};
+use super::schema::{ClassifyRule, Condition, LoadedSchema, RejectRule, SchemaFile};
 use super::walk::Slot;
 use super::{ExtractError, Extractor};
 use crate::decode;
-use crate::event::{ClickEvent, Kind};
+use crate::event::ClickEvent;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -174,6 +174,97 @@ pub fn static_findings(old: &LoadedSchema, new: &LoadedSchema, has_sample: bool)
             ));
         }
     }
+    out.extend(catalog_findings(o, n));
+    out
+}
+
+/// Kinds and attributes: adding is compatible; removing, retyping or renaming a column
+/// without `renamed_from` is breaking, because the rows' columns change under readers.
+fn catalog_findings(o: &SchemaFile, n: &SchemaFile) -> Vec<Finding> {
+    let mut out = Vec::new();
+    let renamed = |r: &Option<toml::Spanned<String>>, old: &str| {
+        r.as_ref().is_some_and(|r| r.get_ref() == old)
+    };
+    for k in &o.kinds {
+        let (name, column) = (k.name.get_ref(), k.column.get_ref());
+        match n.kinds.iter().find(|x| x.name.get_ref() == name) {
+            None if n.kinds.iter().any(|x| renamed(&x.renamed_from, column)) => {
+                out.push(Finding::info("kinds", format!("renames kind {name} (column {column} keeps an alias)")));
+            }
+            None => out.push(Finding::breaking(
+                "kinds",
+                format!("removes kind {name}: its column {column} disappears from the rows and its rules' events become unclassified"),
+            )),
+            Some(x) if x.column.get_ref() != column && !renamed(&x.renamed_from, column) => {
+                out.push(Finding::breaking(
+                    "kinds",
+                    format!(
+                        "renames column {column} of kind {name} to {}: readers of {column} lose it; add renamed_from = \"{column}\" to say it is a rename",
+                        x.column.get_ref()
+                    ),
+                ));
+            }
+            Some(x) if x.precedence != k.precedence => out.push(Finding::info(
+                "kinds",
+                format!("changes the precedence of kind {name} (judged on the sample when rules overlap)"),
+            )),
+            Some(_) => {}
+        }
+    }
+    for k in
+        n.kinds.iter().filter(|x| !o.kinds.iter().any(|k| k.name.get_ref() == x.name.get_ref()))
+    {
+        out.push(Finding::info(
+            "kinds",
+            format!("adds kind {} (column {})", k.name.get_ref(), k.column.get_ref()),
+        ));
+    }
+    for a in &o.attributes {
+        let name = a.name.get_ref();
+        let found = n
+            .attributes
+            .iter()
+            .find(|x| x.name.get_ref() == name)
+            .or_else(|| n.attributes.iter().find(|x| renamed(&x.renamed_from, name)));
+        let Some(x) = found else {
+            out.push(Finding::breaking(
+                "attributes",
+                format!("removes attribute {name}: its column disappears from the rows"),
+            ));
+            continue;
+        };
+        if x.name.get_ref() != name {
+            out.push(Finding::info(
+                "attributes",
+                format!("renames attribute {name} to {} (renamed_from keeps it)", x.name.get_ref()),
+            ));
+        }
+        if x.kind.get_ref() != a.kind.get_ref() || x.aggregate.get_ref() != a.aggregate.get_ref() {
+            out.push(Finding::breaking(
+                "attributes",
+                format!(
+                    "retypes attribute {name} from {} {} to {} {}: the column's values change meaning; add a new attribute instead",
+                    a.kind.get_ref(), a.aggregate.get_ref(), x.kind.get_ref(), x.aggregate.get_ref()
+                ),
+            ));
+        }
+        let (op, np) = (paths(a.paths.get_ref()), paths(x.paths.get_ref()));
+        for p in op.iter().filter(|p| !np.contains(p)) {
+            out.push(Finding::breaking(
+                "attributes",
+                format!("attribute {name} drops path {p}: events that still send it would lose the value; keep it as a fallback"),
+            ));
+        }
+        for p in np.iter().filter(|p| !op.contains(p)) {
+            out.push(Finding::info("attributes", format!("attribute {name} adds path {p}")));
+        }
+    }
+    for a in n.attributes.iter().filter(|x| {
+        !o.attributes.iter().any(|a| a.name.get_ref() == x.name.get_ref())
+            && x.renamed_from.is_none()
+    }) {
+        out.push(Finding::info("attributes", format!("adds attribute {}", a.name.get_ref())));
+    }
     out
 }
 
@@ -209,7 +300,7 @@ fn normalized_reject(rules: &[RejectRule]) -> Vec<(String, Vec<String>)> {
 /// What one line became under one schema set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Outcome {
-    Accepted { customer: String, time: i64, kind: Kind },
+    Accepted { customer: String, time: i64, kind: String },
     Rejected(String),
 }
 
@@ -224,7 +315,7 @@ fn outcome(x: &Extractor, line: &[u8]) -> Outcome {
         Ok(ev) => Outcome::Accepted {
             customer: ev.customer_id.into_owned(),
             time: ev.event_time,
-            kind: ev.kind,
+            kind: x.kind_name(ev.kind).to_owned(),
         },
         Err(e) => Outcome::Rejected(e.reason().to_owned()),
     }
@@ -255,10 +346,10 @@ impl SampleDiff {
                     (Severity::Breaking, "take another customer id".to_owned())
                 } else if t1 != t2 {
                     (Severity::Breaking, "get another event time".to_owned())
-                } else if *k1 == Kind::Other {
-                    (Severity::Info, format!("become {} (were unclassified)", k2.name()))
+                } else if k1 == "other" {
+                    (Severity::Info, format!("become {k2} (were unclassified)"))
                 } else {
-                    (Severity::Breaking, format!("move from {} to {}", k1.name(), k2.name()))
+                    (Severity::Breaking, format!("move from {k1} to {k2}"))
                 }
             }
             (Outcome::Accepted { .. }, Outcome::Rejected(r)) => {

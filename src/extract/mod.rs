@@ -9,6 +9,7 @@
 //! trie that the parser follows in a single pass (see [`walk`]); general `JSONPath` queries are
 //! evaluated by jsonpath-rust on a parsed `Value`, only when the set has some.
 
+pub mod catalog;
 pub mod coerce;
 pub mod compat;
 pub mod path;
@@ -17,6 +18,7 @@ pub mod schema;
 pub mod walk;
 
 use crate::event::{ClickEvent, Kind};
+use catalog::{AttrType, Catalog};
 use coerce::EpochUnit;
 use path::{JsonPath, Step};
 use schema::{Condition, LoadedSchema, SchemaError, SchemaErrors};
@@ -201,6 +203,9 @@ pub struct Extractor {
     described: [Arc<str>; 3],
     slot_paths: Vec<Arc<str>>,
     classify: Vec<Rule<Kind>>,
+    /// Per attribute: its candidate slots, type and byte limit.
+    attrs: Vec<(Vec<usize>, AttrType, u32)>,
+    catalog: Catalog,
     versions: Vec<(String, u32)>,
     /// For each slot, the first schema (in merge order) that names it as a field candidate.
     slot_schema: Vec<Option<Arc<str>>>,
@@ -301,6 +306,9 @@ impl Extractor {
             (Vec::new(), Vec::new(), Vec::new());
         let (mut rejects, mut classify) = (Vec::new(), Vec::new());
         let mut seen_rules: Vec<SeenRule> = Vec::new();
+        let catalog = Catalog::build(&schemas, &mut errs);
+        // Attribute name → its paths' indexes, from the first declaration.
+        let mut attr_paths: HashMap<String, Vec<usize>> = HashMap::new();
         // (path index, schema) of every field candidate, in merge order.
         let mut field_owner: Vec<(usize, Arc<str>)> = Vec::new();
         for s in &schemas {
@@ -387,21 +395,38 @@ impl Extractor {
                     then: (Arc::from(reason.as_str()), Arc::clone(&schema_name)),
                 });
             }
+            for (i, a) in sc.attributes.iter().enumerate() {
+                let ids: Vec<usize> = a
+                    .paths
+                    .get_ref()
+                    .iter()
+                    .enumerate()
+                    .map(|(j, p)| {
+                        paths.intern(s, p, &format!("attributes[{i}].paths[{j}]"), &mut errs)
+                    })
+                    .collect();
+                attr_paths.entry(a.name.get_ref().clone()).or_insert(ids);
+            }
             for (i, r) in sc.classify.iter().enumerate() {
                 let field = format!("classify[{i}]");
                 let when = conditions(s, &r.when, &field, &mut paths, &mut errs);
-                match Kind::from_name(r.kind.get_ref()) {
+                match catalog.kind(r.kind.get_ref()).map(|k| Kind(k as u16)) {
                     Some(kind) => {
-                        let mut key: Vec<(usize, Test)> = when.iter().map(|c| (c.slot, c.test.clone())).collect();
+                        let mut key: Vec<(usize, Test)> =
+                            when.iter().map(|c| (c.slot, c.test.clone())).collect();
                         key.sort();
-                        if let Some((other_kind, where_)) = seen_rules.iter().find(|(k, _, _)| *k == key).map(|(_, kd, w)| (*kd, w.clone())) {
+                        if let Some((other_kind, where_)) = seen_rules
+                            .iter()
+                            .find(|(k, _, _)| *k == key)
+                            .map(|(_, kd, w)| (*kd, w.clone()))
+                        {
                             if other_kind != kind {
                                 errs.push(s.error(
                                     r.kind.span(),
                                     &format!("{field}.kind"),
                                     format!(
                                         "conflicting classification: {where_} has the same conditions and classifies as {}; only the first kind in precedence order would ever apply",
-                                        other_kind.name()
+                                        catalog.kinds[other_kind.0 as usize].name
                                     ),
                                 ));
                             }
@@ -413,7 +438,21 @@ impl Extractor {
                     None => errs.push(s.error(
                         r.kind.span(),
                         &format!("{field}.kind"),
-                        format!("unknown kind `{}`: use support_call, subscribe_click, subscribe_hover or page_view", r.kind.get_ref()),
+                        format!(
+                                "unknown kind `{}`: the set declares {}{}",
+                                r.kind.get_ref(),
+                                catalog
+                                    .kinds
+                                    .iter()
+                                    .map(|k| k.name.to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", "),
+                                if catalog.kinds.iter().all(|k| k.schema.is_none()) {
+                                    " (the classic kinds: declare a new one under [[kinds]])"
+                                } else {
+                                    " (declare it under [[kinds]] in one schema of the set)"
+                                }
+                            ),
                     )),
                 }
             }
@@ -447,8 +486,9 @@ impl Extractor {
         if !errs.is_empty() {
             return Err(SchemaErrors(errs));
         }
-        // Stable order keeps support calls ahead of clicks, clicks ahead of hovers, and so on.
-        classify.sort_by_key(|r| r.then);
+        // Stable: by the kinds' precedence, then the kinds' order, then the rules' own order.
+        classify
+            .sort_by_key(|r: &Rule<Kind>| (catalog.kinds[r.then.0 as usize].precedence, r.then.0));
 
         let simple: Vec<&[Step]> = paths.compiled.iter().filter_map(JsonPath::steps).collect();
         let json: Vec<&[Step]> = json_strings.iter().filter_map(JsonPath::steps).collect();
@@ -503,6 +543,14 @@ impl Extractor {
             describe(&mut customer_id.iter().copied()),
             describe(&mut event_time.iter().map(|&(s, _)| s)),
         ];
+        let attrs = catalog
+            .attrs
+            .iter()
+            .map(|a| {
+                let ids = attr_paths.get(&*a.name).map_or(&[][..], Vec::as_slice);
+                (ids.iter().map(|&i| slot_of[i]).collect(), a.ty, a.max_bytes)
+            })
+            .collect();
         let mut slot_schema: Vec<Option<Arc<str>>> = vec![None; extra];
         for (idx, owner) in field_owner {
             slot_schema[slot_of[idx]].get_or_insert(owner);
@@ -519,6 +567,8 @@ impl Extractor {
             described,
             slot_paths,
             classify,
+            attrs,
+            catalog,
             versions,
             slot_schema,
         })
@@ -610,12 +660,41 @@ impl Extractor {
         let message_id = self.id(slots, &self.message_id, 0)?;
         let customer_id = self.id(slots, &self.customer_id, 1)?;
         let event_time = self.time(slots)?;
-        let kind = self
-            .classify
+        let kind = self.classify_slots(slots);
+        let mut attrs = Vec::new();
+        let mut truncated = 0;
+        if !self.attrs.is_empty() {
+            attrs.reserve_exact(self.attrs.len());
+            for (candidates, ty, max) in &self.attrs {
+                let v = candidates.iter().find(|&&s| slots[s].is_present()).and_then(|&s| {
+                    catalog::coerce(&slots[s], *ty, *max).ok().map(|(v, cut)| {
+                        truncated += u32::from(cut);
+                        v
+                    })
+                });
+                attrs.push(v);
+            }
+        }
+        Ok(ClickEvent { message_id, customer_id, event_time, kind, attrs, truncated })
+    }
+
+    fn classify_slots(&self, slots: &[Slot<'_>]) -> Kind {
+        self.classify
             .iter()
             .find(|r| r.when.iter().all(|c| c.holds(slots)))
-            .map_or(Kind::Other, |r| r.then);
-        Ok(ClickEvent { message_id, customer_id, event_time, kind })
+            .map_or(Kind::OTHER, |r| r.then)
+    }
+
+    /// The set's kinds and attributes.
+    #[must_use]
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// The name of a kind of this set (`other` for unclassified events).
+    #[must_use]
+    pub fn kind_name(&self, k: Kind) -> &str {
+        self.catalog.kinds.get(k.0 as usize).map_or("other", |s| &s.name)
     }
 
     fn id<'a>(

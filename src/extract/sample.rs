@@ -7,7 +7,6 @@
 use super::walk::Slot;
 use super::{ExtractError, Extractor};
 use crate::decode;
-use crate::event::Kind;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
@@ -129,8 +128,8 @@ impl SampleTest {
         match &ex.result {
             Ok(ev) => {
                 r.accepted += 1;
-                *r.kinds.entry(ev.kind.name().to_owned()).or_default() += 1;
-                if ev.kind == Kind::Other {
+                *r.kinds.entry(x.kind_name(ev.kind).to_owned()).or_default() += 1;
+                if !ev.kind.is_classified() {
                     let label = if ex.label.is_empty() {
                         "(no classification input)".to_owned()
                     } else {

@@ -43,6 +43,67 @@ pub struct SchemaFile {
     /// Rules that classify an accepted event.
     #[serde(default)]
     pub classify: Vec<ClassifyRule>,
+    /// Kinds this schema declares: each gets a count column in the session rows. When no
+    /// schema of a set declares any, the set has the four classic kinds.
+    #[serde(default)]
+    pub kinds: Vec<KindDecl>,
+    /// Values carried from the events into their session, each with its own column.
+    #[serde(default)]
+    pub attributes: Vec<AttributeDecl>,
+}
+
+/// A kind of event that classification rules may target.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KindDecl {
+    /// The name rules use (`snake_case`).
+    #[schemars(with = "String", extend("pattern" = "^[a-z][a-z0-9_]*$"))]
+    pub name: Spanned<String>,
+    /// The count column in session rows (`snake_case`, e.g. `video_plays`).
+    #[schemars(with = "String", extend("pattern" = "^[a-z][a-z0-9_]*$"))]
+    pub column: Spanned<String>,
+    /// Free text for humans.
+    #[serde(default)]
+    pub description: String,
+    /// When rules of several kinds match one event, the lowest precedence wins (ties: the kind
+    /// declared first).
+    #[serde(default = "default_priority")]
+    pub precedence: i64,
+    /// The column's previous name, when it was renamed: keeps the change compatible.
+    #[schemars(with = "Option<String>")]
+    pub renamed_from: Option<Spanned<String>>,
+}
+
+/// A value carried from the events into their session.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttributeDecl {
+    /// The output column (`snake_case`, e.g. `landing_path`).
+    #[schemars(with = "String", extend("pattern" = "^[a-z][a-z0-9_]*$"))]
+    pub name: Spanned<String>,
+    /// Candidate `JSONPath`s, tried in order; the first present and not null is used.
+    #[schemars(with = "Vec<String>", extend("minItems" = 1))]
+    pub paths: Spanned<Vec<Spanned<String>>>,
+    /// `string`, `integer`, `number` or `boolean`.
+    #[serde(rename = "type", default = "default_attr_type")]
+    #[schemars(with = "String", extend("enum" = ["string", "integer", "number", "boolean"]))]
+    pub kind: Spanned<String>,
+    /// `first`, `last`, `distinct_count`, `min`, `max` or `count_present`.
+    #[schemars(with = "String", extend("enum" = ["first", "last", "distinct_count", "min", "max", "count_present"]))]
+    pub aggregate: Spanned<String>,
+    /// Longest string value kept, in bytes (longer ones are cut and counted).
+    #[schemars(with = "Option<u32>", extend("minimum" = 1, "maximum" = 1024))]
+    pub max_bytes: Option<Spanned<u32>>,
+    /// Free text for humans.
+    #[serde(default)]
+    pub description: String,
+    /// The column's previous name, when it was renamed: keeps the change compatible.
+    #[schemars(with = "Option<String>")]
+    pub renamed_from: Option<Spanned<String>>,
+}
+
+fn default_attr_type() -> Spanned<String> {
+    Spanned::new(0..0, "string".to_owned())
 }
 
 fn default_priority() -> i64 {
@@ -94,8 +155,9 @@ pub struct RejectRule {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassifyRule {
-    /// `support_call`, `subscribe_click`, `subscribe_hover` or `page_view`.
-    #[schemars(with = "String", extend("enum" = ["support_call", "subscribe_click", "subscribe_hover", "page_view"]))]
+    /// A kind the set declares (`[[kinds]]` of any schema), or without declarations one of
+    /// `support_call`, `subscribe_click`, `subscribe_hover`, `page_view`.
+    #[schemars(with = "String", extend("pattern" = "^[a-z][a-z0-9_]*$"))]
     pub kind: Spanned<String>,
     /// Conditions, all of which must hold.
     #[schemars(with = "Vec<Condition>", extend("minItems" = 1))]

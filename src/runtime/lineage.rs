@@ -124,24 +124,19 @@ fn same_stream(a: &str, b: &str) -> bool {
 /// sessions name.
 #[must_use]
 pub fn cut(parents: Vec<Snapshot>, range: (u128, u128)) -> CheckpointBatch {
-    let mut sets: Vec<String> = Vec::new();
+    let (mut sets, mut kinds, mut attrs) = (Vec::new(), Vec::new(), Vec::new());
     let mut sessions: BTreeMap<Box<str>, Vec<Session>> = BTreeMap::new();
     let mut batch = CheckpointBatch::default();
     let mut max_time: Option<i64> = None;
     for p in parents {
-        let own_sets = p.meta.as_ref().map(|m| m.schema_sets.clone()).unwrap_or_default();
         max_time = max_time.max(p.meta.as_ref().and_then(|m| m.max_time));
-        // Sessions name schema sets by index: map each parent's indices into the child's list.
-        let map: Vec<u32> = own_sets
-            .iter()
-            .map(|name| {
-                let i = sets.iter().position(|s| s == name).unwrap_or_else(|| {
-                    sets.push(name.clone());
-                    sets.len() - 1
-                });
-                i as u32
-            })
-            .collect();
+        // Sessions name schema sets, kinds and attributes by number: map each parent's numbers
+        // into the child's lists.
+        let empty = Vec::new();
+        let of = |f: fn(&Meta) -> &Vec<String>| p.meta.as_ref().map_or(&empty, f);
+        let map = renumber(of(|m| &m.schema_sets), &mut sets);
+        let kind_map = renumber(of(|m| &m.kinds), &mut kinds);
+        let attr_map = renumber(of(|m| &m.attributes), &mut attrs);
         let remap = |i: u32| map.get(i as usize).copied().unwrap_or(i);
         for (customer, mut open) in p.sessions {
             if !contains(range, hash_key_of(customer.as_bytes())) {
@@ -149,6 +144,7 @@ pub fn cut(parents: Vec<Snapshot>, range: (u128, u128)) -> CheckpointBatch {
             }
             for s in &mut open {
                 s.schema_sets = (remap(s.schema_sets.0), remap(s.schema_sets.1));
+                s.renumber(&kind_map, &attr_map);
             }
             // A customer in two parents is a key that was not the customer: keep both.
             let entry = sessions.entry(customer).or_default();
@@ -168,8 +164,24 @@ pub fn cut(parents: Vec<Snapshot>, range: (u128, u128)) -> CheckpointBatch {
         settings: String::new(),
         finished: false,
         schema_sets: sets,
+        kinds,
+        attributes: attrs,
     });
     batch
+}
+
+/// The numbers in `into` of `names`, appending those it lacks.
+fn renumber(names: &[String], into: &mut Vec<String>) -> Vec<u32> {
+    names
+        .iter()
+        .map(|name| {
+            let i = into.iter().position(|s| s == name).unwrap_or_else(|| {
+                into.push(name.clone());
+                into.len() - 1
+            });
+            i as u32
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -178,7 +190,13 @@ mod tests {
     use crate::session::Counts;
 
     fn session(start: i64, set: u32) -> Session {
-        Session { start, end: start + 10, counts: Counts::default(), schema_sets: (set, set) }
+        Session {
+            start,
+            end: start + 10,
+            counts: Counts::default(),
+            schema_sets: (set, set),
+            attrs: Vec::new(),
+        }
     }
 
     fn parent(customers: &[&str], sets: &[&str], max_time: i64, ids: &[&str]) -> Snapshot {
@@ -193,6 +211,8 @@ mod tests {
                 settings: String::new(),
                 finished: false,
                 schema_sets: sets.iter().map(|&s| s.to_owned()).collect(),
+                kinds: Vec::new(),
+                attributes: Vec::new(),
             }),
             sessions: customers
                 .iter()

@@ -8,51 +8,68 @@
 //!
 //! Pure and clock-free: time is the events' own.
 
+pub mod attrs;
 pub mod dedup;
 
-use crate::event::Kind;
+use crate::event::AttrValue;
+use crate::extract::catalog::Aggregate;
+use attrs::AttrState;
 use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
 
 /// Counters of one session.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counts {
     /// All events.
     pub events: u64,
-    /// Page views.
-    pub page_views: u64,
-    /// Subscribe hovers.
-    pub subscribe_hovers: u64,
-    /// Subscribe clicks.
-    pub subscribe_clicks: u64,
-    /// Support calls.
-    pub support_calls: u64,
+    /// Events per kind, indexed by the state's kind number (see [`crate::state::Meta::kinds`]);
+    /// kinds past the end counted none.
+    pub kinds: Vec<u64>,
 }
 
 impl Counts {
-    fn add(&mut self, kind: Kind) {
+    fn add(&mut self, kind: Option<u32>) {
         self.events += 1;
-        match kind {
-            Kind::PageView => self.page_views += 1,
-            Kind::SubscribeHover => self.subscribe_hovers += 1,
-            Kind::SubscribeClick => self.subscribe_clicks += 1,
-            Kind::SupportCall => self.support_calls += 1,
-            Kind::Other => {}
+        if let Some(k) = kind {
+            let k = k as usize;
+            if self.kinds.len() <= k {
+                self.kinds.resize(k + 1, 0);
+            }
+            self.kinds[k] += 1;
         }
     }
 
     fn merge(&mut self, o: &Counts) {
         self.events += o.events;
-        self.page_views += o.page_views;
-        self.subscribe_hovers += o.subscribe_hovers;
-        self.subscribe_clicks += o.subscribe_clicks;
-        self.support_calls += o.support_calls;
+        if self.kinds.len() < o.kinds.len() {
+            self.kinds.resize(o.kinds.len(), 0);
+        }
+        for (a, b) in self.kinds.iter_mut().zip(&o.kinds) {
+            *a += b;
+        }
+    }
+
+    /// Events of kind number `k`.
+    #[must_use]
+    pub fn of(&self, k: u32) -> u64 {
+        self.kinds.get(k as usize).copied().unwrap_or(0)
     }
 }
 
+/// One event's attribute value, with the state's number of its attribute and its fold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EventAttr<'a> {
+    /// The state's attribute number (see [`crate::state::Meta::attributes`]).
+    pub id: u32,
+    /// How it folds.
+    pub aggregate: Aggregate,
+    /// The value.
+    pub value: AttrValue<'a>,
+}
+
 /// One session, open or closed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
     /// Time of the first event (UTC epoch ms).
     pub start: i64,
@@ -63,6 +80,73 @@ pub struct Session {
     /// Lowest and highest index of the schema sets that extracted its events (indices grow
     /// with each reload, so these are the first and the last set).
     pub schema_sets: (u32, u32),
+    /// Attribute states, indexed by the state's attribute number; past the end, unset.
+    pub attrs: Vec<AttrState>,
+}
+
+impl Session {
+    fn new(time: i64, set: u32) -> Session {
+        Session {
+            start: time,
+            end: time,
+            counts: Counts::default(),
+            schema_sets: (set, set),
+            attrs: Vec::new(),
+        }
+    }
+
+    fn observe(&mut self, time: i64, kind: Option<u32>, attrs: &[EventAttr<'_>], set: u32) {
+        self.start = self.start.min(time);
+        self.end = self.end.max(time);
+        self.counts.add(kind);
+        self.schema_sets = (self.schema_sets.0.min(set), self.schema_sets.1.max(set));
+        for a in attrs {
+            let i = a.id as usize;
+            if self.attrs.len() <= i {
+                self.attrs.resize(i + 1, AttrState::Unset);
+            }
+            self.attrs[i].observe(a.aggregate, time, &a.value);
+        }
+    }
+
+    /// Moves kind and attribute numbers to another state's numbering (`map[old] = new`).
+    pub fn renumber(&mut self, kinds: &[u32], attrs: &[u32]) {
+        let mut counts = Vec::new();
+        for (i, &n) in self.counts.kinds.iter().enumerate() {
+            let k = kinds.get(i).copied().unwrap_or(i as u32) as usize;
+            if counts.len() <= k {
+                counts.resize(k + 1, 0);
+            }
+            counts[k] += n;
+        }
+        self.counts.kinds = counts;
+        let mut states = Vec::new();
+        for (i, st) in std::mem::take(&mut self.attrs).into_iter().enumerate() {
+            let a = attrs.get(i).copied().unwrap_or(i as u32) as usize;
+            if states.len() <= a {
+                states.resize(a + 1, AttrState::Unset);
+            }
+            states[a] = st;
+        }
+        self.attrs = states;
+    }
+
+    /// Merges a later session into this one; `folds` gives each attribute number's fold.
+    fn merge(&mut self, o: &Session, folds: &[Aggregate]) {
+        self.start = self.start.min(o.start);
+        self.end = self.end.max(o.end);
+        self.counts.merge(&o.counts);
+        self.schema_sets =
+            (self.schema_sets.0.min(o.schema_sets.0), self.schema_sets.1.max(o.schema_sets.1));
+        if self.attrs.len() < o.attrs.len() {
+            self.attrs.resize(o.attrs.len(), AttrState::Unset);
+        }
+        for (i, (a, b)) in self.attrs.iter_mut().zip(&o.attrs).enumerate() {
+            if let Some(&agg) = folds.get(i) {
+                a.merge(agg, b);
+            }
+        }
+    }
 }
 
 /// A session that will not change any more.
@@ -105,6 +189,8 @@ pub struct Sessionizer {
     gone: Vec<Box<str>>,
     /// Index of the schema set extracting the events observed now.
     schema_set: u32,
+    /// The fold of each attribute number, for merging sessions.
+    folds: Vec<Aggregate>,
 }
 
 /// What changed since the last checkpoint, for write-back to the state store.
@@ -127,12 +213,18 @@ impl Sessionizer {
             customers: HashMap::default(),
             gone: Vec::new(),
             schema_set: 0,
+            folds: Vec::new(),
         }
     }
 
     /// Marks the events observed from now on as extracted by schema set `index`.
     pub fn set_schema_set(&mut self, index: u32) {
         self.schema_set = index;
+    }
+
+    /// Sets the fold of each attribute number (they only ever grow with reloads).
+    pub fn set_folds(&mut self, folds: Vec<Aggregate>) {
+        self.folds = folds;
     }
 
     /// Restores the state a checkpoint saved.
@@ -176,8 +268,14 @@ impl Sessionizer {
         self.customers.values().map(|c| c.sessions.len()).sum()
     }
 
-    /// Adds one event.
-    pub fn observe(&mut self, customer: &str, time: i64, kind: Kind) -> Observed {
+    /// Adds one event of kind number `kind` (`None`: unclassified) with its attribute values.
+    pub fn observe(
+        &mut self,
+        customer: &str,
+        time: i64,
+        kind: Option<u32>,
+        attrs: &[EventAttr<'_>],
+    ) -> Observed {
         if let Some(watermark) = self.is_late(time) {
             return Observed::Late { watermark };
         }
@@ -189,23 +287,18 @@ impl Sessionizer {
         // Sessions this event touches form a contiguous run [lo, hi).
         let lo = s.partition_point(|x| x.end.saturating_add(gap) < time);
         let hi = s.partition_point(|x| x.start.saturating_sub(gap) <= time);
-        let mut counts = Counts::default();
-        counts.add(kind);
         let set = self.schema_set;
         if lo >= hi {
-            s.insert(lo, Session { start: time, end: time, counts, schema_sets: (set, set) });
+            let mut new = Session::new(time, set);
+            new.observe(time, kind, attrs, set);
+            s.insert(lo, new);
         } else {
-            let mut merged = Session {
-                start: time.min(s[lo].start),
-                end: time.max(s[hi - 1].end),
-                counts,
-                schema_sets: (set, set),
-            };
-            for x in &s[lo..hi] {
-                merged.counts.merge(&x.counts);
-                merged.schema_sets.0 = merged.schema_sets.0.min(x.schema_sets.0);
-                merged.schema_sets.1 = merged.schema_sets.1.max(x.schema_sets.1);
+            // Earlier sessions first, the event last: ties in `first`/`last` go by arrival.
+            let mut merged = s[lo].clone();
+            for x in &s[lo + 1..hi] {
+                merged.merge(x, &self.folds);
             }
+            merged.observe(time, kind, attrs, set);
             s.splice(lo..hi, [merged]);
         }
         Observed::Accepted

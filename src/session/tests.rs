@@ -42,8 +42,8 @@ fn offline(events: &[(String, i64)]) -> Vec<(String, i64, i64, u64)> {
 #[test]
 fn gap_of_exactly_thirty_minutes_stays_in_the_session() {
     let mut s = Sessionizer::new(GAP, 0);
-    s.observe("c", 0, Kind::PageView);
-    s.observe("c", GAP, Kind::Other);
+    s.observe("c", 0, Some(0), &[]);
+    s.observe("c", GAP, None, &[]);
     let mut out = Vec::new();
     s.close_all(&mut out);
     assert_eq!(rows(&mut out), vec![("c".into(), 0, GAP, 2)]);
@@ -52,8 +52,8 @@ fn gap_of_exactly_thirty_minutes_stays_in_the_session() {
 #[test]
 fn gap_of_thirty_minutes_and_one_ms_splits() {
     let mut s = Sessionizer::new(GAP, 0);
-    s.observe("c", 0, Kind::PageView);
-    s.observe("c", GAP + 1, Kind::Other);
+    s.observe("c", 0, Some(0), &[]);
+    s.observe("c", GAP + 1, None, &[]);
     let mut out = Vec::new();
     s.close_all(&mut out);
     assert_eq!(rows(&mut out), vec![("c".into(), 0, 0, 1), ("c".into(), GAP + 1, GAP + 1, 1)]);
@@ -62,35 +62,35 @@ fn gap_of_thirty_minutes_and_one_ms_splits() {
 #[test]
 fn late_event_within_lateness_bridges_two_sessions() {
     let mut s = Sessionizer::new(GAP, 3 * GAP);
-    s.observe("c", 0, Kind::PageView);
-    s.observe("c", 2 * GAP, Kind::SubscribeHover);
+    s.observe("c", 0, Some(0), &[]);
+    s.observe("c", 2 * GAP, Some(1), &[]);
     assert_eq!(s.open_sessions(), 2);
-    assert_eq!(s.observe("c", GAP, Kind::SubscribeClick), Observed::Accepted);
+    assert_eq!(s.observe("c", GAP, Some(2), &[]), Observed::Accepted);
     assert_eq!(s.open_sessions(), 1);
     let mut out = Vec::new();
     s.close_all(&mut out);
-    let c = out[0].session.counts;
+    let c = &out[0].session.counts;
     assert_eq!((out[0].session.start, out[0].session.end), (0, 2 * GAP));
-    assert_eq!((c.events, c.page_views, c.subscribe_hovers, c.subscribe_clicks), (3, 1, 1, 1));
+    assert_eq!((c.events, c.of(0), c.of(1), c.of(2), c.of(3)), (3, 1, 1, 1, 0));
 }
 
 #[test]
 fn event_older_than_the_watermark_is_late() {
     let mut s = Sessionizer::new(GAP, 1000);
-    s.observe("c", 10_000, Kind::Other);
-    assert_eq!(s.observe("d", 9_000, Kind::Other), Observed::Accepted); // == watermark: on time
-    assert_eq!(s.observe("d", 8_999, Kind::Other), Observed::Late { watermark: 9_000 });
+    s.observe("c", 10_000, None, &[]);
+    assert_eq!(s.observe("d", 9_000, None, &[]), Observed::Accepted); // == watermark: on time
+    assert_eq!(s.observe("d", 8_999, None, &[]), Observed::Late { watermark: 9_000 });
 }
 
 #[test]
 fn sessions_close_only_once_the_watermark_passes_end_plus_gap() {
     let mut s = Sessionizer::new(GAP, 0);
-    s.observe("a", 0, Kind::Other);
-    s.observe("b", GAP, Kind::Other);
+    s.observe("a", 0, None, &[]);
+    s.observe("b", GAP, None, &[]);
     let mut out = Vec::new();
     s.close_expired(&mut out);
     assert!(out.is_empty(), "watermark == end + gap: an event at the watermark could still join");
-    s.observe("b", GAP + 1, Kind::Other);
+    s.observe("b", GAP + 1, None, &[]);
     s.close_expired(&mut out);
     assert_eq!(rows(&mut out), vec![("a".into(), 0, 0, 1)]);
 }
@@ -98,12 +98,12 @@ fn sessions_close_only_once_the_watermark_passes_end_plus_gap() {
 #[test]
 fn changes_track_upserts_and_deletes() {
     let mut s = Sessionizer::new(GAP, 0);
-    s.observe("a", 0, Kind::Other);
-    s.observe("b", 0, Kind::Other);
+    s.observe("a", 0, None, &[]);
+    s.observe("b", 0, None, &[]);
     let ch = s.take_changes();
     assert_eq!(ch.upserts.len(), 2);
     assert!(s.take_changes().upserts.is_empty());
-    s.observe("b", 10 * GAP, Kind::Other);
+    s.observe("b", 10 * GAP, None, &[]);
     let mut out = Vec::new();
     s.close_expired(&mut out);
     let ch = s.take_changes();
@@ -130,7 +130,7 @@ proptest! {
         let mut s = Sessionizer::new(GAP, 7 * GAP);
         let mut out = Vec::new();
         for (c, t) in &shuffled {
-            prop_assert_eq!(s.observe(c, *t, Kind::Other), Observed::Accepted);
+            prop_assert_eq!(s.observe(c, *t, None, &[]), Observed::Accepted);
             s.close_expired(&mut out);
         }
         s.close_all(&mut out);
@@ -143,7 +143,7 @@ proptest! {
         let mut out = Vec::new();
         let mut accepted = Vec::new();
         for (c, t) in &evs {
-            if s.observe(c, *t, Kind::Other) == Observed::Accepted {
+            if s.observe(c, *t, None, &[]) == Observed::Accepted {
                 accepted.push((c.clone(), *t));
             }
             s.close_expired(&mut out);

@@ -196,10 +196,9 @@ mod tests {
             session_end: start,
             duration_ms: 0,
             event_count: 1,
-            page_views: 0,
-            subscribe_hovers: 0,
-            subscribe_clicks: 0,
-            support_calls: 0,
+            counts: vec![0; 4],
+            attrs: Vec::new(),
+            layout: std::sync::Arc::new(crate::aggregate::RowLayout::classic()),
             schema_sets: vec!["web@1".into()],
         }
     }

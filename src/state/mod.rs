@@ -4,6 +4,7 @@
 //! counters are written in **one atomic batch** per checkpoint. Between checkpoints everything
 //! lives in memory; the store is read only at start-up (no read per event).
 
+pub mod format;
 pub mod memory;
 pub mod rocksdb;
 
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// Format version of the stored records; bump on an incompatible change.
-pub const STATE_VERSION: u32 = 2;
+pub const STATE_VERSION: u32 = 3;
 
 /// A state-store failure.
 #[derive(Debug, Error)]
@@ -51,7 +52,10 @@ pub enum StateError {
         source: postcard::Error,
     },
     /// Written by an incompatible version.
-    #[error("state store {path} has format version {found}, this build reads {STATE_VERSION}")]
+    #[error(
+        "state store {path} has format version {found}, this build reads {}..={STATE_VERSION}",
+        format::OLDEST_READABLE
+    )]
     Version {
         /// The store's directory.
         path: String,
@@ -73,6 +77,8 @@ pub struct Counters {
     pub dead_lettered: BTreeMap<String, u64>,
     /// Session rows emitted.
     pub sessions: u64,
+    /// Attribute values cut to their byte limit.
+    pub truncated_values: u64,
 }
 
 /// The checkpoint record.
@@ -96,6 +102,11 @@ pub struct Meta {
     pub finished: bool,
     /// Schema sets (`name@version,…`) by the index that open sessions record.
     pub schema_sets: Vec<String>,
+    /// Kind names by the number that open sessions count them under; only ever appended to.
+    pub kinds: Vec<String>,
+    /// Attribute identities (`name:type:aggregate`) by the number open sessions keep them
+    /// under; only ever appended to.
+    pub attributes: Vec<String>,
 }
 
 /// Everything a store holds, read at start-up.

@@ -6,7 +6,7 @@
 //! `hour ‖ segment number`. Forgetting is a range delete of whole hours below the cutoff, and
 //! loading drops what the cutoff covers inside the hour that straddles it.
 
-use super::{CheckpointBatch, Meta, STATE_VERSION, Snapshot, StateError, StateStore};
+use super::{CheckpointBatch, Meta, STATE_VERSION, Snapshot, StateError, StateStore, format};
 use crate::session::Session;
 use crate::session::dedup::HOUR_MS;
 use rocksdb::{
@@ -83,7 +83,19 @@ impl RocksDbStore {
     /// # Errors
     /// The record cannot be read or decoded.
     pub fn meta(&self) -> Result<Option<Meta>, StateError> {
-        self.read_meta(META_KEY)
+        let Some(v) = self.db.get_cf(self.cf(CF_META)?, META_KEY).map_err(self.rocks())? else {
+            return Ok(None);
+        };
+        // The format version leads the record; the rest's shape depends on it.
+        format::decode_meta(&v).map(Some).map_err(|e| {
+            let found = format::version_of(&v).unwrap_or(0);
+            match e {
+                Some(e) if (format::OLDEST_READABLE..=STATE_VERSION).contains(&found) => {
+                    self.corrupt("checkpoint")(e)
+                }
+                _ => StateError::Version { path: self.path.clone(), found },
+            }
+        })
     }
 
     fn read_meta<T: serde::de::DeserializeOwned>(
@@ -91,17 +103,7 @@ impl RocksDbStore {
         key: &[u8],
     ) -> Result<Option<T>, StateError> {
         match self.db.get_cf(self.cf(CF_META)?, key).map_err(self.rocks())? {
-            Some(v) => {
-                // The format version leads the record: check it before decoding the rest, whose
-                // shape depends on it.
-                if key == META_KEY
-                    && let Ok((found, _)) = postcard::take_from_bytes::<u32>(&v)
-                    && found != STATE_VERSION
-                {
-                    return Err(StateError::Version { path: self.path.clone(), found });
-                }
-                Ok(Some(postcard::from_bytes(&v).map_err(self.corrupt("checkpoint"))?))
-            }
+            Some(v) => Ok(Some(postcard::from_bytes(&v).map_err(self.corrupt("checkpoint"))?)),
             None => Ok(None),
         }
     }
@@ -124,16 +126,11 @@ impl RocksDbStore {
 
 impl StateStore for RocksDbStore {
     fn load(&self) -> Result<Snapshot, StateError> {
-        let meta: Option<Meta> = self.read_meta(META_KEY)?;
-        if let Some(m) = &meta
-            && m.version != STATE_VERSION
-        {
-            return Err(StateError::Version { path: self.path.clone(), found: m.version });
-        }
+        let meta = self.meta()?;
         let mut sessions = Vec::new();
         for kv in self.db.iterator_cf(self.cf(CF_SESSIONS)?, IteratorMode::Start) {
             let (k, v) = kv.map_err(self.rocks())?;
-            let s: Vec<Session> = postcard::from_bytes(&v).map_err(self.corrupt("session"))?;
+            let s: Vec<Session> = format::decode_sessions(&v).map_err(self.corrupt("session"))?;
             sessions.push((String::from_utf8_lossy(&k).into(), s));
         }
         let mut ids = Vec::new();
@@ -164,7 +161,7 @@ impl StateStore for RocksDbStore {
             if v.is_empty() {
                 wb.delete_cf(sess_cf, k.as_bytes());
             } else {
-                wb.put_cf(sess_cf, k.as_bytes(), postcard::to_stdvec(v).map_err(enc)?);
+                wb.put_cf(sess_cf, k.as_bytes(), format::encode_sessions(v).map_err(enc)?);
             }
         }
         let mut next_segment = self.next_segment;

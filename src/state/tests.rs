@@ -4,6 +4,7 @@
 use super::memory::MemoryStore;
 use super::rocksdb::RocksDbStore;
 use super::*;
+use crate::session::attrs::{AttrState, Value};
 use crate::session::dedup::{DedupChanges, HOUR_MS};
 use crate::session::{Counts, Session, SessionChanges};
 use proptest::prelude::*;
@@ -20,8 +21,13 @@ fn session() -> impl Strategy<Value = Session> {
     (0i64..1000, 0i64..1000, 0u64..9).prop_map(|(s, d, n)| Session {
         start: s,
         end: s + d,
-        counts: Counts { events: n, page_views: n / 2, ..Counts::default() },
+        counts: Counts { events: n, kinds: vec![n / 2] },
         schema_sets: (n as u32 % 3, n as u32 % 3 + 1),
+        attrs: if n % 2 == 0 {
+            Vec::new()
+        } else {
+            vec![AttrState::Unset, AttrState::At(s, Value::Str(format!("v{n}").into()))]
+        },
     })
 }
 
@@ -66,6 +72,8 @@ fn meta(checkpoint: u64) -> Meta {
         settings: "gap=30m".into(),
         finished: false,
         schema_sets: vec!["web@1".into()],
+        kinds: vec!["page_view".into()],
+        attributes: vec!["platform:string:last".into()],
     }
 }
 
