@@ -62,6 +62,8 @@ pub struct Admin {
     pub metrics: Option<PrometheusHandle>,
     /// Readiness of a running service (`/readyz`); absent for a replay, which is ready.
     pub ready: Option<Arc<crate::runtime::health::Health>>,
+    /// Sessionization rules, for explanations.
+    pub rules: crate::processor::Rules,
 }
 
 /// Binds `addr` and serves until `cancel`; returns the bound address (port 0 picks one).
@@ -98,6 +100,7 @@ pub fn router(admin: Admin) -> Router {
         .route("/schemas/active", get(active))
         .route("/schemas/validate", post(validate))
         .route("/schemas/test", post(test))
+        .route("/schemas/explain", post(explain))
         .route("/schemas/register", post(register))
         .route("/schemas/{name}", get(show_latest))
         .route("/schemas/{name}/{version}", get(show))
@@ -372,6 +375,54 @@ async fn test(
         Ok(Ok(report)) if text_format => report.to_text("sample").into_response(),
         Ok(Ok(report)) => Json(report).into_response(),
         Ok(Err(e)) => invalid(&e),
+        Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ExplainQuery {
+    line: u64,
+    format: Option<String>,
+}
+
+/// Explains line `line` of `sample` under the set in force (with `schema` standing in for its
+/// name, if given), like `clickstream schema explain`.
+async fn explain(
+    State(admin): State<Admin>,
+    Query(query): Query<ExplainQuery>,
+    multipart: Multipart,
+) -> Response {
+    let form = match read_form(multipart).await {
+        Ok(f) => f,
+        Err(e) => return e,
+    };
+    let Some(sample) = form.sample else {
+        return problem(StatusCode::BAD_REQUEST, "send the events as the multipart field `sample`");
+    };
+    let candidate = match form.schema {
+        Some(text) => match schema::parse_bytes(std::path::Path::new("request"), text) {
+            Ok(l) => Some(l),
+            Err(e) => return invalid(&SchemaErrors(vec![e])),
+        },
+        None => None,
+    };
+    let current = match current_records(&admin).await {
+        Ok(records) => records,
+        Err(response) => return *response,
+    };
+    if current.is_empty() && candidate.is_none() {
+        return problem(StatusCode::BAD_REQUEST, "no schema set: send one as the field `schema`");
+    }
+    let rules = admin.rules;
+    let job = tokio::task::spawn_blocking(move || {
+        let set = registry::compile_set(&current, candidate).map_err(|e| Box::new(invalid(&e)))?;
+        crate::explain::explain(&Arc::new(set), rules, &sample[..], query.line)
+            .map_err(|e| Box::new(problem(StatusCode::BAD_REQUEST, e.to_string())))
+    });
+    match job.await {
+        Ok(Ok(e)) if query.format.as_deref() == Some("text") => e.to_text("sample").into_response(),
+        Ok(Ok(e)) => Json(e).into_response(),
+        Ok(Err(response)) => *response,
         Err(e) => problem(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     }
 }

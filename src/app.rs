@@ -296,6 +296,8 @@ pub struct ServiceSettings {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Admin API token.
     pub admin_token: Option<String>,
+    /// Sessionization rules (for explanations of sample lines).
+    pub rules: Rules,
 }
 
 /// Loads the schema set (from the registry, or plain files), and starts the registry watcher
@@ -338,6 +340,7 @@ pub fn start_schemas(
             token: s.admin_token.as_deref().map(Arc::from),
             metrics: crate::telemetry::metrics(),
             ready,
+            rules: s.rules,
         };
         rt.block_on(admin::serve(admin, addr, services.clone()))?;
     }
@@ -454,6 +457,15 @@ pub fn schema_test(
     }
     progress.finish_and_clear();
     Ok(test.finish(10))
+}
+
+/// A buffered reader of a sample (`.jsonl`, `.jsonl.gz`, `-`).
+///
+/// # Errors
+/// The sample cannot be opened.
+pub fn sample_reader(sample: &str) -> Result<impl std::io::BufRead> {
+    let input = Input::new(sample)?;
+    Ok(std::io::BufReader::with_capacity(1 << 20, input.reader(&ProgressBar::hidden())?))
 }
 
 /// Reads at most `limit` lines of a sample (`.jsonl`, `.jsonl.gz`, `-`) into memory.

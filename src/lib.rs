@@ -34,6 +34,7 @@ pub mod admin;
 pub mod app;
 pub mod config;
 pub mod event;
+pub mod explain;
 pub mod processor;
 pub mod registry;
 pub mod runtime;

@@ -156,6 +156,25 @@ enum SchemaCommand {
         #[arg(long, value_enum, default_value_t = Format::Text)]
         format: Format,
     },
+    /// Explain one line of a sample: every path tried, the coercions, the rules that rejected
+    /// or classified it, and the session it joined.
+    ///
+    /// The whole sample runs through the pipeline with the configured session rules, so
+    /// duplicates and late events are told as such.
+    Explain {
+        /// Sample events (.jsonl, .jsonl.gz).
+        #[arg(long, value_name = "EVENTS")]
+        sample: String,
+        /// The line to explain (1-based).
+        #[arg(long, value_name = "N")]
+        line: u64,
+        /// Schema file or directory [default: the configured schemas].
+        #[arg(long, value_name = "PATH")]
+        schemas: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Text)]
+        format: Format,
+    },
     /// Store a schema file as its next version, refusing incompatible changes.
     ///
     /// The file's `version` must be the next number. A change is refused when it removes or
@@ -250,6 +269,7 @@ fn service_settings(c: &RawConfig) -> app::ServiceSettings {
         force_path_style: c.s3.force_path_style,
         admin_listen: c.admin.listen.parse().ok(),
         admin_token: (!c.admin.token.is_empty()).then(|| c.admin.token.clone()),
+        rules: rules(c),
     }
 }
 
@@ -572,6 +592,9 @@ async fn schema(config: Option<&std::path::Path>, cmd: SchemaCommand) -> Result<
             print!("{}", app::schema_diff(&a, &b)?);
             Ok(ExitCode::SUCCESS)
         }
+        SchemaCommand::Explain { sample, line, schemas, format } => {
+            schema_explain(config, &sample, line, schemas, format)
+        }
         SchemaCommand::Validate { paths } => {
             let paths = if paths.is_empty() { vec![PathBuf::from("schemas")] } else { paths };
             let mut ok = true;
@@ -587,6 +610,26 @@ async fn schema(config: Option<&std::path::Path>, cmd: SchemaCommand) -> Result<
             Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
         }
     }
+}
+
+fn schema_explain(
+    config: Option<&std::path::Path>,
+    sample: &str,
+    line: u64,
+    schemas: Option<PathBuf>,
+    format: Format,
+) -> Result<ExitCode> {
+    let c = RawConfig::load(config)?;
+    let path = schemas.unwrap_or_else(|| c.replay.schemas.clone());
+    let x = std::sync::Arc::new(Extractor::load(&path)?);
+    let reader = app::sample_reader(sample)?;
+    let e = clickstream::explain::explain(&x, rules(&c), reader, line)
+        .with_context(|| format!("explaining line {line} of {sample}"))?;
+    match format {
+        Format::Text => print!("{}", e.to_text(sample)),
+        Format::Json => println!("{}", serde_json::to_string(&e)?),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn open_registry(config: Option<&std::path::Path>, arg: RegistryArg) -> Result<Registry> {

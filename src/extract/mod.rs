@@ -12,6 +12,7 @@
 pub mod catalog;
 pub mod coerce;
 pub mod compat;
+pub mod explain;
 pub mod path;
 pub mod sample;
 pub mod schema;
@@ -187,6 +188,8 @@ type SeenRule = (Vec<(usize, Test)>, Kind, String);
 struct Rule<T> {
     when: Vec<Cond>,
     then: T,
+    /// `schema:classify[i]`, for explanations.
+    origin: Arc<str>,
 }
 
 /// A compiled schema set.
@@ -393,6 +396,7 @@ impl Extractor {
                 rejects.push(Rule {
                     when,
                     then: (Arc::from(reason.as_str()), Arc::clone(&schema_name)),
+                    origin: Arc::from(format!("{name}:{field}")),
                 });
             }
             for (i, a) in sc.attributes.iter().enumerate() {
@@ -433,7 +437,11 @@ impl Extractor {
                         } else {
                             seen_rules.push((key, kind, format!("{}:{field}", s.file.display())));
                         }
-                        classify.push(Rule { when, then: kind });
+                        classify.push(Rule {
+                            when,
+                            then: kind,
+                            origin: Arc::from(format!("{name}:{field}")),
+                        });
                     }
                     None => errs.push(s.error(
                         r.kind.span(),
@@ -678,11 +686,28 @@ impl Extractor {
         Ok(ClickEvent { message_id, customer_id, event_time, kind, attrs, truncated })
     }
 
-    fn classify_slots(&self, slots: &[Slot<'_>]) -> Kind {
+    /// The kind the classification rules give filled slots (whether or not the fields parse).
+    #[must_use]
+    pub fn classify_slots(&self, slots: &[Slot<'_>]) -> Kind {
         self.classify
             .iter()
             .find(|r| r.when.iter().all(|c| c.holds(slots)))
             .map_or(Kind::OTHER, |r| r.then)
+    }
+
+    /// For each attribute: its name, and the path that supplied a value with whether the value
+    /// coerced to the attribute's type (`None`: no path had one). Slots as `extract` left them.
+    pub fn attribute_sources<'s>(
+        &'s self,
+        slots: &'s [Slot<'_>],
+    ) -> impl Iterator<Item = (&'s str, Option<(&'s str, bool)>)> + 's {
+        self.catalog.attrs.iter().zip(&self.attrs).map(move |(spec, (candidates, ty, max))| {
+            let found = candidates
+                .iter()
+                .find(|&&s| slots[s].is_present())
+                .map(|&s| (&*self.slot_paths[s], catalog::coerce(&slots[s], *ty, *max).is_ok()));
+            (&*spec.name, found)
+        })
     }
 
     /// The set's kinds and attributes.

@@ -64,6 +64,11 @@ pub struct SampleReport {
     pub fields: BTreeMap<String, FieldReport>,
     /// Accepted events by kind.
     pub kinds: BTreeMap<String, u64>,
+    /// Events past the reject rules that a field check then dead-lettered, by the kind their
+    /// classification rules give: a new producer's kinds show before its fields parse.
+    pub kinds_of_rejected: BTreeMap<String, u64>,
+    /// Per attribute, over the events past the reject rules: filled, missing, not coercible.
+    pub attributes: BTreeMap<String, FieldReport>,
     /// Rejected lines by reason.
     pub rejected: BTreeMap<String, Counted>,
     /// Accepted events no rule classified, by the values of the classification inputs.
@@ -123,6 +128,21 @@ impl SampleTest {
             }
             if let Some((_, Some(schema))) = &ex.fields[0] {
                 *r.schemas.entry(schema.to_string()).or_default() += 1;
+            }
+            for (name, found) in x.attribute_sources(&slots) {
+                let fr = r.attributes.entry(name.to_owned()).or_default();
+                match found {
+                    Some((path, true)) => {
+                        fr.filled += 1;
+                        *fr.by_path.entry(path.to_owned()).or_default() += 1;
+                    }
+                    Some((_, false)) => fr.invalid.add(line, raw),
+                    None => fr.missing += 1,
+                }
+            }
+            if ex.result.is_err() {
+                let kind = x.kind_name(x.classify_slots(&slots)).to_owned();
+                *r.kinds_of_rejected.entry(kind).or_default() += 1;
             }
         }
         match &ex.result {
@@ -236,6 +256,38 @@ impl SampleReport {
         for (k, n) in &self.kinds {
             let _ = writeln!(o, "{k:<24} {n:>10} {:>7}", pct(*n, self.accepted));
         }
+        if !self.kinds_of_rejected.is_empty() {
+            let _ = writeln!(o, "\n{:<24} {:>10}", "kind (of rejected)", "events");
+            for (k, n) in &self.kinds_of_rejected {
+                let _ = writeln!(o, "{k:<24} {n:>10}");
+            }
+        }
+        if !self.attributes.is_empty() {
+            let _ = writeln!(
+                o,
+                "\n{:<16} {:>10} {:>7} {:>8}  paths (events)",
+                "attribute", "filled", "fill", "invalid"
+            );
+            for (a, r) in &self.attributes {
+                let paths: Vec<String> =
+                    r.by_path.iter().map(|(p, n)| format!("{p} ({n})")).collect();
+                let _ = writeln!(
+                    o,
+                    "{a:<16} {:>10} {:>7} {:>8}  {}",
+                    r.filled,
+                    pct(r.filled, self.objects),
+                    r.invalid.count,
+                    paths.join(", ")
+                );
+                if r.invalid.count > 0 {
+                    let _ = writeln!(
+                        o,
+                        "{:<16} invalid, e.g. line {}: {}",
+                        "", r.invalid.example_line, r.invalid.example
+                    );
+                }
+            }
+        }
         let mut table = |title: &str, rows: &mut dyn Iterator<Item = (&String, &Counted)>| {
             let rows: Vec<_> = rows.collect();
             if rows.is_empty() {
@@ -298,5 +350,53 @@ mod tests {
         let text = r.to_text("s.jsonl");
         assert!(text.contains("sample s.jsonl: 7 lines, 3 accepted, 4 rejected"), "{text}");
         assert!(text.contains("line 4:"), "{text}");
+    }
+
+    #[test]
+    fn attributes_fill_and_kinds_of_events_a_field_check_rejects() {
+        let text = r#"
+name = "p"
+version = 1
+[fields]
+message_id = ['$.id']
+customer_id = ['$.user']
+event_time = [{ path = '$.ts', format = "epoch" }]
+[[kinds]]
+name = "video_play"
+column = "video_plays"
+[[classify]]
+kind = "video_play"
+when = [{ path = '$.e', equals = "play" }]
+[[attributes]]
+name = "app_build"
+paths = ['$.build', '$.app.build']
+type = "integer"
+aggregate = "max"
+"#;
+        let loaded = crate::extract::schema::parse_bytes(
+            std::path::Path::new("p.toml"),
+            text.as_bytes().to_vec(),
+        )
+        .unwrap();
+        let x = Extractor::compile(vec![loaded]).unwrap();
+        let mut t = SampleTest::default();
+        let lines = [
+            r#"{"id":1,"user":"u","ts":1709633730,"e":"play","build":12}"#,
+            r#"{"id":2,"user":"u","ts":"1709633730123456","e":"play","app":{"build":13}}"#,
+            r#"{"id":3,"user":"u","ts":1709633731,"e":"stop","build":"beta"}"#,
+            r#"{"id":4,"user":"u","ts":1709633732}"#,
+        ];
+        for (i, l) in lines.iter().enumerate() {
+            t.observe(&x, i as u64 + 1, l.as_bytes());
+        }
+        let r = t.finish(10);
+        assert_eq!(r.kinds.get("video_play"), Some(&1));
+        assert_eq!(r.kinds_of_rejected.get("video_play"), Some(&1), "line 2's time fails");
+        let a = &r.attributes["app_build"];
+        assert_eq!((a.filled, a.missing, a.invalid.count, a.invalid.example_line), (2, 1, 1, 3));
+        assert_eq!(a.by_path.get("$.app.build"), Some(&1));
+        let text = r.to_text("s.jsonl");
+        assert!(text.contains("kind (of rejected)"), "{text}");
+        assert!(text.contains("app_build"), "{text}");
     }
 }
