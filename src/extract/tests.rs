@@ -339,7 +339,7 @@ mod never_panics {
             if let Ok(t) = crate::decode::decode(text.as_bytes()) {
                 let mut slots = Vec::new();
                 if let Ok(e) = x.extract(t, &mut slots) {
-                    prop_assert!(coerce::in_range(e.event_time));
+                    prop_assert!(time::in_range(e.event_time));
                     prop_assert!(!e.message_id.is_empty() && !e.customer_id.is_empty());
                 }
             }
