@@ -5,28 +5,28 @@
 //! a value or a [`TimeFailure`] and never panics. Numbers are read as exact decimal text (no
 //! floats); nothing is allocated unless the value fails, to build the failure's detail.
 
+mod declare;
 mod epoch;
 mod iso;
+mod message;
 #[cfg(test)]
 mod old;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
 mod tests_iso;
+#[cfg(test)]
+mod tests_spec;
 
-use super::schema::TimeField;
 use jiff::tz::TimeZone;
+use message::{epoch_hint, fail, out_of_range, short, when};
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::ops::Range;
-use toml::Spanned;
 
 /// 2000-01-01T00:00:00Z: earliest accepted event time.
 pub const TS_MIN: i64 = 946_684_800_000;
 /// 2100-01-01T00:00:00Z: event times must be strictly before this.
 pub const TS_MAX: i64 = 4_102_444_800_000;
-/// Longest part of a value quoted in a failure's detail, in characters.
-const QUOTE_CHARS: usize = 40;
 
 /// Whether an epoch-millisecond value is inside the accepted range.
 #[must_use]
@@ -149,178 +149,7 @@ enum Why {
     TooLarge { negative: bool, unit: Unit },
 }
 
-/// Reads an optional key among `choices`; records an error for any other value.
-fn key<T: Copy>(
-    k: Option<&Spanned<String>>,
-    name: &'static str,
-    choices: &[(&str, T)],
-    errs: &mut Vec<SpecError>,
-) -> Option<(T, Range<usize>)> {
-    let k = k?;
-    let v = k.get_ref().as_str();
-    if let Some((_, t)) = choices.iter().find(|(n, _)| *n == v) {
-        return Some((*t, k.span()));
-    }
-    let list: Vec<&str> = choices.iter().map(|(n, _)| *n).collect();
-    let mut msg = format!("unknown {name} `{v}`: use {}", list.join(", "));
-    let synonym = match v.to_ascii_lowercase().as_str() {
-        "sec" | "secs" | "second" | "seconds" => "s",
-        "milli" | "millis" | "millisecond" | "milliseconds" => "ms",
-        "µs" | "micro" | "micros" | "microsecond" | "microseconds" => "us",
-        "nano" | "nanos" | "nanosecond" | "nanoseconds" => "ns",
-        "half-even" | "halfeven" | "banker" | "round" => "half_even",
-        "truncate" | "trunc" | "down" => "floor",
-        "integer" | "int" | "whole" => "integers",
-        "fraction" | "float" | "decimal" => "fractions",
-        _ => "",
-    };
-    if list.contains(&synonym) {
-        let _ = write!(msg, " (`{v}` is written `{synonym}`)");
-    }
-    errs.push((k.span(), name, msg));
-    None
-}
-
-/// The closest bundled zone names to an unknown one, for the hint.
-fn zone_hint(name: &str) -> String {
-    let want = name.to_ascii_lowercase();
-    let tail = format!("/{want}");
-    let mut best: Option<(usize, String)> = None;
-    for tz in jiff::tz::db().available() {
-        let n = tz.as_str();
-        let l = n.to_ascii_lowercase();
-        let d = if l.ends_with(&tail) { 0 } else { edit_distance(&l, &want) };
-        if d <= 3 && best.as_ref().is_none_or(|(bd, _)| d < *bd) {
-            best = Some((d, n.to_owned()));
-        }
-    }
-    let example = "an IANA name such as Europe/Berlin, America/New_York or UTC";
-    match best {
-        Some((_, n)) => format!("did you mean {n}? ({example})"),
-        None => format!("use {example}; a fixed offset belongs in the values, not here"),
-    }
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut prev = row[0];
-        row[0] = i + 1;
-        for (j, &cb) in b.iter().enumerate() {
-            let cur = row[j + 1];
-            row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(cur + 1);
-            prev = cur;
-        }
-    }
-    row[b.len()]
-}
-
 impl TimeSpec {
-    /// Compiles one event-time candidate.
-    ///
-    /// # Errors
-    /// Every problem of the declaration: unknown values, keys that do not apply to the format,
-    /// a unit contradicting the format's, an unknown zone.
-    pub fn compile(f: &TimeField) -> Result<TimeSpec, Vec<SpecError>> {
-        let mut errs = Vec::new();
-        let format = f.format.get_ref().as_str();
-        let (iso, alias) = match format {
-            "iso8601" => (true, None),
-            "epoch" => (false, None),
-            "epoch_seconds" => (false, Some(Unit::S)),
-            "epoch_millis" => (false, Some(Unit::Ms)),
-            "epoch_micros" => (false, Some(Unit::Us)),
-            "epoch_nanos" => (false, Some(Unit::Ns)),
-            _ => {
-                errs.push((
-                    f.format.span(),
-                    "format",
-                    format!("unknown time format `{format}`: use iso8601, epoch, epoch_seconds, epoch_millis, epoch_micros or epoch_nanos"),
-                ));
-                return Err(errs);
-            }
-        };
-        let unit = key(f.unit.as_ref(), "unit", &Unit::ALL, &mut errs);
-        let numbers = key(
-            f.numbers.as_ref(),
-            "numbers",
-            &[("integers", Numbers::Integers), ("fractions", Numbers::Fractions)],
-            &mut errs,
-        );
-        let text_choices: &[(&str, Text)] = if iso {
-            &[("strict", Text::Strict), ("lenient", Text::Lenient)]
-        } else {
-            &[("digits", Text::Strict), ("lenient", Text::Lenient)]
-        };
-        let text = key(f.text.as_ref(), "text", text_choices, &mut errs);
-        let rounding = key(
-            f.rounding.as_ref(),
-            "rounding",
-            &[("floor", Rounding::Floor), ("half_even", Rounding::HalfEven)],
-            &mut errs,
-        );
-        let mut zone = None;
-        if iso {
-            for (k, name) in [(&f.unit, "unit"), (&f.numbers, "numbers")] {
-                if let Some(k) = k {
-                    errs.push((
-                        k.span(),
-                        name,
-                        format!("`{name}` is for epoch formats; an iso8601 value says its own unit (remove it, or use format = \"epoch\")"),
-                    ));
-                }
-            }
-            if let Some(z) = &f.zone {
-                match TimeZone::get(z.get_ref()) {
-                    Ok(tz) => zone = Some(tz),
-                    Err(_) => errs.push((
-                        z.span(),
-                        "zone",
-                        format!("unknown time zone `{}`: {}", z.get_ref(), zone_hint(z.get_ref())),
-                    )),
-                }
-            }
-        } else {
-            if let Some(z) = &f.zone {
-                errs.push((
-                    z.span(),
-                    "zone",
-                    "`zone` is for iso8601 times without offset; an epoch time is UTC by definition".into(),
-                ));
-            }
-            if let (Some(a), Some((u, span))) = (alias, &unit)
-                && a != *u
-            {
-                errs.push((
-                    span.clone(),
-                    "unit",
-                    format!(
-                        "unit = \"{}\" contradicts format = \"{format}\" (unit {}): write format = \"epoch\", unit = \"{}\"",
-                        u.name(),
-                        a.name(),
-                        u.name()
-                    ),
-                ));
-            }
-        }
-        if !errs.is_empty() {
-            return Err(errs);
-        }
-        let format = if iso {
-            Format::Iso8601 { zone }
-        } else {
-            Format::Epoch(alias.or(unit.map(|u| u.0)).unwrap_or(Unit::Auto))
-        };
-        let default_rounding = if iso { Rounding::Floor } else { Rounding::HalfEven };
-        Ok(TimeSpec {
-            format,
-            numbers: numbers.map_or(Numbers::Fractions, |n| n.0),
-            text: text.map_or(Text::Strict, |t| t.0),
-            rounding: rounding.map_or(default_rounding, |r| r.0),
-        })
-    }
-
     /// Reads one value into UTC epoch milliseconds in [2000-01-01, 2100-01-01).
     ///
     /// # Errors
@@ -422,87 +251,5 @@ impl TimeSpec {
         });
         let hint = other.map_or(String::new(), |u| format!(": is it {}?", u.long()));
         fail(v, &short(used), &out_of_range(when), &hint)
-    }
-}
-
-/// `epoch ms`, or `epoch` for `auto` before the unit is known.
-fn short(unit: Unit) -> String {
-    match unit {
-        Unit::Auto => "epoch".into(),
-        u => format!("epoch {}", u.name()),
-    }
-}
-
-fn fail(v: TimeValue<'_>, how: &str, what: &str, hint: &str) -> TimeFailure {
-    TimeFailure { detail: format!("{} read as {how}, {what}{hint}", quote(v)) }
-}
-
-/// The value as a message shows it: a string quoted, a number as written, at most
-/// [`QUOTE_CHARS`] characters of either.
-fn quote(v: TimeValue<'_>) -> String {
-    let cut = |s: &str| -> (String, bool) {
-        let mut it = s.chars();
-        let head: String = it.by_ref().take(QUOTE_CHARS).collect();
-        (head, it.next().is_some())
-    };
-    match v {
-        TimeValue::Str(s) => {
-            let (head, more) = cut(s);
-            let q = format!("{head:?}");
-            if more {
-                format!("{}…\" ({} chars)", &q[..q.len() - 1], s.chars().count())
-            } else {
-                q
-            }
-        }
-        TimeValue::Num(n) => {
-            let (head, more) = cut(n);
-            if more {
-                format!("the number {head}… ({} chars)", n.len())
-            } else {
-                format!("the number {head}")
-            }
-        }
-        TimeValue::Other(what) => what.to_owned(),
-    }
-}
-
-fn out_of_range(when: &str) -> String {
-    format!("is {when} (outside [2000-01-01, 2100-01-01))")
-}
-
-/// An epoch-millisecond instant in words: the UTC date-time for years 0 to 9999, else the year.
-fn when(ms: i64) -> String {
-    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
-    let (y, m, d) = iso::civil_from_days(days);
-    if (0..=9999).contains(&y) {
-        let s = ms_of_day / 1000;
-        format!(
-            "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-            s / 3600,
-            s / 60 % 60,
-            s % 60,
-            ms_of_day % 1000
-        )
-    } else {
-        let digits = y.unsigned_abs().to_string();
-        let mut grouped = String::new();
-        for (i, c) in digits.chars().enumerate() {
-            if i > 0 && (digits.len() - i) % 3 == 0 {
-                grouped.push(',');
-            }
-            grouped.push(c);
-        }
-        format!("year {}{grouped}", if y < 0 { "-" } else { "" })
-    }
-}
-
-/// For a value given to an iso8601 candidate: a hint when it reads as an epoch time.
-fn epoch_hint(t: &str, json: bool) -> String {
-    match epoch::parse(t, json, Unit::Auto, Numbers::Fractions, Text::Strict, Rounding::HalfEven) {
-        Ok((ms, used)) if in_range(ms) => {
-            format!(": is it an epoch time in {}? (format = \"epoch\")", used.long())
-        }
-        _ => String::new(),
     }
 }
