@@ -6,7 +6,7 @@
 //! newly rejected. Rule changes without a sample cannot be judged and are refused too, with a
 //! hint to give one. Pure: both versions and the sample come in as values.
 
-use super::schema::{ClassifyRule, Condition, LoadedSchema, RejectRule, SchemaFile};
+use super::schema::{ClassifyRule, Condition, LoadedSchema, RejectRule, SchemaFile, TimeField};
 use super::walk::Slot;
 use super::{ExtractError, Extractor};
 use crate::decode;
@@ -66,10 +66,105 @@ fn paths(list: &[toml::Spanned<String>]) -> Vec<&str> {
     list.iter().map(|p| p.get_ref().as_str()).collect()
 }
 
+/// A time candidate as written: `epoch`, or `epoch (unit = "us", rounding = "floor")`; and as
+/// an inline table to paste back.
+fn written(t: &TimeField) -> (String, String) {
+    let keys: Vec<String> = [
+        ("unit", &t.unit),
+        ("numbers", &t.numbers),
+        ("text", &t.text),
+        ("rounding", &t.rounding),
+        ("zone", &t.zone),
+    ]
+    .into_iter()
+    .filter_map(|(k, v)| v.as_ref().map(|v| format!("{k} = \"{}\"", v.get_ref())))
+    .collect();
+    let format = t.format.get_ref();
+    let table = std::iter::once(format!("path = '{}', format = \"{format}\"", t.path.get_ref()))
+        .chain(keys.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let short =
+        if keys.is_empty() { format.clone() } else { format!("{format} ({})", keys.join(", ")) };
+    (short, format!("{{ {table} }}"))
+}
+
+/// What a time candidate means, defaults filled in: two candidates read every value alike
+/// exactly when these are equal.
+fn effective(t: &TimeField) -> [String; 6] {
+    let get = |k: &Option<toml::Spanned<String>>, default: &str| {
+        k.as_ref().map_or(default.to_owned(), |v| v.get_ref().clone())
+    };
+    let format = t.format.get_ref().as_str();
+    let (family, alias) = match format {
+        "epoch_seconds" => ("epoch", Some("s")),
+        "epoch_millis" => ("epoch", Some("ms")),
+        "epoch_micros" => ("epoch", Some("us")),
+        "epoch_nanos" => ("epoch", Some("ns")),
+        f => (f, None),
+    };
+    let iso = family == "iso8601";
+    let text = get(&t.text, "strict");
+    [
+        family.to_owned(),
+        alias.map_or_else(|| get(&t.unit, if iso { "" } else { "auto" }), str::to_owned),
+        get(&t.numbers, "fractions"),
+        if text == "digits" { "strict".into() } else { text },
+        get(&t.rounding, if iso { "floor" } else { "half_even" }),
+        get(&t.zone, ""),
+    ]
+}
+
 const ID_FIELDS: [(&str, &str); 2] = [
     ("message_id", "duplicates are recognised by it"),
     ("customer_id", "sessions are kept per customer"),
 ];
+
+/// Event-time candidates: a path dropped, or read otherwise, is breaking.
+fn time_findings(
+    o: &super::schema::SchemaFile,
+    n: &super::schema::SchemaFile,
+    out: &mut Vec<Finding>,
+) {
+    let times =
+        |s: &super::schema::SchemaFile| -> BTreeMap<String, ((String, String), [String; 6])> {
+            s.fields
+                .event_time
+                .iter()
+                .map(|t| (t.path.get_ref().clone(), (written(t), effective(t))))
+                .collect()
+        };
+    let (ot, nt) = (times(o), times(n));
+    if !ot.is_empty() && nt.is_empty() {
+        out.push(Finding::breaking(
+            "fields.event_time",
+            "removes event_time, which the aggregates use (sessions are cut in event time)".into(),
+        ));
+    } else {
+        for (p, ((f, table), fe)) in &ot {
+            match nt.get(p) {
+                None => out.push(Finding::breaking(
+                    "fields.event_time",
+                    format!(
+                        "drops path {p} without keeping it as an alias: events that still send it would be dead-lettered; keep {table} as a fallback"
+                    ),
+                )),
+                Some(((g, _), ge)) if ge != fe => out.push(Finding::breaking(
+                    "fields.event_time",
+                    format!("retypes {p} from {f} to {g}: the same values would mean other times, or be refused"),
+                )),
+                Some(((g, _), _)) if g != f => out.push(Finding::info(
+                    "fields.event_time",
+                    format!("rewrites {p} from {f} to {g}, which reads every value alike"),
+                )),
+                Some(_) => {}
+            }
+        }
+        for p in nt.keys().filter(|p| !ot.contains_key(*p)) {
+            out.push(Finding::info("fields.event_time", format!("adds path {p}")));
+        }
+    }
+}
 
 /// Field-level checks, which need no sample.
 #[must_use]
@@ -107,39 +202,7 @@ pub fn static_findings(old: &LoadedSchema, new: &LoadedSchema, has_sample: bool)
             out.push(Finding::info(&key, format!("adds path {p}")));
         }
     }
-    let times = |s: &super::schema::SchemaFile| -> BTreeMap<String, String> {
-        s.fields
-            .event_time
-            .iter()
-            .map(|t| (t.path.get_ref().clone(), t.format.get_ref().clone()))
-            .collect()
-    };
-    let (ot, nt) = (times(o), times(n));
-    if !ot.is_empty() && nt.is_empty() {
-        out.push(Finding::breaking(
-            "fields.event_time",
-            "removes event_time, which the aggregates use (sessions are cut in event time)".into(),
-        ));
-    } else {
-        for (p, f) in &ot {
-            match nt.get(p) {
-                None => out.push(Finding::breaking(
-                    "fields.event_time",
-                    format!(
-                        "drops path {p} without keeping it as an alias: events that still send it would be dead-lettered; keep {{ path = '{p}', format = \"{f}\" }} as a fallback"
-                    ),
-                )),
-                Some(g) if g != f => out.push(Finding::breaking(
-                    "fields.event_time",
-                    format!("retypes {p} from {f} to {g}: the same values would mean other times"),
-                )),
-                Some(_) => {}
-            }
-        }
-        for p in nt.keys().filter(|p| !ot.contains_key(*p)) {
-            out.push(Finding::info("fields.event_time", format!("adds path {p}")));
-        }
-    }
+    time_findings(o, n, &mut out);
     // Rule changes move events between kinds or into the dead letters; only a sample shows
     // which. With one, `sample_findings` judges them.
     let rules_changed = [

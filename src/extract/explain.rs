@@ -200,8 +200,8 @@ impl Extractor {
         let times: Vec<usize> = self.event_time.iter().map(|&(s, _)| s).collect();
         let before = steps.len();
         self.candidates("event_time", &times, &slots, &mut steps);
-        for (step, &(_, format)) in steps[before..].iter_mut().zip(&self.event_time) {
-            let _ = write!(step.subject, " ({})", format.name());
+        for (step, (_, spec)) in steps[before..].iter_mut().zip(&self.event_time) {
+            let _ = write!(step.subject, " ({})", spec.describe());
         }
         // The verdicts of the field that failed, or the time's reading.
         match &result {
@@ -312,6 +312,7 @@ aggregate = "first"
         );
         assert!(text.contains("$.mid [p]\n    found:   \"m1\"\n    verdict: used"), "{text}");
         assert!(text.contains("verdict: used: 2024-03-05T10:15:30Z (1709633730000 ms)"), "{text}");
+        assert!(text.contains("$.ts (epoch auto"), "the time's declaration is shown: {text}");
         assert!(text.contains("matched: counts as video_play"), "{text}");
         assert!(text.contains("\"ios\" at $.device.os"), "{text}");
         assert!(text.contains("\"ios\" as string, folded by first"), "{text}");

@@ -16,11 +16,11 @@ pub mod explain;
 pub mod path;
 pub mod sample;
 pub mod schema;
+pub mod time;
 pub mod walk;
 
 use crate::event::{ClickEvent, Kind};
 use catalog::{AttrType, Catalog};
-use coerce::EpochUnit;
 use path::{JsonPath, Step};
 use schema::{Condition, LoadedSchema, SchemaError, SchemaErrors};
 use std::borrow::Cow;
@@ -29,6 +29,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
 use thiserror::Error;
+use time::{TimeSpec, TimeValue};
 use walk::{Slot, Trie};
 
 /// Reasons the pipeline itself gives (schema reject rules add their own).
@@ -82,9 +83,14 @@ pub enum ExtractError {
     /// No event time path is present.
     #[error("no event time at any of {0}")]
     MissingTimestamp(Arc<str>),
-    /// The event time does not parse in its format, or is outside [2000, 2100).
-    #[error("the event time at {0} is not a valid {1} time in [2000-01-01, 2100-01-01)")]
-    BadTimestamp(Arc<str>, &'static str),
+    /// The event time does not parse as declared, or is outside [2000, 2100).
+    #[error("the event time at {path}, {detail}")]
+    BadTimestamp {
+        /// The path read.
+        path: Arc<str>,
+        /// The value read, how it was read, what is wrong, and a hint when one applies.
+        detail: String,
+    },
 }
 
 impl ExtractError {
@@ -100,34 +106,7 @@ impl ExtractError {
             ExtractError::MissingCustomerId(_) => "missing_customer_id",
             ExtractError::BadCustomerId(_) => "bad_customer_id",
             ExtractError::MissingTimestamp(_) => "missing_timestamp",
-            ExtractError::BadTimestamp(..) => "bad_timestamp",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TimeFormat {
-    Iso8601,
-    Epoch(EpochUnit),
-}
-
-impl TimeFormat {
-    fn parse(name: &str) -> Option<TimeFormat> {
-        Some(match name {
-            "iso8601" => TimeFormat::Iso8601,
-            "epoch" => TimeFormat::Epoch(EpochUnit::Auto),
-            "epoch_seconds" => TimeFormat::Epoch(EpochUnit::Seconds),
-            "epoch_millis" => TimeFormat::Epoch(EpochUnit::Millis),
-            _ => return None,
-        })
-    }
-
-    fn name(self) -> &'static str {
-        match self {
-            TimeFormat::Iso8601 => "iso8601",
-            TimeFormat::Epoch(EpochUnit::Auto) => "epoch",
-            TimeFormat::Epoch(EpochUnit::Seconds) => "epoch_seconds",
-            TimeFormat::Epoch(EpochUnit::Millis) => "epoch_millis",
+            ExtractError::BadTimestamp { .. } => "bad_timestamp",
         }
     }
 }
@@ -201,7 +180,7 @@ pub struct Extractor {
     rejects: Vec<Rule<(Arc<str>, Arc<str>)>>,
     message_id: Vec<usize>,
     customer_id: Vec<usize>,
-    event_time: Vec<(usize, TimeFormat)>,
+    event_time: Vec<(usize, TimeSpec)>,
     /// Path lists for error messages, per field, and each slot's path.
     described: [Arc<str>; 3],
     slot_paths: Vec<Arc<str>>,
@@ -360,13 +339,13 @@ impl Extractor {
                 let field = format!("fields.event_time[{i}]");
                 let slot = paths.intern(s, &t.path, &field, &mut errs);
                 field_owner.push((slot, Arc::clone(&owner)));
-                match TimeFormat::parse(t.format.get_ref()) {
-                    Some(f) => event_time.push((slot, f)),
-                    None => errs.push(s.error(
-                        t.format.span(),
-                        &format!("{field}.format"),
-                        format!("unknown time format `{}`: use iso8601, epoch, epoch_seconds or epoch_millis", t.format.get_ref()),
-                    )),
+                match TimeSpec::compile(t) {
+                    Ok(spec) => event_time.push((slot, spec)),
+                    Err(problems) => errs.extend(
+                        problems
+                            .into_iter()
+                            .map(|(span, key, msg)| s.error(span, &format!("{field}.{key}"), msg)),
+                    ),
                 }
             }
             let schema_name: Arc<str> = Arc::from(name.as_str());
@@ -541,15 +520,15 @@ impl Extractor {
         }
         let message_id: Vec<usize> = message_id.iter().map(|&i| slot_of[i]).collect();
         let customer_id: Vec<usize> = customer_id.iter().map(|&i| slot_of[i]).collect();
-        let event_time: Vec<(usize, TimeFormat)> =
-            event_time.iter().map(|&(i, f)| (slot_of[i], f)).collect();
+        let event_time: Vec<(usize, TimeSpec)> =
+            event_time.into_iter().map(|(i, f)| (slot_of[i], f)).collect();
         let describe = |slots: &mut dyn Iterator<Item = usize>| -> Arc<str> {
             Arc::from(slots.map(|s| slot_paths[s].to_string()).collect::<Vec<_>>().join(", "))
         };
         let described = [
             describe(&mut message_id.iter().copied()),
             describe(&mut customer_id.iter().copied()),
-            describe(&mut event_time.iter().map(|&(s, _)| s)),
+            describe(&mut event_time.iter().map(|(s, _)| *s)),
         ];
         let attrs = catalog
             .attrs
@@ -595,7 +574,7 @@ impl Extractor {
         );
         let mut label = String::new();
         if got_that_far {
-            let times: Vec<usize> = self.event_time.iter().map(|&(s, _)| s).collect();
+            let times: Vec<usize> = self.event_time.iter().map(|(s, _)| *s).collect();
             for (i, list) in [&self.message_id, &self.customer_id, &times].into_iter().enumerate() {
                 fields[i] = list
                     .iter()
@@ -752,18 +731,22 @@ impl Extractor {
     }
 
     fn time(&self, slots: &[Slot<'_>]) -> Result<i64, ExtractError> {
-        let Some(&(slot, format)) = self.event_time.iter().find(|&&(s, _)| slots[s].is_present())
+        let Some((slot, spec)) = self.event_time.iter().find(|(s, _)| slots[*s].is_present())
         else {
             return Err(ExtractError::MissingTimestamp(Arc::clone(&self.described[2])));
         };
-        let ms = match (&slots[slot], format) {
-            (Slot::Str(s), TimeFormat::Iso8601) => coerce::parse_iso8601(s),
-            (Slot::Str(s), TimeFormat::Epoch(unit)) => coerce::parse_epoch(s, false, unit),
-            (Slot::Num(n), TimeFormat::Epoch(unit)) => coerce::parse_epoch(n, true, unit),
-            _ => None,
+        let value = match &slots[*slot] {
+            Slot::Str(s) => TimeValue::Str(s),
+            Slot::Num(n) => TimeValue::Num(n),
+            Slot::Bool(_) => TimeValue::Other("a boolean"),
+            Slot::Object => TimeValue::Other("an object"),
+            Slot::Array => TimeValue::Other("an array"),
+            Slot::Invalid => TimeValue::Other("a string with a lone surrogate escape"),
+            Slot::Absent | Slot::Null => TimeValue::Other("null"),
         };
-        ms.filter(|&ms| coerce::in_range(ms)).ok_or_else(|| {
-            ExtractError::BadTimestamp(Arc::clone(&self.slot_paths[slot]), format.name())
+        spec.read(value).map_err(|f| ExtractError::BadTimestamp {
+            path: Arc::clone(&self.slot_paths[*slot]),
+            detail: f.detail,
         })
     }
 }

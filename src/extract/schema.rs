@@ -134,9 +134,39 @@ pub struct TimeField {
     /// `JSONPath` of the value.
     #[schemars(with = "String", extend("pattern" = "^\\$"))]
     pub path: Spanned<String>,
-    /// `iso8601`, `epoch`, `epoch_seconds` or `epoch_millis`.
-    #[schemars(with = "String", extend("enum" = ["iso8601", "epoch", "epoch_seconds", "epoch_millis"]))]
+    /// `iso8601`, or `epoch` (a number or numeric string counted from 1970-01-01T00:00:00Z).
+    /// `epoch_seconds`, `epoch_millis`, `epoch_micros` and `epoch_nanos` are `epoch` with
+    /// `unit` `s`, `ms`, `us` or `ns`.
+    #[schemars(with = "String", extend("enum" = ["iso8601", "epoch", "epoch_seconds", "epoch_millis", "epoch_micros", "epoch_nanos"]))]
     pub format: Spanned<String>,
+    /// Epoch only: `auto` (default: values ≥ 100000000000 are milliseconds, smaller ones
+    /// seconds), `s`, `ms`, `us` or `ns`.
+    #[serde(default)]
+    #[schemars(with = "Option<String>", extend("enum" = ["auto", "s", "ms", "us", "ns"]))]
+    pub unit: Option<Spanned<String>>,
+    /// Epoch only: `fractions` (default: `1709548836.027` is accepted) or `integers` (no
+    /// decimal point, whole values only).
+    #[serde(default)]
+    #[schemars(with = "Option<String>", extend("enum" = ["fractions", "integers"]))]
+    pub numbers: Option<Spanned<String>>,
+    /// How strings are written. Epoch: `digits` (default: `^[0-9]+(\.[0-9]+)?$`) or `lenient`
+    /// (also a leading `+`/`-`, surrounding spaces and an exponent). ISO 8601: `strict`
+    /// (default: `T` or space, `Z` or `±hh:mm`) or `lenient` (also `±hhmm`, `±hh`, lowercase
+    /// `t`/`z` and surrounding spaces).
+    #[serde(default)]
+    #[schemars(with = "Option<String>", extend("enum" = ["digits", "strict", "lenient"]))]
+    pub text: Option<Spanned<String>>,
+    /// Rounding to whole milliseconds: `floor` (toward the past: what truncating clocks mean;
+    /// default for `iso8601`) or `half_even` (default for epoch formats).
+    #[serde(default)]
+    #[schemars(with = "Option<String>", extend("enum" = ["floor", "half_even"]))]
+    pub rounding: Option<Spanned<String>>,
+    /// ISO 8601 only: the IANA time zone (`Europe/Berlin`) of times written without an offset.
+    /// A time in a DST gap moves forward by the gap's length; in an overlap it takes the
+    /// earlier offset. Times with an offset keep it.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub zone: Option<Spanned<String>>,
 }
 
 /// A reject rule: when all conditions hold, the event is dead-lettered with `reason`.

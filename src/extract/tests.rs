@@ -236,6 +236,86 @@ fn schema_errors_name_file_line_and_field() {
 }
 
 #[test]
+fn time_declarations_are_read_and_checked_at_the_key() {
+    let text = GOOD.replace(
+        "format = \"epoch\" }",
+        "format = \"epoch\", unit = \"us\", numbers = \"integers\", rounding = \"floor\" }",
+    );
+    let x = compile_one(&text).unwrap();
+    assert_eq!(ok(&x, r#"{"id":"m","uid":"1","ts":"1709633730123999"}"#).2, 1_709_633_730_123);
+    assert_eq!(ok(&x, r#"{"id":"m","uid":"1","ts":1709633730123999}"#).2, 1_709_633_730_123);
+    let mut slots = Vec::new();
+    for (line, detail) in [
+        (
+            r#"{"id":"m","uid":"1","ts":"1709633730123"}"#,
+            "the event time at $.ts, \"1709633730123\" read as epoch us, is 1970-01-20T18:53:53.730Z (outside [2000-01-01, 2100-01-01)): is it milliseconds?",
+        ),
+        (
+            r#"{"id":"m","uid":"1","ts":1709633730123999.5}"#,
+            "the event time at $.ts, the number 1709633730123999.5 read as epoch us, has a fraction: numbers = \"integers\" takes whole numbers only",
+        ),
+        (
+            r#"{"id":"m","uid":"1","ts":[1]}"#,
+            "the event time at $.ts, an array read as epoch us, is not a number or a string",
+        ),
+    ] {
+        let e = x.extract(line, &mut slots).unwrap_err();
+        assert_eq!((e.reason(), e.to_string().as_str()), ("bad_timestamp", detail));
+    }
+    assert_eq!(reason(&x, r#"{"id":"m","uid":"1","ts":null}"#), "missing_timestamp");
+    for (keys, field, hint) in [
+        (", unit = \"us\"", "unit", "contradicts"),
+        (", text = \"strict\"", "text", "use digits, lenient"),
+        (", zone = \"Europe/Berlin\"", "zone", "UTC by definition"),
+    ] {
+        let text =
+            GOOD.replace("format = \"epoch\" }", &format!("format = \"epoch_millis\"{keys} }}"));
+        let errs = compile_one(&text).unwrap_err();
+        let e = &errs.0[0];
+        assert_eq!(
+            (e.line, e.field.as_str()),
+            (6, format!("fields.event_time[0].{field}").as_str())
+        );
+        assert!(e.message.contains(hint), "{e}");
+    }
+    let text =
+        GOOD.replace("format = \"epoch\" }", "format = \"iso8601\", zone = \"Europe/Paaris\" }");
+    let e = compile_one(&text).unwrap_err().to_string();
+    assert!(e.contains("s.toml:6:") && e.contains("did you mean Europe/Paris?"), "{e}");
+}
+
+#[test]
+fn a_changed_time_declaration_is_breaking() {
+    let load = |keys: &str| {
+        let text = GOOD.replace("format = \"epoch\" }", &format!("{keys} }}"));
+        schema::parse_bytes(Path::new("s.toml"), text.into_bytes()).unwrap()
+    };
+    let base = load("format = \"epoch_seconds\"");
+    for (keys, breaking) in [
+        ("format = \"epoch_seconds\"", false),
+        ("format = \"epoch\", unit = \"s\"", false),
+        ("format = \"epoch_seconds\", rounding = \"half_even\", text = \"digits\"", false),
+        ("format = \"epoch\"", true),
+        ("format = \"epoch_millis\"", true),
+        ("format = \"epoch_seconds\", numbers = \"integers\"", true),
+        ("format = \"epoch_seconds\", text = \"lenient\"", true),
+        ("format = \"epoch_seconds\", rounding = \"floor\"", true),
+        ("format = \"iso8601\"", true),
+    ] {
+        let f = compat::static_findings(&base, &load(keys), false);
+        assert_eq!(compat::is_breaking(&f), breaking, "{keys}: {f:?}");
+    }
+    let iso = load("format = \"iso8601\"");
+    let zoned = load("format = \"iso8601\", zone = \"Europe/Berlin\"");
+    let f = compat::static_findings(&iso, &zoned, false);
+    assert!(compat::is_breaking(&f), "{f:?}");
+    assert!(
+        f[0].message.contains("retypes $.ts from iso8601 to iso8601 (zone = \"Europe/Berlin\")"),
+        "{f:?}"
+    );
+}
+
+#[test]
 fn all_errors_are_reported_at_once() {
     let text = GOOD.replace("'$.uid'", "'$.uid['").replace("\"epoch\"", "\"unix\"");
     assert_eq!(compile_one(&text).unwrap_err().0.len(), 2);
@@ -349,7 +429,7 @@ mod never_panics {
             if let Ok(t) = crate::decode::decode(text.as_bytes()) {
                 let mut slots = Vec::new();
                 if let Ok(e) = x.extract(t, &mut slots) {
-                    prop_assert!(coerce::in_range(e.event_time));
+                    prop_assert!(time::in_range(e.event_time));
                     prop_assert!(!e.message_id.is_empty() && !e.customer_id.is_empty());
                 }
             }
