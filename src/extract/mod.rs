@@ -11,6 +11,7 @@
 
 pub mod coerce;
 pub mod compat;
+pub mod order;
 pub mod path;
 pub mod sample;
 pub mod schema;
