@@ -62,6 +62,9 @@ pub struct Admin {
     pub metrics: Option<PrometheusHandle>,
     /// Readiness of a running service (`/readyz`); absent for a replay, which is ready.
     pub ready: Option<Arc<crate::runtime::health::Health>>,
+    /// The schemas directory the service reads without a registry: registering into an empty
+    /// registry that would lose its schemas needs `force` and a `reason`.
+    pub schemas: Option<std::path::PathBuf>,
 }
 
 /// Binds `addr` and serves until `cancel`; returns the bound address (port 0 picks one).
@@ -163,7 +166,7 @@ fn registry_problem(e: &RegistryError) -> Response {
             )
                 .into_response();
         }
-        RegistryError::Incompatible { findings, .. } => {
+        RegistryError::Incompatible { findings, .. } | RegistryError::Unsafe { findings, .. } => {
             return (
                 StatusCode::CONFLICT,
                 Json(json!({ "error": e.to_string(), "findings": findings })),
@@ -171,6 +174,7 @@ fn registry_problem(e: &RegistryError) -> Response {
                 .into_response();
         }
         RegistryError::WrongVersion { .. }
+        | RegistryError::Duplicate(_)
         | RegistryError::ForceWithoutReason
         | RegistryError::Location(_) => StatusCode::BAD_REQUEST,
         RegistryError::Raced(_) => StatusCode::CONFLICT,
@@ -394,6 +398,7 @@ async fn register(State(admin): State<Admin>, multipart: Multipart) -> Response 
         sample: form.sample,
         force: form.force,
         reason: form.reason,
+        directory: admin.schemas.as_deref().and_then(registry::Directory::read),
     };
     match registry.register(candidate).await {
         Ok((Registered::New(rec), findings)) => {

@@ -338,6 +338,7 @@ pub fn start_schemas(
             token: s.admin_token.as_deref().map(Arc::from),
             metrics: crate::telemetry::metrics(),
             ready,
+            schemas: Some(s.schemas.clone()),
         };
         rt.block_on(admin::serve(admin, addr, services.clone()))?;
     }

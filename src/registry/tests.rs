@@ -19,6 +19,7 @@ fn candidate(text: &str) -> Candidate {
         sample: None,
         force: false,
         reason: None,
+        directory: None,
     }
 }
 
