@@ -4,6 +4,7 @@
 //! error line format from every command, and `schema show --set`.
 
 use integration_tests::{bin, root, run};
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -129,14 +130,16 @@ fn register_refuses_a_version_whose_own_sample_events_are_mostly_dead_lettered()
     let mut sample = String::new();
     for i in 1..=10 {
         let who = if i == 4 { "who" } else { "user" };
-        sample.push_str(&format!(
-            "{{\"pid\":\"p{i}\",\"{who}\":\"c{i}\",\"ts\":{}}}\n",
+        let _ = writeln!(
+            sample,
+            "{{\"pid\":\"p{i}\",\"{who}\":\"c{i}\",\"ts\":{}}}",
             1_709_510_400 + i
-        ));
-        sample.push_str(&format!(
-            "{{\"messageId\":\"s{i}\",\"userId\":\"u\",\"timestamp\":\"2024-03-05T10:15:3{}Z\",\"type\":\"page\"}}\n",
+        );
+        let _ = writeln!(
+            sample,
+            "{{\"messageId\":\"s{i}\",\"userId\":\"u\",\"timestamp\":\"2024-03-05T10:15:3{}Z\",\"type\":\"page\"}}",
             i % 10
-        ));
+        );
     }
     let sample_file = w.join("sample.jsonl");
     std::fs::write(&sample_file, sample).unwrap();
