@@ -64,6 +64,9 @@ pub struct Admin {
     pub ready: Option<Arc<crate::runtime::health::Health>>,
     /// Sessionization rules, for explanations.
     pub rules: crate::processor::Rules,
+    /// The schemas directory the service reads without a registry: registering into an empty
+    /// registry that would lose its schemas needs `force` and a `reason`.
+    pub schemas: Option<std::path::PathBuf>,
 }
 
 /// Binds `addr` and serves until `cancel`; returns the bound address (port 0 picks one).
@@ -166,7 +169,7 @@ fn registry_problem(e: &RegistryError) -> Response {
             )
                 .into_response();
         }
-        RegistryError::Incompatible { findings, .. } => {
+        RegistryError::Incompatible { findings, .. } | RegistryError::Unsafe { findings, .. } => {
             return (
                 StatusCode::CONFLICT,
                 Json(json!({ "error": e.to_string(), "findings": findings })),
@@ -174,6 +177,7 @@ fn registry_problem(e: &RegistryError) -> Response {
                 .into_response();
         }
         RegistryError::WrongVersion { .. }
+        | RegistryError::Duplicate(_)
         | RegistryError::ForceWithoutReason
         | RegistryError::Location(_) => StatusCode::BAD_REQUEST,
         RegistryError::Raced(_) => StatusCode::CONFLICT,
@@ -445,6 +449,7 @@ async fn register(State(admin): State<Admin>, multipart: Multipart) -> Response 
         sample: form.sample,
         force: form.force,
         reason: form.reason,
+        directory: admin.schemas.as_deref().and_then(registry::Directory::read),
     };
     match registry.register(candidate).await {
         Ok((Registered::New(rec), findings)) => {

@@ -341,6 +341,7 @@ pub fn start_schemas(
             metrics: crate::telemetry::metrics(),
             ready,
             rules: s.rules,
+            schemas: Some(s.schemas.clone()),
         };
         rt.block_on(admin::serve(admin, addr, services.clone()))?;
     }

@@ -39,5 +39,6 @@ pub mod processor;
 pub mod registry;
 pub mod runtime;
 pub mod s3;
+pub mod schema_tools;
 pub mod shutdown;
 pub mod telemetry;

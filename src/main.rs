@@ -6,7 +6,8 @@ use clickstream::app::{self, Outcome, ReplaySettings};
 use clickstream::config::RawConfig;
 use clickstream::extract::Extractor;
 use clickstream::processor::Rules;
-use clickstream::registry::{self, Candidate, Registered, Registry};
+use clickstream::registry::{self, Candidate, Directory, Registered, Registry};
+use clickstream::schema_tools;
 use clickstream::source::replay::BarrierPolicy;
 use clickstream::telemetry::LogWriter;
 use std::path::PathBuf;
@@ -134,9 +135,16 @@ struct ReplayArgs {
 #[derive(Debug, Subcommand)]
 enum SchemaCommand {
     /// Parse and compile schema files; report every error at once.
+    ///
+    /// A directory is validated as one set. One file is validated as part of the set it joins:
+    /// the other `*.toml` beside it, or with --registry the registry's latest set, with this
+    /// file standing in for its own name's version.
     Validate {
         /// Schema files or directories [default: schemas].
         paths: Vec<PathBuf>,
+        /// Judge each file within this registry's latest set instead of its directory's.
+        #[arg(long, value_name = "LOCATION")]
+        registry: Option<String>,
     },
     /// Print the JSON Schema of the schema-file format (for editors; kept in schemas/schema.json).
     JsonSchema,
@@ -180,11 +188,21 @@ enum SchemaCommand {
     /// The file's `version` must be the next number. A change is refused when it removes or
     /// retypes a field the aggregates use, drops a path without keeping it as an alias, or (on
     /// --sample) moves events between kinds, customers or into the dead letters.
+    ///
+    /// Several files (or a directory) are registered together, each judged within the set that
+    /// holds the others: that is how an empty registry is seeded. Registering into an empty
+    /// registry while the schemas directory (--schemas) holds other schemas, or a version whose
+    /// own sample events (--sample) are mostly dead-lettered, needs --force --reason.
     Register {
-        /// The schema file.
-        path: PathBuf,
+        /// The schema files, or directories of them.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
         #[command(flatten)]
         registry: RegistryArg,
+        /// The schemas a processor reads without the registry [default: replay.schemas of the
+        /// config, `schemas`]: an empty registry must not lose them.
+        #[arg(long, value_name = "DIR")]
+        schemas: Option<PathBuf>,
         /// Sample events to judge rule changes on (.jsonl, .jsonl.gz).
         #[arg(long, value_name = "EVENTS")]
         sample: Option<String>,
@@ -203,15 +221,28 @@ enum SchemaCommand {
         #[command(flatten)]
         registry: RegistryArg,
     },
-    /// Print a registered version (the latest without @VERSION).
+    /// Print a registered version (the latest without @VERSION), or with --set the merged set.
+    ///
+    /// --set prints the schemas in merge order (priority, name), each canonical field's
+    /// candidate paths in the order the extractor tries them with their schema, then the reject
+    /// and classify rules in evaluation order. It reads --schemas DIR, or --registry, or else
+    /// registry.location or replay.schemas of the config.
     Show {
         /// NAME or NAME@VERSION.
-        schema: String,
+        #[arg(required_unless_present = "set", conflicts_with = "set")]
+        schema: Option<String>,
+        /// Print the merged set instead of one version.
+        #[arg(long)]
+        set: bool,
+        /// With --set: the schema directory to read instead of a registry.
+        #[arg(long, value_name = "DIR", requires = "set", conflicts_with = "registry")]
+        schemas: Option<PathBuf>,
         #[command(flatten)]
         registry: RegistryArg,
-        /// toml: the schema file as registered; json: the whole record.
-        #[arg(long, value_enum, default_value_t = ShowFormat::Toml)]
-        format: ShowFormat,
+        /// toml: the schema file as registered; json: the whole record (with --set: the merged
+        /// set as JSON); text: with --set, tables (the default).
+        #[arg(long, value_enum)]
+        format: Option<ShowFormat>,
     },
     /// Show what changed between two versions, and what the compatibility check says of it.
     Diff {
@@ -235,6 +266,8 @@ struct RegistryArg {
 enum ShowFormat {
     /// The schema file.
     Toml,
+    /// Tables for a terminal (--set).
+    Text,
     /// The stored record.
     Json,
 }
@@ -533,25 +566,42 @@ async fn schema(config: Option<&std::path::Path>, cmd: SchemaCommand) -> Result<
             }
             Ok(ExitCode::SUCCESS)
         }
-        SchemaCommand::Register { path, registry, sample, limit, force, reason } => {
+        SchemaCommand::Register { paths, registry, schemas, sample, limit, force, reason } => {
             let reg = open_registry(config, registry).await?;
-            let text = std::fs::read(&path)
-                .with_context(|| format!("cannot read schema file {}", path.display()))?;
+            let dir = match schemas {
+                Some(d) => d,
+                None => RawConfig::load(config)?.replay.schemas,
+            };
+            let directory = Directory::read(&dir);
             let sample = match sample {
                 Some(s) => Some(app::read_sample(&s, limit)?),
                 None => None,
             };
-            let c = Candidate { text, label: path, sample, force, reason };
-            match reg.register(c).await? {
-                (Registered::New(rec), findings) => {
-                    for f in &findings {
-                        eprintln!("{}: {}: {}", f.severity.name(), f.field, f.message);
+            let mut cs = Vec::new();
+            for path in schema_tools::expand(&paths)? {
+                let text = std::fs::read(&path)
+                    .with_context(|| format!("cannot read schema file {}", path.display()))?;
+                cs.push(Candidate {
+                    text,
+                    label: path,
+                    sample: sample.clone(),
+                    force,
+                    reason: reason.clone(),
+                    directory: directory.clone(),
+                });
+            }
+            for outcome in reg.register_many(cs).await? {
+                match outcome {
+                    (Registered::New(rec), findings) => {
+                        for f in &findings {
+                            eprintln!("{}: {}: {}", f.severity.name(), f.field, f.message);
+                        }
+                        let forced = if rec.forced { " (forced)" } else { "" };
+                        println!("registered {} in {}{forced}", rec.id(), reg.location());
                     }
-                    let forced = if rec.forced { " (forced)" } else { "" };
-                    println!("registered {} in {}{forced}", rec.id(), reg.location());
-                }
-                (Registered::Unchanged(rec), _) => {
-                    println!("unchanged: {} already has this text", rec.id());
+                    (Registered::Unchanged(rec), _) => {
+                        println!("unchanged: {} already has this text", rec.id());
+                    }
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -568,15 +618,18 @@ async fn schema(config: Option<&std::path::Path>, cmd: SchemaCommand) -> Result<
             }
             Ok(ExitCode::SUCCESS)
         }
-        SchemaCommand::Show { schema, registry, format } => {
+        SchemaCommand::Show { schema: Some(schema), registry, format, .. } => {
             let reg = open_registry(config, registry).await?;
             let (name, version) = registry::parse_ref(&schema)?;
             let rec = reg.get(&name, version).await?;
             match format {
-                ShowFormat::Toml => print!("{}", rec.source),
-                ShowFormat::Json => println!("{}", serde_json::to_string_pretty(&rec)?),
+                None | Some(ShowFormat::Toml | ShowFormat::Text) => print!("{}", rec.source),
+                Some(ShowFormat::Json) => println!("{}", serde_json::to_string_pretty(&rec)?),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        SchemaCommand::Show { schema: None, schemas, registry, format, .. } => {
+            show_set(config, schemas, registry, format).await
         }
         SchemaCommand::Diff { from, to, registry } => {
             let reg = open_registry(config, registry).await?;
@@ -595,21 +648,99 @@ async fn schema(config: Option<&std::path::Path>, cmd: SchemaCommand) -> Result<
         SchemaCommand::Explain { sample, line, schemas, format } => {
             schema_explain(config, &sample, line, schemas, format)
         }
-        SchemaCommand::Validate { paths } => {
-            let paths = if paths.is_empty() { vec![PathBuf::from("schemas")] } else { paths };
-            let mut ok = true;
-            for p in &paths {
-                match Extractor::load(p) {
-                    Ok(x) => println!("{}: ok ({})", p.display(), x.versions()),
-                    Err(e) => {
-                        ok = false;
-                        eprintln!("{e}");
-                    }
-                }
+        SchemaCommand::Validate { paths, registry } => validate(config, paths, registry).await,
+    }
+}
+
+/// `clickstream schema show --set`.
+async fn show_set(
+    config: Option<&std::path::Path>,
+    schemas: Option<PathBuf>,
+    registry: RegistryArg,
+    format: Option<ShowFormat>,
+) -> Result<ExitCode> {
+    let c = RawConfig::load(config)?;
+    let location = registry.registry.unwrap_or_else(|| c.registry.location.clone());
+    let (source, loaded) = match schemas {
+        Some(dir) => (dir.display().to_string(), schema_tools::load_directory(&dir)?),
+        None if !location.is_empty() => {
+            let reg = Registry::open(&location, c.s3.force_path_style).await?;
+            let records = reg.current().await?;
+            if records.is_empty() {
+                bail!("no schema in registry {location}");
             }
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+            (format!("registry {location}"), schema_tools::load_records(&records)?)
+        }
+        None => (
+            c.replay.schemas.display().to_string(),
+            schema_tools::load_directory(&c.replay.schemas)?,
+        ),
+    };
+    let set = schema_tools::merged_set(loaded)?;
+    match format {
+        Some(ShowFormat::Json) => println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({ "source": source, "set": set }))?
+        ),
+        _ => print!("merged set of {source}\n\n{}", set.to_text()),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `clickstream schema validate`.
+async fn validate(
+    config: Option<&std::path::Path>,
+    paths: Vec<PathBuf>,
+    registry: Option<String>,
+) -> Result<ExitCode> {
+    let paths = if paths.is_empty() { vec![PathBuf::from("schemas")] } else { paths };
+    let records = match &registry {
+        Some(location) => {
+            let c = RawConfig::load(config)?;
+            let reg = Registry::open(location, c.s3.force_path_style).await?;
+            Some(reg.current().await?)
+        }
+        None => None,
+    };
+    let mut ok = true;
+    for p in &paths {
+        if p.is_file() {
+            let judged = match (&records, &registry) {
+                (Some(r), Some(l)) => schema_tools::validate_in_registry(p, r, l),
+                _ => schema_tools::validate_in_directory(p),
+            };
+            if judged.ok() {
+                print!("{}", judged.to_text());
+            } else {
+                ok = false;
+                eprint!("{}", judged.to_text());
+            }
+            continue;
+        }
+        if registry.is_some() {
+            bail!(
+                "{}: --registry judges one schema file within the registry's set; give a file",
+                p.display()
+            );
+        }
+        match Extractor::load(p) {
+            Ok(x) => println!("{}: ok ({})", p.display(), x.versions()),
+            Err(e) => {
+                ok = false;
+                print_schema_errors(&e.0);
+            }
         }
     }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Every schema error on a line of its own, `FILE:LINE:COL: FIELD: MESSAGE`, then a count: the
+/// same from every command.
+fn print_schema_errors(errs: &[clickstream::extract::schema::SchemaError]) {
+    for e in errs {
+        eprintln!("{e}");
+    }
+    eprintln!("clickstream: {}", schema_tools::count(errs.len()));
 }
 
 fn schema_explain(
@@ -659,7 +790,10 @@ fn main() -> ExitCode {
     match rt.block_on(run(cli, logs)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("clickstream: {e:#}");
+            match e.chain().find_map(schema_tools::schema_errors) {
+                Some(errs) => print_schema_errors(&errs),
+                None => eprintln!("clickstream: {e:#}"),
+            }
             ExitCode::FAILURE
         }
     }

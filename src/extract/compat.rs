@@ -20,6 +20,10 @@ use std::collections::BTreeMap;
 pub enum Severity {
     /// Refused unless forced.
     Breaking,
+    /// Not a change between versions, but a risk of registering (the registry would drop the
+    /// shipped producers, or the sample's own events are mostly rejected): refused unless
+    /// forced.
+    Warning,
     /// Reported, not refused.
     Info,
 }
@@ -30,6 +34,7 @@ impl Severity {
     pub fn name(self) -> &'static str {
         match self {
             Severity::Breaking => "breaking",
+            Severity::Warning => "warning",
             Severity::Info => "info",
         }
     }
@@ -54,6 +59,12 @@ impl Finding {
     fn info(field: &str, message: String) -> Finding {
         Finding { severity: Severity::Info, field: field.to_owned(), message }
     }
+}
+
+/// Whether any finding needs `--force` (breaking or a warning).
+#[must_use]
+pub fn needs_force(findings: &[Finding]) -> bool {
+    findings.iter().any(|f| f.severity != Severity::Info)
 }
 
 /// Whether any finding is breaking.
@@ -358,6 +369,90 @@ fn normalized_reject(rules: &[RejectRule]) -> Vec<(String, Vec<String>)> {
         .collect();
     v.sort();
     v
+}
+
+/// Longest example line quoted in a finding, in characters.
+const EXAMPLE_CHARS: usize = 160;
+
+fn example(raw: &[u8]) -> String {
+    let s = String::from_utf8_lossy(raw);
+    let t = s.trim_end();
+    match t.char_indices().nth(EXAMPLE_CHARS) {
+        Some((i, _)) => format!("{}…", &t[..i]),
+        None => t.to_owned(),
+    }
+}
+
+/// How the set `set` treats the sample lines that are `schema`'s own: the lines whose message
+/// id or customer id was read through a path `schema` declares (one that reads the same value:
+/// `$.a` and `$['a']` are one path), and the lines one of its reject rules dead-lettered.
+/// A warning when more than half of them are dead-lettered, with the counts by reason and the
+/// first example; `None` when the sample holds none of them or most are accepted.
+#[must_use]
+pub fn own_events_finding(
+    schema: &LoadedSchema,
+    set: &Extractor,
+    sample: &[u8],
+) -> Option<Finding> {
+    use super::order::PathKey;
+    use std::collections::HashMap;
+    let s = &schema.schema;
+    let name = s.name.get_ref().as_str();
+    let keys = |l: &[toml::Spanned<String>]| -> Vec<PathKey> {
+        l.iter().map(|p| PathKey::of(p.get_ref())).collect()
+    };
+    let (mine_m, mine_c) = (keys(&s.fields.message_id), keys(&s.fields.customer_id));
+    let mut cache: HashMap<(usize, String), bool> = HashMap::new();
+    let mut is_mine = |field: usize, path: &str| -> bool {
+        *cache.entry((field, path.to_owned())).or_insert_with(|| {
+            let k = PathKey::of(path);
+            if field == 0 { mine_m.contains(&k) } else { mine_c.contains(&k) }
+        })
+    };
+    let (mut claimed, mut rejected) = (0u64, 0u64);
+    // reason → (count, first line number, its text)
+    let mut reasons: BTreeMap<String, (u64, u64, String)> = BTreeMap::new();
+    let mut slots: Vec<Slot<'_>> = Vec::new();
+    let lines = sample.strip_suffix(b"\n").unwrap_or(sample);
+    for (i, raw) in lines.split(|&b| b == b'\n').enumerate() {
+        let raw = raw.strip_suffix(b"\r").unwrap_or(raw);
+        let Ok(text) = decode::decode(raw) else { continue };
+        let ex = set.explain(text, &mut slots);
+        let own = match &ex.result {
+            Err(ExtractError::Rejected { schema: by, .. }) => by.as_ref() == name,
+            _ => ex.fields[..2]
+                .iter()
+                .enumerate()
+                .any(|(f, src)| src.as_ref().is_some_and(|(p, _)| is_mine(f, p))),
+        };
+        if !own {
+            continue;
+        }
+        claimed += 1;
+        if let Err(e) = &ex.result {
+            rejected += 1;
+            let e = reasons.entry(e.reason().to_owned()).or_insert((0, i as u64 + 1, example(raw)));
+            e.0 += 1;
+        }
+    }
+    if claimed == 0 || rejected * 2 <= claimed {
+        return None;
+    }
+    let (first_line, first) = reasons
+        .values()
+        .min_by_key(|(_, line, _)| *line)
+        .map(|(_, l, t)| (*l, t.clone()))
+        .unwrap_or_default();
+    let by_reason: Vec<String> =
+        reasons.iter().map(|(r, (n, line, _))| format!("{r} {n} (first at line {line})")).collect();
+    Some(Finding {
+        severity: Severity::Warning,
+        field: "sample".into(),
+        message: format!(
+            "{rejected} of the {claimed} sample events that are {name}'s own (their message id or customer id read through its paths, or dead-lettered by its reject rules) would be dead-lettered by the set: {}; first at line {first_line}: {first}",
+            by_reason.join(", ")
+        ),
+    })
 }
 
 /// What one line became under one schema set.

@@ -13,6 +13,7 @@ pub mod catalog;
 pub mod coerce;
 pub mod compat;
 pub mod explain;
+pub mod order;
 pub mod path;
 pub mod sample;
 pub mod schema;

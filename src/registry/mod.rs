@@ -81,6 +81,17 @@ pub enum RegistryError {
         /// Everything found (breaking and not).
         findings: Vec<Finding>,
     },
+    /// Registering would be risky (see [`compat::Severity::Warning`]) and was not forced.
+    #[error("{id} was not registered:{}\nfix the schema or the registry, or register anyway with --force --reason \"…\"", list(.findings))]
+    Unsafe {
+        /// `NAME@VERSION` refused.
+        id: String,
+        /// Everything found (warnings and the rest).
+        findings: Vec<Finding>,
+    },
+    /// Several files offered at once name the same schema.
+    #[error("{0}")]
+    Duplicate(String),
     /// `--force` without `--reason`.
     #[error("--force needs --reason \"…\": the reason is stored with the version")]
     ForceWithoutReason,
@@ -208,6 +219,40 @@ pub struct Candidate {
     pub force: bool,
     /// Why (required with `force`).
     pub reason: Option<String>,
+    /// The schemas a processor reads without the registry (the schemas directory). A registry's
+    /// set replaces the directory's: registering into an empty registry while the directory
+    /// holds other schemas would drop them, and is refused unless forced.
+    pub directory: Option<Directory>,
+}
+
+/// The schemas directory a processor reads without a registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Directory {
+    /// Where it is, as given.
+    pub path: String,
+    /// The names of its schemas.
+    pub names: Vec<String>,
+}
+
+impl Directory {
+    /// Reads the names of the schemas under `path` (a directory or a file); `None` when there
+    /// is none. A file that does not parse counts by its file name.
+    #[must_use]
+    pub fn read(path: &Path) -> Option<Directory> {
+        let files = schema::list_files(path).ok()?;
+        let mut names: Vec<String> = files
+            .iter()
+            .map(|f| match schema::load_file(f) {
+                Ok(l) => l.schema.name.get_ref().clone(),
+                Err(_) => {
+                    f.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+                }
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        Some(Directory { path: path.display().to_string(), names })
+    }
 }
 
 impl Registry {
@@ -479,18 +524,34 @@ impl Registry {
         &self,
         c: Candidate,
     ) -> Result<(Registered, Vec<Finding>), RegistryError> {
+        let mut all = self.register_many(vec![c]).await?;
+        all.pop().ok_or_else(|| RegistryError::NotFound("no schema given".into()))
+    }
+
+    /// Validates, checks and stores several schemas as one change: each is judged within the
+    /// set that holds all of them (seeding an empty registry with a whole directory). Nothing
+    /// is stored unless every one passes.
+    ///
+    /// # Errors
+    /// As [`Registry::register`], for any of them.
+    pub async fn register_many(
+        &self,
+        cs: Vec<Candidate>,
+    ) -> Result<Vec<(Registered, Vec<Finding>)>, RegistryError> {
         let current = self.current().await?;
-        let (outcome, findings) = plan(&current, c, &crate::aggregate::utc_datetime(now_ms()))?;
-        if let Registered::New(rec) = &outcome {
-            let bytes = serde_json::to_vec_pretty(rec).map_err(|e| RegistryError::Corrupt {
-                key: key(&rec.name, rec.version),
-                message: e.to_string(),
-            })?;
-            if !self.create(&key(&rec.name, rec.version), bytes).await? {
-                return Err(RegistryError::Raced(rec.id()));
+        let planned = plan_many(&current, cs, &crate::aggregate::utc_datetime(now_ms()))?;
+        for (outcome, _) in &planned {
+            if let Registered::New(rec) = outcome {
+                let bytes = serde_json::to_vec_pretty(rec).map_err(|e| RegistryError::Corrupt {
+                    key: key(&rec.name, rec.version),
+                    message: e.to_string(),
+                })?;
+                if !self.create(&key(&rec.name, rec.version), bytes).await? {
+                    return Err(RegistryError::Raced(rec.id()));
+                }
             }
         }
-        Ok((outcome, findings))
+        Ok(planned)
     }
 }
 
@@ -530,17 +591,121 @@ pub fn compile_set(
 /// Decides what registering `c` over `current` does, without storing anything.
 ///
 /// # Errors
-/// Invalid, incompatible and not forced, wrong version, or `force` without a reason.
+/// Invalid, incompatible or risky and not forced, wrong version, or `force` without a reason.
 pub fn plan(
     current: &[VersionRecord],
     c: Candidate,
+    now: &str,
+) -> Result<(Registered, Vec<Finding>), RegistryError> {
+    let mut all = plan_many(current, vec![c], now)?;
+    all.pop().ok_or_else(|| RegistryError::NotFound("no schema given".into()))
+}
+
+/// The warning for registering `names` (offered as the files `labels`) into an empty registry
+/// while `dir` holds other schemas, if it does.
+fn directory_finding(
+    current: &[VersionRecord],
+    names: &[String],
+    labels: &[String],
+    dir: Option<&Directory>,
+) -> Option<Finding> {
+    let dir = dir?;
+    if !current.is_empty() {
+        return None;
+    }
+    let lost: Vec<&str> =
+        dir.names.iter().filter(|n| !names.contains(n)).map(String::as_str).collect();
+    if lost.is_empty() {
+        return None;
+    }
+    let mut seed = vec![dir.path.clone()];
+    seed.extend(
+        names.iter().zip(labels).filter(|(n, _)| !dir.names.contains(n)).map(|(_, l)| l.clone()),
+    );
+    Some(Finding {
+        severity: compat::Severity::Warning,
+        field: "registry".into(),
+        message: format!(
+            "the registry is empty, and a processor reading it (run or replay with --registry) reads the registry's schemas only, not the directory {}: registering {} alone would lose {} ({}); seed the registry with the whole set in one command: clickstream schema register {} --registry …",
+            dir.path,
+            names.join(", "),
+            if lost.len() == 1 { "its other schema" } else { "its other schemas" },
+            lost.join(", "),
+            seed.join(" "),
+        ),
+    })
+}
+
+/// Decides what registering all of `cs` over `current` does, each judged within the set that
+/// holds the others too.
+///
+/// # Errors
+/// As [`plan`], for the first one refused; every parse error of every file at once.
+pub fn plan_many(
+    current: &[VersionRecord],
+    cs: Vec<Candidate>,
+    now: &str,
+) -> Result<Vec<(Registered, Vec<Finding>)>, RegistryError> {
+    let mut parsed = Vec::new();
+    let mut errs = Vec::new();
+    for c in &cs {
+        match schema::parse_bytes(&c.label, c.text.clone()) {
+            Ok(l) => parsed.push(l),
+            Err(e) => errs.push(e),
+        }
+    }
+    if !errs.is_empty() {
+        return Err(SchemaErrors(errs).into());
+    }
+    let names: Vec<String> = parsed.iter().map(|l| l.schema.name.get_ref().clone()).collect();
+    let labels: Vec<String> = cs.iter().map(|c| c.label.display().to_string()).collect();
+    for (i, n) in names.iter().enumerate() {
+        if let Some(j) = names[..i].iter().position(|m| m == n) {
+            return Err(RegistryError::Duplicate(format!(
+                "{} and {} are both schema `{n}`: register one version at a time",
+                cs[j].label.display(),
+                cs[i].label.display()
+            )));
+        }
+    }
+    // What every candidate would be once registered, to judge each within the others.
+    let provisional: Vec<VersionRecord> = parsed
+        .iter()
+        .map(|l| VersionRecord {
+            name: l.schema.name.get_ref().clone(),
+            version: l.schema.version,
+            registered_at: now.to_owned(),
+            forced: false,
+            reason: None,
+            findings: Vec::new(),
+            source: l.text.clone(),
+        })
+        .collect();
+    let mut out = Vec::new();
+    for (i, (c, new)) in cs.into_iter().zip(parsed).enumerate() {
+        let mut set: Vec<VersionRecord> = current
+            .iter()
+            .filter(|r| r.name == names[i] || !names.contains(&r.name))
+            .cloned()
+            .collect();
+        set.extend(provisional.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, r)| r.clone()));
+        let lost = directory_finding(current, &names, &labels, c.directory.as_ref());
+        out.push(plan_one(&set, c, new, lost, now)?);
+    }
+    Ok(out)
+}
+
+fn plan_one(
+    current: &[VersionRecord],
+    c: Candidate,
+    new: LoadedSchema,
+    warning: Option<Finding>,
     now: &str,
 ) -> Result<(Registered, Vec<Finding>), RegistryError> {
     let reason = c.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
     if c.force && reason.is_none() {
         return Err(RegistryError::ForceWithoutReason);
     }
-    let new = schema::parse_bytes(&c.label, c.text).map_err(|e| SchemaErrors(vec![e]))?;
     let name = new.schema.name.get_ref().clone();
     let prev = current.iter().find(|r| r.name == name);
     if let Some(p) = prev
@@ -553,21 +718,31 @@ pub fn plan(
         return Err(RegistryError::WrongVersion { name, found: new.schema.version, expected });
     }
     let source = new.text.clone();
-    let mut findings = Vec::new();
+    let mut findings: Vec<Finding> = warning.into_iter().collect();
     if let Some(p) = prev {
         let old = p.parse().map_err(|e| SchemaErrors(vec![e]))?;
-        findings = compat::static_findings(&old, &new, c.sample.is_some());
+        findings.extend(compat::static_findings(&old, &new, c.sample.is_some()));
     }
+    // Kept to judge the new version's own events once the set is compiled.
+    let own = c
+        .sample
+        .as_ref()
+        .and_then(|_| schema::parse_bytes(&c.label, source.clone().into_bytes()).ok());
     let new_set = compile_set(current, Some(new))?;
-    if let (Some(_), Some(sample)) = (prev, &c.sample) {
-        let old_set = compile_set(current, None)?;
-        let mut diff = SampleDiff::default();
-        for (i, line) in sample.split(|&b| b == b'\n').enumerate() {
-            if !line.is_empty() {
-                diff.observe(&old_set, &new_set, i as u64 + 1, line);
+    if let Some(sample) = &c.sample {
+        if prev.is_some() {
+            let old_set = compile_set(current, None)?;
+            let mut diff = SampleDiff::default();
+            for (i, line) in sample.split(|&b| b == b'\n').enumerate() {
+                if !line.is_empty() {
+                    diff.observe(&old_set, &new_set, i as u64 + 1, line);
+                }
             }
+            findings.extend(diff.findings());
         }
-        findings.extend(diff.findings());
+        if let Some(own) = &own {
+            findings.extend(compat::own_events_finding(own, &new_set, sample));
+        }
     }
     findings.sort_by_key(|f| f.severity);
     if compat::is_breaking(&findings) && !c.force {
@@ -578,11 +753,14 @@ pub fn plan(
             findings,
         });
     }
+    if compat::needs_force(&findings) && !c.force {
+        return Err(RegistryError::Unsafe { id: format!("{name}@{expected}"), findings });
+    }
     let rec = VersionRecord {
         name,
         version: expected,
         registered_at: now.to_owned(),
-        forced: c.force && compat::is_breaking(&findings),
+        forced: c.force && compat::needs_force(&findings),
         reason,
         findings: findings.clone(),
         source,

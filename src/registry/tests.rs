@@ -19,6 +19,7 @@ fn candidate(text: &str) -> Candidate {
         sample: None,
         force: false,
         reason: None,
+        directory: None,
     }
 }
 
@@ -171,4 +172,99 @@ async fn a_directory_registry_stores_immutable_versions() {
     let rec = reg.get("app", Some(2)).await.unwrap();
     assert!(!reg.create(&key("app", 2), serde_json::to_vec(&rec).unwrap()).await.unwrap());
     assert!(matches!(reg.get("nope", None).await, Err(RegistryError::NotFound(_))));
+}
+
+const OTHER: &str = "name = \"other\"\nversion = 1\n[fields]\nmessage_id = ['$.mid']\ncustomer_id = ['$.cid']\nevent_time = [{ path = '$.t', format = \"epoch\" }]\n";
+
+fn unsafe_findings(r: Result<Vec<(Registered, Vec<Finding>)>, RegistryError>) -> Vec<Finding> {
+    match r {
+        Err(RegistryError::Unsafe { findings, .. }) => findings,
+        other => panic!("expected a warning refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_empty_registry_does_not_silently_lose_the_schemas_directory() {
+    let dir = Directory { path: "schemas".into(), names: vec!["app".into(), "other".into()] };
+    let with_dir = |text: &str, label: &str| {
+        let mut c = candidate(text);
+        c.label = label.into();
+        c.directory = Some(dir.clone());
+        c
+    };
+    // app alone into an empty registry: `other` would no longer be read.
+    let f = unsafe_findings(plan_many(&[], vec![with_dir(V1, "schemas/app.toml")], "now"));
+    let w = f.iter().find(|f| f.severity == Severity::Warning).unwrap();
+    assert_eq!(w.field, "registry");
+    assert!(w.message.contains("would lose its other schema (other)"), "{w:?}");
+    assert!(w.message.contains("clickstream schema register schemas --registry"), "{w:?}");
+    // A new producer alone: both shipped ones would be lost; the seed command names its file.
+    let e = plan(&[], with_dir(&V1.replace("\"app\"", "\"new\""), "new.toml"), "now").unwrap_err();
+    assert!(e.to_string().contains("(app, other)"), "{e}");
+    assert!(e.to_string().contains("register schemas new.toml --registry"), "{e}");
+    assert!(e.to_string().contains("--force --reason"), "{e}");
+    // The whole directory at once: nothing lost, each judged within the others.
+    let all = plan_many(
+        &[],
+        vec![with_dir(V1, "schemas/app.toml"), with_dir(OTHER, "schemas/other.toml")],
+        "now",
+    )
+    .unwrap();
+    assert_eq!(all.len(), 2);
+    assert!(
+        all.iter().all(|(r, f)| matches!(r, Registered::New(rec) if !rec.forced) && f.is_empty())
+    );
+    // Forced with a reason: registered, and the reason and warning are kept.
+    let mut c = with_dir(V1, "schemas/app.toml");
+    c.force = true;
+    c.reason = Some("other moves to its own registry".into());
+    match plan(&[], c, "now").unwrap().0 {
+        Registered::New(rec) => {
+            assert!(rec.forced);
+            assert_eq!(rec.reason.as_deref(), Some("other moves to its own registry"));
+            assert!(rec.findings.iter().any(|f| f.severity == Severity::Warning));
+        }
+        Registered::Unchanged(_) => panic!("a new version"),
+    }
+    // A registry that holds something already is not seeded by this call.
+    let cur = registered(V1);
+    assert!(plan(&cur, with_dir(&v2("'$.userId'", "'$.user_id', '$.userId'"), "x"), "now").is_ok());
+}
+
+#[test]
+fn a_version_whose_own_sample_events_are_mostly_dead_lettered_needs_force() {
+    // The customer id path is wrong: 2 of the 3 lines read through app's message id path are
+    // dead-lettered; the line of the other producer does not count.
+    let wrong = V1.replace("'$.userId'", "'$.user_id'");
+    let sample = b"{\"id\":1,\"userId\":\"u\",\"ts\":1709510400}\n\
+{\"id\":2,\"userId\":\"u\",\"ts\":1709510401}\n\
+{\"id\":3,\"user_id\":\"u\",\"ts\":1709510402}\n\
+{\"mid\":4,\"cid\":\"c\",\"t\":1709510403}\n"
+        .to_vec();
+    let other = registered(OTHER);
+    let mut c = candidate(&wrong);
+    c.sample = Some(sample.clone());
+    let f = unsafe_findings(plan_many(&other, vec![c], "now"));
+    let w = f.iter().find(|f| f.severity == Severity::Warning).unwrap();
+    assert_eq!(w.field, "sample");
+    assert!(w.message.starts_with("2 of the 3 sample events that are app's own"), "{w:?}");
+    assert!(w.message.contains("missing_customer_id 2 (first at line 1)"), "{w:?}");
+    assert!(w.message.contains(r#"first at line 1: {"id":1,"userId":"u""#), "{w:?}");
+    // Right paths: accepted, no warning.
+    let mut c = candidate(V1);
+    c.sample = Some(sample.clone());
+    let (r, f) = plan(&other, c, "now").unwrap();
+    assert!(matches!(r, Registered::New(_)) && f.is_empty(), "{f:?}");
+    // A reject rule of its own that dead-letters most of its events counts too.
+    let rejecting = V1.to_owned()
+        + "[[reject]]\nreason = \"test_event\"\nwhen = [{ path = '$.ts', exists = true }]\n";
+    let mut c = candidate(&rejecting);
+    c.sample = Some(sample.clone());
+    let f = unsafe_findings(plan_many(&other, vec![c], "now"));
+    assert!(f.iter().any(|f| f.message.contains("test_event 3")), "{f:?}");
+    let mut c = candidate(&wrong);
+    c.sample = Some(sample);
+    c.force = true;
+    c.reason = Some("user_id ships tomorrow".into());
+    assert!(matches!(plan(&other, c, "now").unwrap().0, Registered::New(rec) if rec.forced));
 }

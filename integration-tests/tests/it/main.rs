@@ -12,4 +12,5 @@ mod kinesis_proxy;
 mod leases;
 mod recovery;
 mod registry;
+mod schema_tools;
 mod schemas;

@@ -343,6 +343,7 @@ fn hot_reload_under_load_switches_whole_sets_between_batches() {
 }
 
 #[test]
+#[allow(clippy::too_many_lines)] // one scenario, told in order
 fn the_admin_api_serves_schema_operations_behind_a_token() {
     let dir = tempfile::tempdir().unwrap();
     let reg = dir.path().join("registry");
@@ -444,6 +445,44 @@ fn the_admin_api_serves_schema_operations_behind_a_token() {
     p.wait_log("Schema set switched", 30);
     let line = p.wait_log("Loaded a new schema set", 30);
     assert!(line.contains("app@2"), "{line}");
+    // A new producer whose own sample events are all dead-lettered: 409 with the warning,
+    // then registered with `force` and a `reason`.
+    let probe = dir.path().join("probe.toml");
+    std::fs::write(
+        &probe,
+        "name = \"probe\"\nversion = 1\n[fields]\nmessage_id = ['$.pid']\ncustomer_id = ['$.who']\nevent_time = [{ path = '$.ts', format = \"epoch\" }]\n",
+    )
+    .unwrap();
+    let probe_sample = dir.path().join("probe.jsonl");
+    std::fs::write(
+        &probe_sample,
+        "{\"pid\":\"p1\",\"ts\":1709510401}\n{\"pid\":\"p2\",\"ts\":1709510402}\n",
+    )
+    .unwrap();
+    let form = [
+        "-H",
+        auth,
+        "-F",
+        &format!("schema=@{}", probe.display()),
+        "-F",
+        &format!("sample=@{}", probe_sample.display()),
+    ];
+    let (code, body) = curl(&[&form[..], &[&url("/schemas/register")]].concat());
+    assert_eq!(code, 409, "{body}");
+    assert!(body.contains("2 of the 2 sample events that are probe's own"), "{body}");
+    assert!(body.contains(r#""severity":"warning""#), "{body}");
+    let (code, body) = curl(
+        &[
+            &form[..],
+            &["-F", "force=true", "-F", "reason=probe ships who in 1.1", &url("/schemas/register")],
+        ]
+        .concat(),
+    );
+    assert_eq!(code, 201, "{body}");
+    assert!(
+        body.contains(r#""registered":"probe@1""#) && body.contains(r#""forced":true"#),
+        "{body}"
+    );
     assert!(!p.log().join("\n").contains("s3cret-token"), "the token is never logged");
     assert_eq!(p.interrupt(), Some(130));
 }
