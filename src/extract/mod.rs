@@ -289,6 +289,8 @@ impl Extractor {
             (Vec::new(), Vec::new(), Vec::new());
         let (mut rejects, mut classify) = (Vec::new(), Vec::new());
         let mut seen_rules: Vec<SeenRule> = Vec::new();
+        // (field, move, schema index, rule index) of every explicit placement.
+        let mut moves: Vec<(String, order::Move<usize>, usize, usize)> = Vec::new();
         let catalog = Catalog::build(&schemas, &mut errs);
         // Attribute name → its paths' indexes, from the first declaration.
         let mut attr_paths: HashMap<String, Vec<usize>> = HashMap::new();
@@ -379,6 +381,12 @@ impl Extractor {
                     origin: Arc::from(format!("{name}:{field}")),
                 });
             }
+            for (i, o) in sc.order.iter().enumerate() {
+                let si = schemas.iter().position(|x| std::ptr::eq(x, s)).unwrap_or(0);
+                if let Some(mv) = placement(s, o, i, &mut paths, &mut errs) {
+                    moves.push((o.field.get_ref().clone(), mv, si, i));
+                }
+            }
             for (i, a) in sc.attributes.iter().enumerate() {
                 let ids: Vec<usize> = a
                     .paths
@@ -468,6 +476,45 @@ impl Extractor {
                     0..0,
                     &format!("fields.{field}"),
                     "no schema of the set gives a path for this field",
+                ));
+            }
+        }
+        for (field, mv, si, i) in &moves {
+            let s = &schemas[*si];
+            let o = &s.schema.order[*i];
+            let own = match field.as_str() {
+                "message_id" => {
+                    s.schema.fields.message_id.iter().any(|p| p.get_ref() == o.path.get_ref())
+                }
+                "customer_id" => {
+                    s.schema.fields.customer_id.iter().any(|p| p.get_ref() == o.path.get_ref())
+                }
+                _ => {
+                    s.schema.fields.event_time.iter().any(|t| t.path.get_ref() == o.path.get_ref())
+                }
+            };
+            let missing = match field.as_str() {
+                "message_id" => order::place(&mut message_id, |&x| x, std::slice::from_ref(mv)),
+                "customer_id" => order::place(&mut customer_id, |&x| x, std::slice::from_ref(mv)),
+                _ => order::place(
+                    &mut event_time,
+                    |x: &(usize, TimeSpec)| x.0,
+                    std::slice::from_ref(mv),
+                ),
+            };
+            if !own {
+                errs.push(s.error(
+                    o.path.span(),
+                    &format!("order[{i}].path"),
+                    format!("{} is not one of this schema's {field} paths: a schema places only its own paths", o.path.get_ref()),
+                ));
+            } else if !missing.is_empty() {
+                let anchor =
+                    o.before.as_ref().or(o.after.as_ref()).map_or(0..0, toml::Spanned::span);
+                errs.push(s.error(
+                    anchor,
+                    &format!("order[{i}]"),
+                    format!("no schema of the set has that path for {field}: see `clickstream schema show --set` for the candidates"),
                 ));
             }
         }
@@ -750,6 +797,36 @@ impl Extractor {
             detail: f.detail,
         })
     }
+}
+
+/// The move an `[[order]]` entry asks for, in path indexes (interning the paths it names).
+fn placement(
+    s: &LoadedSchema,
+    o: &schema::OrderRule,
+    i: usize,
+    paths: &mut Paths,
+    errs: &mut Vec<SchemaError>,
+) -> Option<order::Move<usize>> {
+    let field = format!("order[{i}]");
+    if !["message_id", "customer_id", "event_time"].contains(&o.field.get_ref().as_str()) {
+        errs.push(s.error(
+            o.field.span(),
+            &format!("{field}.field"),
+            "field is message_id, customer_id or event_time",
+        ));
+        return None;
+    }
+    let (anchor, after) = match (&o.before, &o.after) {
+        (Some(b), None) => (b, false),
+        (None, Some(a)) => (a, true),
+        _ => {
+            errs.push(s.error(o.path.span(), &field, "give exactly one of `before` or `after`"));
+            return None;
+        }
+    };
+    let item = paths.intern(s, &o.path, &format!("{field}.path"), errs);
+    let anchor = paths.intern(s, anchor, &field, errs);
+    Some(order::Move { item, anchor, after })
 }
 
 fn conditions(

@@ -110,6 +110,42 @@ pub struct MergedSet {
     pub classify: Vec<RuleEntry>,
 }
 
+/// A request that `item` be tried right before (or after) `anchor`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Move<K> {
+    /// What moves.
+    pub item: K,
+    /// Where to.
+    pub anchor: K,
+    /// After the anchor rather than before it.
+    pub after: bool,
+}
+
+/// Applies `moves` in order to `list` (elements named by `key`); returns the indexes of the
+/// moves whose item or anchor is not in the list, which are skipped.
+pub fn place<T, K: PartialEq>(
+    list: &mut Vec<T>,
+    key: impl Fn(&T) -> K,
+    moves: &[Move<K>],
+) -> Vec<usize> {
+    let mut missing = Vec::new();
+    for (m, mv) in moves.iter().enumerate() {
+        let (Some(from), true) =
+            (list.iter().position(|x| key(x) == mv.item), list.iter().any(|x| key(x) == mv.anchor))
+        else {
+            missing.push(m);
+            continue;
+        };
+        if mv.item == mv.anchor {
+            continue;
+        }
+        let x = list.remove(from);
+        let at = list.iter().position(|y| key(y) == mv.anchor).unwrap_or(list.len());
+        list.insert(if mv.after { at + 1 } else { at }, x);
+    }
+    missing
+}
+
 /// Indexes of `schemas` in merge order: by (priority, name), stable.
 #[must_use]
 pub fn merge_order(schemas: &[LoadedSchema]) -> Vec<usize> {
@@ -225,6 +261,28 @@ pub fn merged(schemas: &[LoadedSchema]) -> MergedSet {
     // The compiler's stable sort by kind; an unknown kind (an invalid set) goes last.
     classify.sort_by_key(|(k, _)| *k);
     out.classify = classify.into_iter().map(|(_, r)| r).collect();
+    // Explicit placements, in merge order (the compiler refuses those it cannot apply).
+    for i in merge_order(schemas) {
+        for o in &schemas[i].schema.order {
+            let list = match o.field.get_ref().as_str() {
+                "message_id" => &mut out.message_id,
+                "customer_id" => &mut out.customer_id,
+                "event_time" => &mut out.event_time,
+                _ => continue,
+            };
+            let (anchor, after) = match (&o.before, &o.after) {
+                (Some(b), None) => (b, false),
+                (None, Some(a)) => (a, true),
+                _ => continue,
+            };
+            let mv = Move {
+                item: PathKey::of(o.path.get_ref()),
+                anchor: PathKey::of(anchor.get_ref()),
+                after,
+            };
+            place(list, |c| PathKey::of(&c.path), &[mv]);
+        }
+    }
     out
 }
 

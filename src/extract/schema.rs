@@ -43,6 +43,10 @@ pub struct SchemaFile {
     /// Rules that classify an accepted event.
     #[serde(default)]
     pub classify: Vec<ClassifyRule>,
+    /// Places one of this schema's field paths right before or after a path of another schema,
+    /// where priority alone would put it elsewhere.
+    #[serde(default)]
+    pub order: Vec<OrderRule>,
     /// Kinds this schema declares: each gets a count column in the session rows. When no
     /// schema of a set declares any, the set has the four classic kinds.
     #[serde(default)]
@@ -50,6 +54,25 @@ pub struct SchemaFile {
     /// Values carried from the events into their session, each with its own column.
     #[serde(default)]
     pub attributes: Vec<AttributeDecl>,
+}
+
+/// `path` (a candidate of `field` in this schema) is tried right before or right after
+/// another candidate of the same field, whichever schema declares it.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OrderRule {
+    /// `message_id`, `customer_id` or `event_time`.
+    #[schemars(with = "String", extend("enum" = ["message_id", "customer_id", "event_time"]))]
+    pub field: Spanned<String>,
+    /// One of this schema's paths for that field.
+    #[schemars(with = "String", extend("pattern" = "^\\$"))]
+    pub path: Spanned<String>,
+    /// The path it goes right before.
+    #[schemars(with = "Option<String>")]
+    pub before: Option<Spanned<String>>,
+    /// The path it goes right after.
+    #[schemars(with = "Option<String>")]
+    pub after: Option<Spanned<String>>,
 }
 
 /// A kind of event that classification rules may target.

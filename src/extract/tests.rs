@@ -436,3 +436,32 @@ mod never_panics {
         }
     }
 }
+
+#[test]
+fn a_schema_places_its_path_before_another_schemas_whatever_the_priorities() {
+    let a = "name = \"a\"\nversion = 1\npriority = 10\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.uid']\nevent_time = [{ path = '$.t', format = \"epoch\" }]\n";
+    let b = "name = \"b\"\nversion = 1\npriority = 20\n[fields]\ncustomer_id = ['$.user.id']\n[[order]]\nfield = \"customer_id\"\npath = '$.user.id'\nbefore = '$.uid'\n";
+    let load = |name: &str, text: &str| {
+        schema::parse_bytes(Path::new(name), text.as_bytes().to_vec()).unwrap()
+    };
+    let line = r#"{"id":1,"uid":"0","user":{"id":"42"},"t":1709633730}"#;
+    let x = Extractor::compile(vec![load("a.toml", a), load("b.toml", b)]).unwrap();
+    assert_eq!(ok(&x, line).1, "42", "b's path goes first despite its priority");
+    let set = order::merged(&[load("a.toml", a), load("b.toml", b)]);
+    let shown: Vec<&str> = set.customer_id.iter().map(|c| c.path.as_str()).collect();
+    assert_eq!(shown, ["$.user.id", "$.uid"], "show --set tells the same order");
+    let without =
+        b.replace("[[order]]\nfield = \"customer_id\"\npath = '$.user.id'\nbefore = '$.uid'\n", "");
+    let x = Extractor::compile(vec![load("a.toml", a), load("b.toml", &without)]).unwrap();
+    assert_eq!(ok(&x, line).1, "0", "by priority alone, a's path goes first");
+
+    let not_own = b.replace("path = '$.user.id'\nbefore", "path = '$.uid'\nbefore");
+    let e = Extractor::compile(vec![load("a.toml", a), load("b.toml", &not_own)]).unwrap_err();
+    assert!(e.to_string().contains("is not one of this schema's customer_id paths"), "{e}");
+    let no_anchor = b.replace("before = '$.uid'", "after = '$.nobody'");
+    let e = Extractor::compile(vec![load("a.toml", a), load("b.toml", &no_anchor)]).unwrap_err();
+    assert!(
+        e.to_string().contains("b.toml:9:9: order[0]: no schema of the set has that path"),
+        "{e}"
+    );
+}

@@ -148,6 +148,45 @@ impl MetaV2 {
     }
 }
 
+/// A version-2 checkpoint record and one customer's version-2 sessions (one session of 9
+/// events: 1 page view, 2 hovers, 3 clicks), as that version wrote them.
+#[cfg(test)]
+pub(crate) fn version_2_records() -> (Vec<u8>, Vec<u8>) {
+    let meta = MetaV2 {
+        version: 2,
+        checkpoint: 7,
+        position: SourcePosition::default(),
+        max_time: Some(5),
+        counters: CountersV2 {
+            lines: 3,
+            accepted: 2,
+            duplicates: 1,
+            dead_lettered: BTreeMap::new(),
+            sessions: 0,
+        },
+        inputs: vec![],
+        settings: "s".into(),
+        finished: false,
+        schema_sets: vec!["web@1".into()],
+    };
+    let sessions = vec![SessionV2 {
+        start: 1,
+        end: 2,
+        counts: CountsV2 {
+            events: 9,
+            page_views: 1,
+            subscribe_hovers: 2,
+            subscribe_clicks: 3,
+            support_calls: 0,
+        },
+        schema_sets: (0, 0),
+    }];
+    (
+        postcard::to_stdvec(&meta).unwrap_or_default(),
+        postcard::to_stdvec(&sessions).unwrap_or_default(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -201,3 +201,44 @@ fn segment_key(hour: i64, segment: u64) -> [u8; 16] {
     k[8..].copy_from_slice(&segment.to_be_bytes());
     k
 }
+
+#[cfg(test)]
+mod upgrade_tests {
+    use super::*;
+    use crate::session::{Counts, SessionChanges};
+
+    #[test]
+    fn a_version_2_store_opens_and_keeps_its_old_records_beside_new_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = RocksDbStore::open(dir.path()).unwrap();
+            let (meta, sessions) = format::version_2_records();
+            let put = |cf: &str, k: &[u8], v: &[u8]| {
+                store.db.put_cf(store.db.cf_handle(cf).unwrap(), k, v).unwrap();
+            };
+            put(CF_META, META_KEY, &meta);
+            put(CF_SESSIONS, b"old", &sessions);
+        }
+        let mut store = RocksDbStore::open(dir.path()).unwrap();
+        let snap = store.load().unwrap();
+        let m = snap.meta.clone().unwrap();
+        assert_eq!((m.version, m.checkpoint), (STATE_VERSION, 7));
+        assert_eq!(m.kinds[..2], ["page_view".to_owned(), "subscribe_hover".to_owned()]);
+        assert_eq!(snap.sessions[0].1[0].counts, Counts { events: 9, kinds: vec![1, 2, 3, 0] });
+        // A checkpoint of the new version rewrites only what changed: the old record stays.
+        let mut new = snap.sessions[0].1[0].clone();
+        new.counts.events = 1;
+        let batch = CheckpointBatch {
+            meta: Some(m),
+            sessions: SessionChanges { upserts: vec![("new".into(), vec![new])], deletes: vec![] },
+            ..CheckpointBatch::default()
+        };
+        store.write_batch(&batch).unwrap();
+        drop(store);
+        let snap = RocksDbStore::open(dir.path()).unwrap().load().unwrap();
+        let events: Vec<(&str, u64)> =
+            snap.sessions.iter().map(|(c, s)| (&**c, s[0].counts.events)).collect();
+        assert_eq!(events, [("new", 1), ("old", 9)]);
+        assert_eq!(snap.meta.unwrap().version, STATE_VERSION);
+    }
+}

@@ -48,7 +48,7 @@ fn fixtures_match_their_expected_output() {
             let sets = r.as_object_mut().unwrap().remove("schema_sets");
             assert_eq!(
                 sets,
-                Some(serde_json::json!(["segment@1,web@1,ivr@1,legacy@1"])),
+                Some(serde_json::json!(["session@1,segment@1,web@1,ivr@1,legacy@1"])),
                 "{name}: {r}"
             );
         }
