@@ -62,14 +62,18 @@ pub enum Outcome {
 /// The summary line printed at the end.
 #[must_use]
 pub fn summary_json(c: &Counters) -> String {
-    serde_json::json!({
+    let mut s = serde_json::json!({
         "lines": c.lines,
         "accepted": c.accepted,
         "duplicates": c.duplicates,
         "dead_lettered": c.dead_lettered,
         "sessions": c.sessions,
-    })
-    .to_string()
+    });
+    // Only sets with attributes can cut values; the classic summary keeps its shape.
+    if c.truncated_values > 0 {
+        s["truncated_values"] = c.truncated_values.into();
+    }
+    s.to_string()
 }
 
 fn settings_fingerprint(rules: &Rules, extractor: Option<&Extractor>) -> String {

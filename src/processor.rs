@@ -416,4 +416,49 @@ mod tests {
         assert_eq!(dead, ["a@1", "a@2"]);
         assert_eq!(batch.meta.unwrap().schema_sets, ["a@1", "a@2"]);
     }
+
+    fn with_kinds(version: u32, extra_kind: bool) -> Arc<Extractor> {
+        let mut text = format!(
+            "name = \"a\"\nversion = {version}\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.c']\nevent_time = [{{ path = '$.t', format = \"epoch\" }}]\n[[kinds]]\nname = \"page_view\"\ncolumn = \"page_views\"\n[[classify]]\nkind = \"page_view\"\nwhen = [{{ path = '$.e', equals = \"v\" }}]\n[[attributes]]\nname = \"os\"\npaths = ['$.os']\naggregate = \"first\"\nmax_bytes = 3\n"
+        );
+        if extra_kind {
+            text.push_str("[[kinds]]\nname = \"play\"\ncolumn = \"plays\"\n[[classify]]\nkind = \"play\"\nwhen = [{ path = '$.e', equals = \"p\" }]\n");
+        }
+        let l = parse_bytes(std::path::Path::new("a.toml"), text.into_bytes()).unwrap();
+        Arc::new(Extractor::compile(vec![l]).unwrap())
+    }
+
+    #[test]
+    fn a_reload_that_adds_a_kind_counts_it_from_then_on_and_old_rows_lack_the_column() {
+        let rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0 };
+        let mut p = Processor::new(with_kinds(1, false), rules, vec![Arc::from("in")]);
+        let base = || MetaBase { inputs: vec![], settings: String::new() };
+        line(&mut p, 1, r#"{"id":1,"c":"early","t":1709510400,"e":"p","os":"linux"}"#);
+        line(&mut p, 2, r#"{"id":2,"c":"y","t":1709510400,"e":"p","os":"ios"}"#);
+        // Two seconds later, past the gap: "early" and "y" close; "x" stays open across the reload.
+        line(&mut p, 3, r#"{"id":3,"c":"x","t":1709510402,"e":"v"}"#);
+        let (out, _) = p.checkpoint(SourcePosition::default(), false, base());
+        let early: Vec<String> =
+            out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+        assert_eq!(
+            early,
+            [
+                r#"{"customer_id":"early","session_start":1709510400000,"session_end":1709510400000,"duration_ms":0,"event_count":1,"page_views":0,"os":"lin","schema_sets":["a@1"]}"#,
+                r#"{"customer_id":"y","session_start":1709510400000,"session_end":1709510400000,"duration_ms":0,"event_count":1,"page_views":0,"os":"ios","schema_sets":["a@1"]}"#,
+            ],
+            "closed before the reload: no `plays` column; the value cut to 3 bytes"
+        );
+        assert_eq!(p.counters().truncated_values, 1);
+        p.set_extractor(with_kinds(2, true));
+        line(&mut p, 4, r#"{"id":4,"c":"x","t":1709510402,"e":"p","os":"mac"}"#);
+        line(&mut p, 5, r#"{"id":5,"c":"x","t":1709510402,"e":"p"}"#);
+        let (out, batch) = p.checkpoint(SourcePosition::default(), true, base());
+        let row = serde_json::to_value(&out.rows[0]).unwrap();
+        assert_eq!((row["event_count"].as_u64(), row["page_views"].as_u64()), (Some(3), Some(1)));
+        assert_eq!(row["plays"], 2, "only events after the reload count as plays: {row}");
+        assert_eq!(row["os"], "mac", "first value by event time, at the event after the reload");
+        let meta = batch.meta.unwrap();
+        assert_eq!(meta.kinds, ["page_view", "play"]);
+        assert_eq!(meta.attributes, ["os:string:first"]);
+    }
 }

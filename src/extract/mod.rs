@@ -521,6 +521,14 @@ impl Extractor {
         if !errs.is_empty() {
             return Err(SchemaErrors(errs));
         }
+        // A path two schemas declare is one candidate, at its first place (with its first
+        // format): a second copy could never be the one that supplies the field.
+        let mut seen = std::collections::HashSet::new();
+        message_id.retain(|&p| seen.insert(p));
+        seen.clear();
+        customer_id.retain(|&p| seen.insert(p));
+        seen.clear();
+        event_time.retain(|(p, _)| seen.insert(*p));
         // Stable: by the kinds' precedence, then the kinds' order, then the rules' own order.
         classify
             .sort_by_key(|r: &Rule<Kind>| (catalog.kinds[r.then.0 as usize].precedence, r.then.0));

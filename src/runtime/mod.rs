@@ -457,6 +457,8 @@ fn on_commit<P: Position>(
             .absolute(k.duplicates);
         metrics::counter!("clickstream_sessions_total", "partition" => label.clone())
             .absolute(k.sessions);
+        metrics::counter!("clickstream_attribute_values_truncated_total", "partition" => label.clone())
+            .absolute(k.truncated_values);
         metrics::histogram!("clickstream_checkpoint_seconds").record(c.took.as_secs_f64());
         metrics::gauge!("clickstream_last_checkpoint_timestamp_seconds", "partition" => label)
             .set(record::now_ms() as f64 / 1000.0);

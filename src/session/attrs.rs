@@ -256,3 +256,13 @@ mod tests {
         assert_eq!(hash(&AttrValue::Int(42)), 0xb960_a184_f070_32c6);
     }
 }
+
+#[cfg(test)]
+mod sizes {
+    /// `schemas/README.md` ("Memory per open session") quotes these sizes.
+    #[test]
+    fn the_documented_sizes_hold() {
+        assert_eq!(std::mem::size_of::<super::AttrState>(), 32);
+        assert_eq!(std::mem::size_of::<crate::session::Session>(), 80);
+    }
+}
