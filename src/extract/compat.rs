@@ -540,3 +540,68 @@ impl SampleDiff {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod catalog_tests {
+    use super::*;
+
+    fn load(extra: &str) -> LoadedSchema {
+        let text = format!("name = \"p\"\nversion = 1\n[fields]\ncustomer_id = ['$.c']\n{extra}");
+        super::super::schema::parse_bytes(std::path::Path::new("p.toml"), text.into_bytes())
+            .unwrap()
+    }
+
+    fn findings(old: &str, new: &str) -> Vec<(Severity, String)> {
+        static_findings(&load(old), &load(new), false)
+            .into_iter()
+            .map(|f| (f.severity, f.message))
+            .collect()
+    }
+
+    const KIND: &str = "[[kinds]]\nname = \"play\"\ncolumn = \"plays\"\n";
+    const ATTR: &str =
+        "[[attributes]]\nname = \"os\"\npaths = ['$.os', '$.ctx.os']\naggregate = \"first\"\n";
+
+    #[test]
+    fn adding_is_compatible_removing_retyping_or_renaming_without_alias_is_not() {
+        let added = findings("", &format!("{KIND}{ATTR}"));
+        assert!(added.iter().all(|(s, _)| *s == Severity::Info), "{added:?}");
+        assert_eq!(added.len(), 2, "{added:?}");
+        let removed = findings(&format!("{KIND}{ATTR}"), "");
+        assert_eq!(
+            removed.iter().filter(|(s, _)| *s == Severity::Breaking).count(),
+            2,
+            "{removed:?}"
+        );
+        let retyped = findings(ATTR, &ATTR.replace("\"first\"", "\"distinct_count\""));
+        assert!(
+            retyped
+                .iter()
+                .any(|(s, m)| *s == Severity::Breaking && m.starts_with("retypes attribute os")),
+            "{retyped:?}"
+        );
+        let dropped = findings(ATTR, &ATTR.replace(", '$.ctx.os'", ""));
+        assert!(
+            dropped
+                .iter()
+                .any(|(s, m)| *s == Severity::Breaking && m.contains("drops path $.ctx.os")),
+            "{dropped:?}"
+        );
+        let renamed = KIND.replace("\"plays\"", "\"video_plays\"");
+        let bare = findings(KIND, &renamed);
+        assert!(
+            bare.iter().any(|(s, m)| *s == Severity::Breaking && m.contains("add renamed_from")),
+            "{bare:?}"
+        );
+        let aliased = findings(KIND, &format!("{renamed}renamed_from = \"plays\"\n"));
+        assert!(aliased.iter().all(|(s, _)| *s == Severity::Info), "{aliased:?}");
+        let attr_renamed =
+            ATTR.replace("name = \"os\"", "name = \"platform\"\nrenamed_from = \"os\"");
+        let r = findings(ATTR, &attr_renamed);
+        assert!(
+            r.iter().all(|(s, _)| *s == Severity::Info)
+                && r.iter().any(|(_, m)| m.starts_with("renames attribute os to platform")),
+            "{r:?}"
+        );
+    }
+}

@@ -7,6 +7,7 @@ mod conformance;
 mod fenced;
 mod golden;
 mod kafka;
+mod kinds;
 mod kinesis;
 mod kinesis_proxy;
 mod leases;
