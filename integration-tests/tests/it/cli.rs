@@ -272,3 +272,61 @@ fn a_stop_between_the_last_commit_and_the_marker_completes_on_rerun() {
     assert_eq!(summary(&again), summary(&first));
     assert!(out.join("_SUCCESS").is_file());
 }
+
+#[test]
+fn schema_explain_follows_one_line_through_the_whole_pipeline() {
+    let dir = tempfile::tempdir().unwrap();
+    let sample = dir.path().join("s.jsonl");
+    let web = |id: &str, t: &str| {
+        format!(
+            "{{\"event_id\":\"{id}\",\"customer\":{{\"id\":\"c1\"}},\"time\":\"{t}\",\"event_type\":\"click\",\"target\":{{\"id\":\"subscribe-btn\"}}}}\n"
+        )
+    };
+    let text = [
+        web("a", "2024-03-05T10:15:30Z"),
+        web("b", "2024-03-05T10:16:30Z"),
+        web("a", "2024-03-05T10:15:30Z"),
+        web("c", "2024-03-05 10:17:30+0100"),
+    ]
+    .concat();
+    std::fs::write(&sample, text).unwrap();
+    let explain = |line: &str| {
+        run(&[
+            "schema",
+            "explain",
+            "--schemas",
+            &schemas(),
+            "--sample",
+            sample.to_str().unwrap(),
+            "--line",
+            line,
+            "--format",
+            "json",
+        ])
+    };
+    let o = explain("2");
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(e["trace"]["kind"], "subscribe_click");
+    assert_eq!(e["session"]["event_count"], 2, "the session both accepted clicks joined: {e}");
+    assert_eq!(e["session"]["subscribe_clicks"], 2, "{e}");
+    let paths: Vec<&str> = e["trace"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stage"] == "message_id")
+        .map(|s| s["subject"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths.first(), Some(&"$.messageId"), "every path in the order tried: {paths:?}");
+    let e: serde_json::Value = serde_json::from_slice(&explain("3").stdout).unwrap();
+    assert!(e["pipeline"].as_str().unwrap().starts_with("duplicate"), "{e}");
+    let e: serde_json::Value = serde_json::from_slice(&explain("4").stdout).unwrap();
+    assert_eq!(e["trace"]["outcome"], "bad_timestamp", "+hhmm is strict iso8601's refusal: {e}");
+    assert!(e["trace"]["detail"].as_str().unwrap().contains("lenient"), "with a hint: {e}");
+    let o = explain("5");
+    assert!(
+        !o.status.success() && stderr(&o).contains("the sample has 4 lines, not 5"),
+        "{}",
+        stderr(&o)
+    );
+}

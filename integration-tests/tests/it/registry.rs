@@ -419,6 +419,29 @@ fn the_admin_api_serves_schema_operations_behind_a_token() {
     assert_eq!(r["lines"], 10, "{body}");
     assert_eq!(r["rejected"]["missing_customer_id"]["count"], 10, "{body}");
 
+    // Explain one line of a posted sample under the set in force.
+    let (code, body) = curl(&[
+        "-H",
+        auth,
+        "-F",
+        &format!("sample=@{}", sample.display()),
+        &url("/schemas/explain?line=3"),
+    ]);
+    assert_eq!(code, 200, "{body}");
+    let e: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["trace"]["outcome"], "accepted", "{body}");
+    assert_eq!(e["trace"]["kind"], "subscribe_click", "line 3 is a click: {body}");
+    assert_eq!(e["pipeline"], "joined a session", "{body}");
+    assert_eq!(e["session"]["customer_id"], "u3", "{body}");
+    let (code, body) = curl(&[
+        "-H",
+        auth,
+        "-F",
+        &format!("sample=@{}", sample.display()),
+        &url("/schemas/explain?line=11"),
+    ]);
+    assert_eq!(code, 400, "a line past the end: {body}");
+
     // Register: the rename is refused (409), the aliased version is created (201).
     let (code, body) =
         curl(&["-H", auth, "-F", &format!("schema=@{}", v2.display()), &url("/schemas/register")]);
