@@ -293,13 +293,16 @@ impl Sessionizer {
             new.observe(time, kind, attrs, set);
             s.insert(lo, new);
         } else {
-            // Earlier sessions first, the event last: ties in `first`/`last` go by arrival.
-            let mut merged = s[lo].clone();
-            for x in &s[lo + 1..hi] {
-                merged.merge(x, &self.folds);
+            // In place (no copy per event): the earlier sessions first, the event last, so ties
+            // in `first`/`last` go by arrival.
+            if hi - lo > 1 {
+                let (head, rest) = s[lo..hi].split_at_mut(1);
+                for x in rest.iter() {
+                    head[0].merge(x, &self.folds);
+                }
+                s.drain(lo + 1..hi);
             }
-            merged.observe(time, kind, attrs, set);
-            s.splice(lo..hi, [merged]);
+            s[lo].observe(time, kind, attrs, set);
         }
         Observed::Accepted
     }
