@@ -208,7 +208,7 @@ impl Catalog {
 
     /// Collects the declarations of `schemas` (already in merge order), reporting every
     /// problem.
-    pub fn build(schemas: &[LoadedSchema], errs: &mut Vec<SchemaError>) -> Catalog {
+    pub fn build(schemas: &[&LoadedSchema], errs: &mut Vec<SchemaError>) -> Catalog {
         let mut kinds: Vec<KindSpec> = Vec::new();
         let mut attrs: Vec<AttrSpec> = Vec::new();
         let mut columns: Vec<(Arc<str>, String)> = Vec::new();
@@ -256,7 +256,7 @@ impl Catalog {
                 }
             }
         }
-        let first = schemas.first();
+        let first = schemas.first().copied();
         if kinds.len() > MAX_KINDS
             && let Some(s) = first
         {

@@ -66,7 +66,7 @@ impl Extractor {
         let mut seen_rules: Vec<SeenRule> = Vec::new();
         // (field, move, schema index, rule index) of every explicit placement.
         let mut moves: Vec<(String, order::Move<usize>, usize, usize)> = Vec::new();
-        let catalog = Catalog::build(&schemas, &mut errs);
+        let catalog = Catalog::build(&schemas.iter().collect::<Vec<_>>(), &mut errs);
         // Attribute name → its paths' indexes, from the first declaration.
         let mut attr_paths: HashMap<String, Vec<usize>> = HashMap::new();
         // (path index, schema) of every field candidate, in merge order.

@@ -10,7 +10,7 @@
 //! within a kind. Kept apart from the compiler so that explicit path placement can extend one
 //! function, and the compiler could share it.
 
-use super::catalog::CLASSIC_KINDS;
+use super::catalog::{CLASSIC_KINDS, Catalog};
 use super::path::{JsonPath, Step};
 use super::schema::{Condition, LoadedSchema};
 use serde::Serialize;
@@ -108,6 +108,20 @@ pub struct MergedSet {
     pub reject: Vec<RuleEntry>,
     /// Classification rules in evaluation order (the first match gives the kind).
     pub classify: Vec<RuleEntry>,
+    /// The columns a session row gets after `event_count`, in order: each kind's count, then
+    /// each attribute, described.
+    pub columns: Vec<ColumnEntry>,
+}
+
+/// One declared column of the session rows.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ColumnEntry {
+    /// The column.
+    pub column: String,
+    /// `kind NAME (precedence P)` or `TYPE AGGREGATE of PATHS`.
+    pub from: String,
+    /// The declaring schema (none for the implicit classic kinds).
+    pub schema: Option<String>,
 }
 
 /// A request that `item` be tried right before (or after) `anchor`.
@@ -261,6 +275,7 @@ pub fn merged(schemas: &[LoadedSchema]) -> MergedSet {
     // The compiler's stable sort by kind; an unknown kind (an invalid set) goes last.
     classify.sort_by_key(|(k, _)| *k);
     out.classify = classify.into_iter().map(|(_, r)| r).collect();
+    out.columns = columns(schemas);
     // Explicit placements, in merge order (the compiler refuses those it cannot apply).
     for i in merge_order(schemas) {
         for o in &schemas[i].schema.order {
@@ -284,6 +299,24 @@ pub fn merged(schemas: &[LoadedSchema]) -> MergedSet {
         }
     }
     out
+}
+
+/// The session row's declared columns, as the compiler's catalog makes them.
+fn columns(schemas: &[LoadedSchema]) -> Vec<ColumnEntry> {
+    let ordered: Vec<&LoadedSchema> =
+        merge_order(schemas).into_iter().map(|i| &schemas[i]).collect();
+    let catalog = Catalog::build(&ordered, &mut Vec::new());
+    let kinds = catalog.kinds.iter().map(|k| ColumnEntry {
+        column: k.column.to_string(),
+        from: format!("kind {} (precedence {})", k.name, k.precedence),
+        schema: k.schema.as_deref().map(str::to_owned),
+    });
+    let attrs = catalog.attrs.iter().map(|a| ColumnEntry {
+        column: a.name.to_string(),
+        from: format!("{} {} of {}", a.ty.name(), a.aggregate.name(), a.paths.join(", ")),
+        schema: Some(a.schema.to_string()),
+    });
+    kinds.chain(attrs).collect()
 }
 
 impl MergedSet {
@@ -327,6 +360,11 @@ impl MergedSet {
                     );
                 }
             }
+        }
+        let _ = writeln!(o, "\nsession row columns after event_count:");
+        for c in &self.columns {
+            let by = c.schema.as_deref().unwrap_or("(classic: no schema declares kinds)");
+            let _ = writeln!(o, "  {:<20} {:<48} {by}", c.column, c.from);
         }
         for (title, rules) in [
             ("reject rules in evaluation order (the first match names the reason)", &self.reject),
@@ -470,5 +508,28 @@ customer_id = ['$.c']
         let line = r#"{"bot":"yes","test":1,"mid":"m","c":"c","ts":"2024-03-05T10:15:30Z"}"#;
         let err = x.extract(line, &mut slots).unwrap_err();
         assert_eq!(err.reason(), m.reject[0].then);
+    }
+
+    #[test]
+    fn the_row_columns_follow_the_declared_kinds_and_attributes() {
+        let load = |name: &str, text: &str| {
+            parse_bytes(Path::new(name), text.as_bytes().to_vec()).unwrap()
+        };
+        let plain = load("a.toml", "name = \"a\"\nversion = 1\n[fields]\ncustomer_id = ['$.c']\n");
+        let classic: Vec<String> =
+            merged(&[plain]).columns.iter().map(|c| c.column.clone()).collect();
+        assert_eq!(
+            classic,
+            ["page_views", "subscribe_hovers", "subscribe_clicks", "support_calls"]
+        );
+        let declared = load(
+            "b.toml",
+            "name = \"b\"\nversion = 1\n[[kinds]]\nname = \"play\"\ncolumn = \"plays\"\n[[attributes]]\nname = \"os\"\npaths = ['$.os']\naggregate = \"last\"\n",
+        );
+        let set = merged(&[declared]);
+        let cols: Vec<(&str, &str)> =
+            set.columns.iter().map(|c| (c.column.as_str(), c.from.as_str())).collect();
+        assert_eq!(cols, [("plays", "kind play (precedence 100)"), ("os", "string last of $.os")]);
+        assert!(set.to_text().contains("session row columns after event_count:\n  plays"));
     }
 }
