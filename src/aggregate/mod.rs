@@ -196,7 +196,7 @@ mod tests {
             session: Session {
                 start: 10,
                 end: 25,
-                counts: Counts { events: 3, kinds: vec![1, 1, 1] },
+                counts: Counts { events: 3, kinds: vec![1, 1, 1].into() },
                 schema_sets: (0, 1),
                 attrs: Vec::new(),
             },

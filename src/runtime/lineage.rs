@@ -267,9 +267,9 @@ mod tests {
         let m = second.meta.as_mut().unwrap();
         m.kinds = vec!["play".into()];
         m.attributes = vec!["app:integer:max".into(), "os:string:first".into()];
-        first.sessions[0].1[0].counts = Counts { events: 3, kinds: vec![1, 2] };
+        first.sessions[0].1[0].counts = Counts { events: 3, kinds: vec![1, 2].into() };
         first.sessions[0].1[0].attrs = vec![AttrState::At(1, Value::Str("ios".into()))];
-        second.sessions[0].1[0].counts = Counts { events: 4, kinds: vec![4] };
+        second.sessions[0].1[0].counts = Counts { events: 4, kinds: vec![4].into() };
         second.sessions[0].1[0].attrs =
             vec![AttrState::Extreme(Value::Int(7)), AttrState::At(2, Value::Str("mac".into()))];
         let child = cut(vec![first, second], (0, u128::MAX));
@@ -277,13 +277,13 @@ mod tests {
         assert_eq!(m.kinds, ["page_view", "play"]);
         assert_eq!(m.attributes, ["os:string:first", "app:integer:max"]);
         let y = &child.sessions.upserts[1].1[0];
-        assert_eq!(y.counts.kinds, [0, 4], "y's plays are the child's kind 1");
+        assert_eq!(y.counts.kinds[..], [0, 4], "y's plays are the child's kind 1");
         assert_eq!(
             y.attrs,
             [AttrState::At(2, Value::Str("mac".into())), AttrState::Extreme(Value::Int(7))],
             "y's attributes move to the child's numbers"
         );
-        assert_eq!(child.sessions.upserts[0].1[0].counts.kinds, [1, 2], "x keeps its numbers");
+        assert_eq!(child.sessions.upserts[0].1[0].counts.kinds[..], [1, 2], "x keeps its numbers");
     }
 
     #[test]

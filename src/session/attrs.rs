@@ -263,6 +263,6 @@ mod sizes {
     #[test]
     fn the_documented_sizes_hold() {
         assert_eq!(std::mem::size_of::<super::AttrState>(), 32);
-        assert_eq!(std::mem::size_of::<crate::session::Session>(), 80);
+        assert_eq!(std::mem::size_of::<crate::session::Session>(), 104);
     }
 }

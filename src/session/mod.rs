@@ -17,6 +17,11 @@ use attrs::AttrState;
 use hashbrown::HashMap;
 use rustc_hash::FxBuildHasher;
 use serde::{Deserialize, Serialize};
+use smallvec::SmallVec;
+
+/// Events per kind number: inline up to four kinds (the classic set allocates nothing per
+/// session), on the heap beyond.
+pub type KindCounts = SmallVec<[u64; 4]>;
 
 /// Counters of one session.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -25,7 +30,22 @@ pub struct Counts {
     pub events: u64,
     /// Events per kind, indexed by the state's kind number (see [`crate::state::Meta::kinds`]);
     /// kinds past the end counted none.
-    pub kinds: Vec<u64>,
+    #[serde(with = "kind_counts")]
+    pub kinds: KindCounts,
+}
+
+/// `KindCounts` in state as a plain sequence: the same bytes as a `Vec<u64>`.
+mod kind_counts {
+    use super::KindCounts;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(v: &KindCounts, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(v.iter())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<KindCounts, D::Error> {
+        Vec::<u64>::deserialize(d).map(KindCounts::from_vec)
+    }
 }
 
 impl Counts {
@@ -111,7 +131,7 @@ impl Session {
 
     /// Moves kind and attribute numbers to another state's numbering (`map[old] = new`).
     pub fn renumber(&mut self, kinds: &[u32], attrs: &[u32]) {
-        let mut counts = Vec::new();
+        let mut counts = KindCounts::new();
         for (i, &n) in self.counts.kinds.iter().enumerate() {
             let k = kinds.get(i).copied().unwrap_or(i as u32) as usize;
             if counts.len() <= k {

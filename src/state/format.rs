@@ -89,7 +89,7 @@ impl SessionV2 {
     fn upgrade(self) -> Session {
         let c = self.counts;
         // The order of `CLASSIC_KINDS`, which `classic_kinds` numbers.
-        let kinds = vec![c.page_views, c.subscribe_hovers, c.subscribe_clicks, c.support_calls];
+        let kinds = [c.page_views, c.subscribe_hovers, c.subscribe_clicks, c.support_calls].into();
         Session {
             start: self.start,
             end: self.end,
@@ -208,7 +208,7 @@ mod tests {
         }];
         let bytes = postcard::to_stdvec(&old).unwrap();
         let s = decode_sessions(&bytes).unwrap();
-        assert_eq!(s[0].counts, Counts { events: 9, kinds: vec![1, 2, 3, 0] });
+        assert_eq!(s[0].counts, Counts { events: 9, kinds: vec![1, 2, 3, 0].into() });
         let meta = MetaV2 {
             version: 2,
             checkpoint: 7,
@@ -240,7 +240,7 @@ mod tests {
         let s = vec![Session {
             start: 1,
             end: 2,
-            counts: Counts { events: 2, kinds: vec![0, 0, 0, 0, 2] },
+            counts: Counts { events: 2, kinds: vec![0, 0, 0, 0, 2].into() },
             schema_sets: (0, 0),
             attrs: vec![AttrState::Unset, AttrState::At(1, Value::Str("ios".into()))],
         }];

@@ -224,7 +224,10 @@ mod upgrade_tests {
         let m = snap.meta.clone().unwrap();
         assert_eq!((m.version, m.checkpoint), (STATE_VERSION, 7));
         assert_eq!(m.kinds[..2], ["page_view".to_owned(), "subscribe_hover".to_owned()]);
-        assert_eq!(snap.sessions[0].1[0].counts, Counts { events: 9, kinds: vec![1, 2, 3, 0] });
+        assert_eq!(
+            snap.sessions[0].1[0].counts,
+            Counts { events: 9, kinds: vec![1, 2, 3, 0].into() }
+        );
         // A checkpoint of the new version rewrites only what changed: the old record stays.
         let mut new = snap.sessions[0].1[0].clone();
         new.counts.events = 1;

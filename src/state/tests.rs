@@ -21,7 +21,7 @@ fn session() -> impl Strategy<Value = Session> {
     (0i64..1000, 0i64..1000, 0u64..9).prop_map(|(s, d, n)| Session {
         start: s,
         end: s + d,
-        counts: Counts { events: n, kinds: vec![n / 2] },
+        counts: Counts { events: n, kinds: vec![n / 2].into() },
         schema_sets: (n as u32 % 3, n as u32 % 3 + 1),
         attrs: if n % 2 == 0 {
             Vec::new()
