@@ -1,8 +1,8 @@
 //! Aggregate: closed sessions → per-customer rows, the product's output.
 
 use crate::extract::catalog::{Aggregate, AttrType, Catalog};
-use crate::session::ClosedSession;
 use crate::session::attrs::Value;
+use crate::session::{ClosedSession, KindCounts};
 use serde::ser::{Serialize, SerializeMap, Serializer};
 use std::sync::Arc;
 
@@ -60,8 +60,8 @@ pub struct SessionRow {
     pub duration_ms: i64,
     /// Events in the session.
     pub event_count: u64,
-    /// Events per kind, in the order of `layout.kinds`.
-    pub counts: Vec<u64>,
+    /// Events per kind, in the order of `layout.kinds` (inline up to four kinds).
+    pub counts: KindCounts,
     /// Attribute values, in the order of `layout.attrs`.
     pub attrs: Vec<Option<Value>>,
     /// The columns.

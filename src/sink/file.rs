@@ -196,7 +196,7 @@ mod tests {
             session_end: start,
             duration_ms: 0,
             event_count: 1,
-            counts: vec![0; 4],
+            counts: [0; 4].into(),
             attrs: Vec::new(),
             layout: std::sync::Arc::new(crate::aggregate::RowLayout::classic()),
             schema_sets: vec!["web@1".into()],

@@ -221,7 +221,7 @@ mod tests {
             session_end: 1_709_510_460_000,
             duration_ms: 60_000,
             event_count: 3,
-            counts: vec![2, 1, 0, 0],
+            counts: [2, 1, 0, 0].into(),
             attrs: Vec::new(),
             layout: Arc::new(RowLayout::classic()),
             schema_sets: sets.iter().map(|s| (*s).to_owned()).collect(),

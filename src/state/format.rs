@@ -24,9 +24,7 @@ const SESSION_MARK: [u8; 2] = [0, 3];
 /// # Errors
 /// Never for these types; postcard's error is passed on.
 pub fn encode_sessions(s: &[Session]) -> Result<Vec<u8>, postcard::Error> {
-    let mut out = SESSION_MARK.to_vec();
-    out.extend(postcard::to_stdvec(s)?);
-    Ok(out)
+    postcard::to_extend(s, SESSION_MARK.to_vec())
 }
 
 /// Decodes one customer's open sessions, of this version or the previous one.
