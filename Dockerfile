@@ -26,6 +26,7 @@ RUN mkdir -p src benches bench integration-tests/src integration-tests/tests/it 
  && touch src/lib.rs \
  && echo 'fn main() {}' > benches/stages.rs \
  && echo 'fn main() {}' > bench/typed_parse.rs \
+ && echo 'fn main() {}' > bench/scale_gen.rs \
  && touch integration-tests/src/lib.rs \
  && echo 'fn main() {}' > integration-tests/tests/it/main.rs \
  && cargo build --release --locked --bin clickstream \
