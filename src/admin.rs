@@ -328,6 +328,36 @@ async fn read_form(mut m: Multipart) -> Result<Form, Response> {
     Ok(f)
 }
 
+/// The multipart `sample` and the set to judge it by: the registry's, with the optional
+/// `schema` standing in for its name. Shared by `test` and `explain`.
+async fn sample_and_set(
+    admin: &Admin,
+    multipart: Multipart,
+) -> Result<(Vec<u8>, Vec<registry::VersionRecord>, Option<schema::LoadedSchema>), Box<Response>> {
+    let form = read_form(multipart).await.map_err(Box::new)?;
+    let Some(sample) = form.sample else {
+        return Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "send the events as the multipart field `sample`",
+        )));
+    };
+    let candidate = match form.schema {
+        Some(text) => Some(
+            schema::parse_bytes(std::path::Path::new("request"), text)
+                .map_err(|e| Box::new(invalid(&SchemaErrors(vec![e]))))?,
+        ),
+        None => None,
+    };
+    let current = current_records(admin).await?;
+    if current.is_empty() && candidate.is_none() {
+        return Err(Box::new(problem(
+            StatusCode::BAD_REQUEST,
+            "no schema set: send one as the field `schema`",
+        )));
+    }
+    Ok((sample, current, candidate))
+}
+
 #[derive(Deserialize)]
 struct TestQuery {
     limit: Option<u64>,
@@ -340,30 +370,10 @@ async fn test(
     Query(query): Query<TestQuery>,
     multipart: Multipart,
 ) -> Response {
-    let form = match read_form(multipart).await {
-        Ok(f) => f,
-        Err(e) => return e,
-    };
-    let Some(sample) = form.sample else {
-        return problem(StatusCode::BAD_REQUEST, "send the events as the multipart field `sample`");
-    };
-    let candidate = match form.schema {
-        Some(text) => match schema::parse_bytes(std::path::Path::new("request"), text) {
-            Ok(l) => Some(l),
-            Err(e) => return invalid(&SchemaErrors(vec![e])),
-        },
-        None => None,
-    };
-    let current = match current_records(&admin).await {
-        Ok(records) => records,
+    let (sample, current, candidate) = match sample_and_set(&admin, multipart).await {
+        Ok(parts) => parts,
         Err(response) => return *response,
     };
-    if current.is_empty() && candidate.is_none() {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "no schema to test: send one as the field `schema`",
-        );
-    }
     let limit = query.limit.unwrap_or(DEFAULT_SAMPLE_LINES);
     let text_format = query.format.as_deref() == Some("text");
     let job = tokio::task::spawn_blocking(move || {
@@ -396,27 +406,10 @@ async fn explain(
     Query(query): Query<ExplainQuery>,
     multipart: Multipart,
 ) -> Response {
-    let form = match read_form(multipart).await {
-        Ok(f) => f,
-        Err(e) => return e,
-    };
-    let Some(sample) = form.sample else {
-        return problem(StatusCode::BAD_REQUEST, "send the events as the multipart field `sample`");
-    };
-    let candidate = match form.schema {
-        Some(text) => match schema::parse_bytes(std::path::Path::new("request"), text) {
-            Ok(l) => Some(l),
-            Err(e) => return invalid(&SchemaErrors(vec![e])),
-        },
-        None => None,
-    };
-    let current = match current_records(&admin).await {
-        Ok(records) => records,
+    let (sample, current, candidate) = match sample_and_set(&admin, multipart).await {
+        Ok(parts) => parts,
         Err(response) => return *response,
     };
-    if current.is_empty() && candidate.is_none() {
-        return problem(StatusCode::BAD_REQUEST, "no schema set: send one as the field `schema`");
-    }
     let rules = admin.rules;
     let job = tokio::task::spawn_blocking(move || {
         let set = registry::compile_set(&current, candidate).map_err(|e| Box::new(invalid(&e)))?;

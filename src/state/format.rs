@@ -192,39 +192,10 @@ mod tests {
 
     #[test]
     fn version_2_records_read_as_the_classic_kinds() {
-        let old = vec![SessionV2 {
-            start: 1,
-            end: 2,
-            counts: CountsV2 {
-                events: 9,
-                page_views: 1,
-                subscribe_hovers: 2,
-                subscribe_clicks: 3,
-                support_calls: 0,
-            },
-            schema_sets: (0, 1),
-        }];
-        let bytes = postcard::to_stdvec(&old).unwrap();
-        let s = decode_sessions(&bytes).unwrap();
+        let (meta, sessions) = version_2_records();
+        let s = decode_sessions(&sessions).unwrap();
         assert_eq!(s[0].counts, Counts { events: 9, kinds: vec![1, 2, 3, 0].into() });
-        let meta = MetaV2 {
-            version: 2,
-            checkpoint: 7,
-            position: SourcePosition::default(),
-            max_time: Some(5),
-            counters: CountersV2 {
-                lines: 3,
-                accepted: 2,
-                duplicates: 1,
-                dead_lettered: BTreeMap::new(),
-                sessions: 0,
-            },
-            inputs: vec![],
-            settings: "s".into(),
-            finished: false,
-            schema_sets: vec!["web@1".into()],
-        };
-        let m = decode_meta(&postcard::to_stdvec(&meta).unwrap()).unwrap();
+        let m = decode_meta(&meta).unwrap();
         assert_eq!((m.version, m.checkpoint, m.counters.lines), (STATE_VERSION, 7, 3));
         assert_eq!(
             m.kinds,
