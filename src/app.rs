@@ -14,8 +14,9 @@ use crate::sink::file::FileSink;
 use crate::sink::s3::S3Sink;
 use crate::source::Message;
 use crate::source::replay::{BarrierPolicy, Input, ReplaySource};
+use crate::state::rocksdb::MemoryBudget;
 use crate::state::rocksdb::RocksDbStore;
-use crate::state::{Counters, Snapshot, StateStore};
+use crate::state::{Counters, Meta, StateStore};
 use crate::telemetry::LogWriter;
 use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -46,6 +47,8 @@ pub struct ReplaySettings {
     pub follow: bool,
     /// Session rows as Parquet (S3 output only).
     pub parquet: bool,
+    /// Bytes state may hold in memory (`state.memory_budget`).
+    pub memory_budget: u64,
 }
 
 /// How a replay ended.
@@ -111,8 +114,8 @@ enum Resume {
 }
 
 /// Where a replay starts, given what its state holds; refuses state of another replay.
-fn resume_point(snapshot: &Snapshot, base: &MetaBase, state: &std::path::Path) -> Result<Resume> {
-    let Some(m) = &snapshot.meta else { return Ok(Resume::Fresh) };
+fn resume_point(meta: Option<&Meta>, base: &MetaBase, state: &std::path::Path) -> Result<Resume> {
+    let Some(m) = meta else { return Ok(Resume::Fresh) };
     if m.inputs != base.inputs {
         bail!(
             "state {} belongs to a replay of [{}], not of [{}]: give another --state (or remove it) to start over",
@@ -195,8 +198,11 @@ fn replay_into<K: Sink + Send + 'static>(
     let Schemas { extractor, board, with_registry } = schemas;
     std::fs::create_dir_all(&s.state)
         .with_context(|| format!("state directory {}", s.state.display()))?;
-    let store = RocksDbStore::open(&s.state)?;
-    let snapshot = store.load()?;
+    let budget = MemoryBudget::new(s.memory_budget);
+    let opened = Instant::now();
+    let store = RocksDbStore::open_with(&s.state, &budget)?;
+    let meta = store.meta()?;
+    info!(state = %s.state.display(), ms = opened.elapsed().as_millis() as u64, open_sessions = meta.as_ref().map_or(0, |m| m.open.0), "State opened (read on demand, not loaded).");
 
     let base = MetaBase {
         // A followed input grows: its size is no identity.
@@ -206,7 +212,7 @@ fn replay_into<K: Sink + Send + 'static>(
             .collect(),
         settings: settings_fingerprint(&s.rules, (!with_registry).then_some(&*extractor)),
     };
-    let (start, last) = match resume_point(&snapshot, &base, &s.state)? {
+    let (start, last) = match resume_point(meta.as_ref(), &base, &s.state)? {
         Resume::Fresh => (SourcePosition::default(), 0),
         Resume::From(pos, last) => (pos, last),
         Resume::Done(counters) => {
@@ -236,7 +242,7 @@ fn replay_into<K: Sink + Send + 'static>(
 
     let names = inputs.iter().map(|i| Arc::clone(&i.name)).collect();
     let mut processor = Processor::new(Arc::clone(&extractor), s.rules, names);
-    processor.restore(snapshot);
+    processor.restore(meta.as_ref(), store.backing(), budget.sessions(1));
     let coord = Coordinator::new(store, sink, last);
 
     let progress = progress_bar(&inputs);
@@ -378,8 +384,9 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
     let mut last_pos = start;
     let mut checkpoint = |processor: &mut Processor, pos, end: bool| {
         let taken = Instant::now();
-        let (out, batch) = processor.checkpoint(pos, end, base.clone());
-        committer.submit(Job { out, batch, lines: processor.counters().lines, taken })
+        let (out, batch) = processor.checkpoint(pos, end, base.clone())?;
+        committer.submit(Job { out, batch, lines: processor.counters().lines, taken })?;
+        anyhow::Ok(())
     };
     loop {
         if let Some(x) = board.take() {

@@ -50,6 +50,50 @@ pub struct RawConfig {
     pub sink: SinkConfig,
     /// `run` settings.
     pub run: RunConfig,
+    /// State store settings.
+    pub state: StateConfig,
+}
+
+/// `[state]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Bytes state may hold in memory.
+    #[serde(deserialize_with = "bytes")]
+    pub memory_budget: u64,
+}
+
+/// A size: a number of bytes, or a string such as `512MiB`, `2GiB`, `64KiB`.
+fn bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        N(u64),
+        S(String),
+    }
+    match Size::deserialize(d)? {
+        Size::N(n) => Ok(n),
+        Size::S(s) => parse_size(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses `512MiB`, `2GiB`, `64KiB` or a plain number of bytes.
+///
+/// # Errors
+/// Not a size.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("`{s}` is not a size like 512MiB"))?;
+    let mult = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => return Err(format!("`{s}`: the unit must be B, KiB, MiB or GiB")),
+    };
+    n.checked_mul(mult).ok_or_else(|| format!("`{s}` is too large"))
 }
 
 /// `[source]`.
@@ -376,6 +420,12 @@ impl RawConfig {
         }
         if r.checkpoint_bytes > 1 << 30 {
             return Err(ConfigError::Invalid("run.checkpoint_bytes is over 1 GiB: a checkpoint's objects must stay well below S3's 5 GB single-put limit".into()));
+        }
+        if self.state.memory_budget < crate::state::rocksdb::MemoryBudget::MIN {
+            return Err(ConfigError::Invalid(format!(
+                "state.memory_budget is {} bytes: it must be at least 16MiB",
+                self.state.memory_budget
+            )));
         }
         if self.checkpoint.every_lines == 0 && self.checkpoint.interval.is_zero() {
             return Err(ConfigError::Invalid("checkpoint.every_lines and checkpoint.interval are both 0: no checkpoint would ever be taken".into()));

@@ -103,7 +103,9 @@ pub fn explain(
         ));
     };
     let base = MetaBase { inputs: Vec::new(), settings: String::new() };
-    let (out, _) = p.checkpoint(SourcePosition::default(), true, base);
+    let (out, _) = p
+        .checkpoint(SourcePosition::default(), true, base)
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
     let session = key.and_then(|(customer, time)| {
         out.rows
             .iter()

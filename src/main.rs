@@ -124,6 +124,9 @@ struct ReplayArgs {
     /// Lines between checkpoints [default: 100000].
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<u64>,
+    /// What state may hold in memory, e.g. 64MiB [default: state.memory_budget, 512MiB].
+    #[arg(long, value_name = "SIZE", value_parser = clickstream::config::parse_size)]
+    memory_budget: Option<u64>,
     /// Wall time between checkpoints, e.g. 1s [default: off].
     #[arg(long, value_name = "DURATION", value_parser = app::parse_duration)]
     checkpoint_interval: Option<Duration>,
@@ -321,6 +324,9 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
     if let Some(h) = a.dedup_horizon {
         c.session.dedup_horizon = h;
     }
+    if let Some(n) = a.memory_budget {
+        c.state.memory_budget = n;
+    }
     if let Some(n) = a.checkpoint_every {
         c.checkpoint.every_lines = n;
     }
@@ -366,6 +372,7 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
         parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
         state,
         output: c.replay.output,
+        memory_budget: c.state.memory_budget,
     })
 }
 
@@ -435,6 +442,7 @@ fn run_settings(c: &RawConfig) -> Result<clickstream::runtime::RunSettings> {
         dead_letter_topic: (!c.sink.dead_letter_topic.is_empty())
             .then(|| c.sink.dead_letter_topic.clone()),
         keep_snapshots: r.keep_snapshots,
+        memory: clickstream::state::rocksdb::MemoryBudget::new(c.state.memory_budget),
         permanent_error_deadline: r.permanent_error_deadline,
         allow_settings_change: r.allow_settings_change,
     })

@@ -8,11 +8,12 @@ use crate::event::{LinePosition, SourcePosition};
 use crate::extract::Extractor;
 use crate::extract::catalog::Aggregate;
 use crate::extract::walk::Slot;
+use crate::session::Backing;
 use crate::session::dedup::Dedup;
 use crate::session::{ClosedSession, EventAttr, Observed, Sessionizer};
 use crate::sink::DeadLetter;
 use crate::source::{Chunk, Oversized};
-use crate::state::{CheckpointBatch, Counters, Meta, STATE_VERSION, Snapshot};
+use crate::state::{CheckpointBatch, Counters, Meta, STATE_VERSION};
 use std::sync::Arc;
 
 /// Settings that shape the output: a resumed run must use the same.
@@ -68,7 +69,15 @@ pub struct Processor {
     layout: Arc<RowLayout>,
     /// Scratch slots kept between [`Processor::process_record`] calls (empty between them).
     spare: Vec<Slot<'static>>,
+    /// Durable state read on demand, and the number of the last checkpoint batch taken.
+    backing: Option<Arc<dyn Backing>>,
+    batches: u64,
 }
+
+/// Durable state could not be read during an interval: its output must not be committed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct StateReadFailed(pub String);
 
 impl Processor {
     /// A processor with empty state; `inputs` names the inputs for dead-letter records.
@@ -91,6 +100,8 @@ impl Processor {
             attr_ids: Vec::new(),
             layout: Arc::default(),
             spare: Vec::new(),
+            backing: None,
+            batches: 0,
         };
         p.bind();
         p
@@ -135,11 +146,17 @@ impl Processor {
         self.layout = Arc::new(RowLayout::new(cat, &self.kind_ids, &attr_ids));
     }
 
-    /// Restores the state of a committed checkpoint.
-    pub fn restore(&mut self, snap: Snapshot) {
-        if let Some(m) = &snap.meta {
+    /// Continues from a committed checkpoint: `meta` is its record, `backing` the store that
+    /// holds its sessions and ids (read on demand, never loaded), `cache` the bytes the session
+    /// cache may hold.
+    pub fn restore(&mut self, meta: Option<&Meta>, backing: Arc<dyn Backing>, cache: usize) {
+        let (max_time, open, forgotten) =
+            meta.map_or((None, (0, 0), None), |m| (m.max_time, m.open, m.forgotten_before));
+        self.sessions.restore(max_time, open, Arc::clone(&backing), cache);
+        self.dedup.restore(forgotten, Arc::clone(&backing));
+        self.backing = Some(backing);
+        if let Some(m) = meta {
             self.counters = m.counters.clone();
-            self.sessions.restore(m.max_time, snap.sessions);
             if !m.schema_sets.is_empty() {
                 self.schema_sets.clone_from(&m.schema_sets);
                 self.use_set(self.extractor.versions());
@@ -148,7 +165,6 @@ impl Processor {
             self.attributes.clone_from(&m.attributes);
             self.bind();
         }
-        self.dedup.restore(snap.ids);
     }
 
     /// Swaps in another schema set: the lines processed from now on use it.
@@ -176,14 +192,21 @@ impl Processor {
     }
 
     /// Customers with an open session.
-    pub fn open_customers(&self) -> impl Iterator<Item = &str> {
-        self.sessions.customers()
+    #[must_use]
+    pub fn open_customers(&self) -> u64 {
+        self.sessions.open_customers()
     }
 
     /// Open sessions now.
     #[must_use]
-    pub fn open_sessions(&self) -> usize {
+    pub fn open_sessions(&self) -> u64 {
         self.sessions.open_sessions()
+    }
+
+    /// Customers whose sessions are held in memory now.
+    #[must_use]
+    pub fn cached_customers(&self) -> usize {
+        self.sessions.cached()
     }
 
     /// Totals so far.
@@ -315,12 +338,16 @@ impl Processor {
     /// Ends a checkpoint interval at `position`: closes what the watermark allows (everything at
     /// the end of input), forgets expired ids, and returns the interval's output with the state
     /// changes to commit.
+    ///
+    /// # Errors
+    /// Durable state could not be read during the interval: what it produced may be wrong and
+    /// must not be committed (the next attempt starts again from the last checkpoint).
     pub fn checkpoint(
         &mut self,
         position: SourcePosition,
         end_of_input: bool,
         meta: MetaBase,
-    ) -> (EpochOutput, CheckpointBatch) {
+    ) -> Result<(EpochOutput, CheckpointBatch), StateReadFailed> {
         let mut closed: Vec<ClosedSession> = Vec::new();
         if end_of_input {
             self.sessions.close_all(&mut closed);
@@ -336,7 +363,15 @@ impl Processor {
             (&a.customer_id, a.session_start).cmp(&(&b.customer_id, b.session_start))
         });
         self.counters.sessions += rows.len() as u64;
+        if let Some(e) = self.backing.as_ref().and_then(|b| b.take_error()) {
+            return Err(StateReadFailed(e));
+        }
+        self.batches += 1;
+        let seq = self.batches;
+        let sessions = self.sessions.take_changes(seq);
+        let dedup = self.dedup.take_changes(seq);
         let batch = CheckpointBatch {
+            seq,
             meta: Some(Meta {
                 version: STATE_VERSION,
                 checkpoint: 0, // set by the coordinator
@@ -349,11 +384,13 @@ impl Processor {
                 schema_sets: self.schema_sets.clone(),
                 kinds: self.kinds.clone(),
                 attributes: self.attributes.clone(),
+                open: (self.sessions.open_sessions(), self.sessions.open_customers()),
+                forgotten_before: self.dedup.forgotten_before(),
             }),
-            sessions: self.sessions.take_changes(),
-            dedup: self.dedup.take_changes(),
+            sessions,
+            dedup,
         };
-        (EpochOutput { rows, dead: std::mem::take(&mut self.dead) }, batch)
+        Ok((EpochOutput { rows, dead: std::mem::take(&mut self.dead) }, batch))
     }
 }
 
@@ -402,7 +439,7 @@ mod tests {
         line(&mut p, 4, r#"{"id":3,"c":"x","t":1709510402,"e":"v"}"#);
         line(&mut p, 5, "not json either");
         let base = MetaBase { inputs: vec![], settings: String::new() };
-        let (out, batch) = p.checkpoint(SourcePosition::default(), true, base);
+        let (out, batch) = p.checkpoint(SourcePosition::default(), true, base).unwrap();
         let sets: Vec<(&str, Vec<String>, u64)> = out
             .rows
             .iter()
@@ -437,7 +474,7 @@ mod tests {
         line(&mut p, 2, r#"{"id":2,"c":"y","t":1709510400,"e":"p","os":"ios"}"#);
         // Two seconds later, past the gap: "early" and "y" close; "x" stays open across the reload.
         line(&mut p, 3, r#"{"id":3,"c":"x","t":1709510402,"e":"v"}"#);
-        let (out, _) = p.checkpoint(SourcePosition::default(), false, base());
+        let (out, _) = p.checkpoint(SourcePosition::default(), false, base()).unwrap();
         let early: Vec<String> =
             out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
         assert_eq!(
@@ -452,7 +489,7 @@ mod tests {
         p.set_extractor(with_kinds(2, true));
         line(&mut p, 4, r#"{"id":4,"c":"x","t":1709510402,"e":"p","os":"mac"}"#);
         line(&mut p, 5, r#"{"id":5,"c":"x","t":1709510402,"e":"p"}"#);
-        let (out, batch) = p.checkpoint(SourcePosition::default(), true, base());
+        let (out, batch) = p.checkpoint(SourcePosition::default(), true, base()).unwrap();
         let row = serde_json::to_value(&out.rows[0]).unwrap();
         assert_eq!((row["event_count"].as_u64(), row["page_views"].as_u64()), (Some(3), Some(1)));
         assert_eq!(row["plays"], 2, "only events after the reload count as plays: {row}");

@@ -14,7 +14,7 @@ use super::snapshot::{self, SnapshotError};
 use crate::event::SourcePosition;
 use crate::sink::objects::{Condition, ObjectError};
 use crate::state::rocksdb::RocksDbStore;
-use crate::state::{Snapshot, StateError, StateStore};
+use crate::state::{Meta, StateError, StateStore};
 use std::collections::BTreeMap;
 use thiserror::Error;
 use tracing::{info, warn};
@@ -57,8 +57,8 @@ pub struct Acquired {
     pub epoch: u64,
     /// The state store, as of the record's checkpoint.
     pub store: RocksDbStore,
-    /// Its contents, for the processor.
-    pub state: Snapshot,
+    /// Its checkpoint record (the contents are read on demand).
+    pub state: Option<Meta>,
     /// Table files already in S3 (name → key).
     pub uploaded: BTreeMap<String, String>,
     /// Where the state says the source resumes, when it predates positions in the record.
@@ -241,17 +241,24 @@ fn restore(
         }
     }
     std::fs::create_dir_all(dir).map_err(snapshot::io("create", dir))?;
-    let mut store = RocksDbStore::open(dir)?;
+    let opened = std::time::Instant::now();
+    let mut store = RocksDbStore::open_with(dir, &ctx.memory)?;
     if record.snapshot.is_none()
         && let Some(l) = ctx.lineage.as_ref().filter(|l| !l.parents.is_empty())
     {
         // A child that never committed: it starts from its parents' ends (or waits for them).
         super::lineage::seed(ctx, l, &mut store)?;
     }
-    let state = store.load()?;
+    let state = store.meta()?;
+    info!(
+        split,
+        ms = opened.elapsed().as_millis() as u64,
+        open_sessions = state.as_ref().map_or(0, |m| m.open.0),
+        "Split state opened (read on demand, not loaded)."
+    );
     let mut legacy_position = None;
     if let Some(s) = &record.snapshot {
-        let Some(m) = &state.meta else {
+        let Some(m) = &state else {
             return Err(AcquireError::Refused(format!(
                 "split {split}: its state snapshot (checkpoint {}) holds no checkpoint record. Reset the split (`clickstream state reset`).",
                 s.checkpoint

@@ -80,6 +80,10 @@ pub struct SplitContext {
     pub parquet: bool,
     /// Where the split's first state comes from, when keys move between splits.
     pub lineage: Option<crate::source::Lineage>,
+    /// What the split's store may hold in memory (shared by the process's splits).
+    pub memory: crate::state::rocksdb::MemoryBudget,
+    /// This split's share for its session cache, in bytes.
+    pub session_cache: usize,
 }
 
 /// Publishing could not finish.

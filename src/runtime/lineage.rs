@@ -20,7 +20,7 @@ use crate::source::kinesis::kpl::hash_key_of;
 use crate::source::kinesis::shards::contains;
 use crate::source::{END, Lineage};
 use crate::state::rocksdb::RocksDbStore;
-use crate::state::{CheckpointBatch, Meta, STATE_VERSION, Snapshot, StateStore};
+use crate::state::{CheckpointBatch, Contents, Meta, STATE_VERSION, StateStore};
 use std::collections::BTreeMap;
 use tracing::{info, warn};
 
@@ -43,7 +43,7 @@ pub fn seed(
             std::fs::remove_dir_all(&dir).map_err(snapshot::io("remove", &dir))?;
         }
         snapshot::restore(&*ctx.objects, snap, &dir)?;
-        let state = RocksDbStore::open(&dir)?.load()?;
+        let state = RocksDbStore::open(&dir)?.read_all()?;
         std::fs::remove_dir_all(&dir).map_err(snapshot::io("remove", &dir))?;
         finals.push(state);
     }
@@ -123,7 +123,7 @@ fn same_stream(a: &str, b: &str) -> bool {
 /// event time of all (so the child's watermark does not go back), and the schema sets the
 /// sessions name.
 #[must_use]
-pub fn cut(parents: Vec<Snapshot>, range: (u128, u128)) -> CheckpointBatch {
+pub fn cut(parents: Vec<Contents>, range: (u128, u128)) -> CheckpointBatch {
     let (mut sets, mut kinds, mut attrs) = (Vec::new(), Vec::new(), Vec::new());
     let mut sessions: BTreeMap<Box<str>, Vec<Session>> = BTreeMap::new();
     let mut batch = CheckpointBatch::default();
@@ -154,6 +154,7 @@ pub fn cut(parents: Vec<Snapshot>, range: (u128, u128)) -> CheckpointBatch {
         batch.dedup.inserts.extend(p.ids.into_iter().map(|(id, t)| (id.as_ref().into(), t)));
     }
     batch.sessions.upserts = sessions.into_iter().collect();
+    let open: u64 = batch.sessions.upserts.iter().map(|(_, s)| s.len() as u64).sum();
     batch.meta = Some(Meta {
         version: STATE_VERSION,
         checkpoint: 0,
@@ -166,6 +167,8 @@ pub fn cut(parents: Vec<Snapshot>, range: (u128, u128)) -> CheckpointBatch {
         schema_sets: sets,
         kinds,
         attributes: attrs,
+        open: (open, batch.sessions.upserts.len() as u64),
+        forgotten_before: None,
     });
     batch
 }
@@ -199,8 +202,8 @@ mod tests {
         }
     }
 
-    fn parent(customers: &[&str], sets: &[&str], max_time: i64, ids: &[&str]) -> Snapshot {
-        Snapshot {
+    fn parent(customers: &[&str], sets: &[&str], max_time: i64, ids: &[&str]) -> Contents {
+        Contents {
             meta: Some(Meta {
                 version: STATE_VERSION,
                 checkpoint: 7,
@@ -213,6 +216,8 @@ mod tests {
                 schema_sets: sets.iter().map(|&s| s.to_owned()).collect(),
                 kinds: Vec::new(),
                 attributes: Vec::new(),
+                open: (0, 0),
+                forgotten_before: None,
             }),
             sessions: customers
                 .iter()

@@ -71,6 +71,8 @@ pub struct RunSettings {
     pub dead_letter_topic: Option<String>,
     /// Snapshots kept per split.
     pub keep_snapshots: usize,
+    /// What state may hold in memory, for every split of the process together.
+    pub memory: crate::state::rocksdb::MemoryBudget,
     /// Exit after S3 has refused requests (access, bucket) for this long.
     pub permanent_error_deadline: Duration,
     /// Resume state written with other settings.
@@ -338,6 +340,8 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
     #[allow(clippy::needless_pass_by_value)] // the id is kept in the slot map and the worker
     fn start(&mut self, id: SplitId, reader: R) {
         let s = self.s;
+        // This split's share of the session cache: the budget divided by the splits held.
+        let held = 1 + self.slots.iter().filter(|(k, s)| s.assigned && **k != id).count();
         let slot = self.slots.entry(id.clone()).or_insert_with(|| Slot {
             signals: Arc::new(Signals::new(Arc::clone(&self.extractor))),
             worker: None,
@@ -369,6 +373,8 @@ impl<C: SourceControl, R: SplitReader<Position = C::Position>> Runtime<'_, C, R>
             tmp_dir: s.state.join(format!(".snapshot-{split}")),
             prefix: s.sink.list_prefix(),
             keep_snapshots: s.keep_snapshots,
+            memory: s.memory.clone(),
+            session_cache: s.memory.sessions(held),
             parquet: s.parquet,
             lineage: self.control.lineage(&id),
         });

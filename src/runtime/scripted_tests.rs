@@ -197,6 +197,7 @@ impl Instance {
             parquet: false,
             dead_letter_topic: None,
             keep_snapshots: 2,
+            memory: crate::state::rocksdb::MemoryBudget::default(),
             permanent_error_deadline: Duration::from_mins(1),
             allow_settings_change: false,
         };
@@ -255,7 +256,7 @@ fn reference(log: &Log) -> Vec<String> {
         slots.clear();
     }
     let base = MetaBase { inputs: Vec::new(), settings: String::new() };
-    let (out, _) = p.checkpoint(SourcePosition::default(), false, base);
+    let (out, _) = p.checkpoint(SourcePosition::default(), false, base).unwrap();
     out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect()
 }
 

@@ -8,8 +8,8 @@
 
 use super::record::{Layout, SnapshotRef};
 use crate::sink::objects::{Condition, ObjectError, ObjectStore};
-use crate::state::StateError;
 use crate::state::rocksdb::RocksDbStore;
+use crate::state::{StateError, StateStore};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use thiserror::Error;

@@ -15,6 +15,7 @@ use super::health::Health;
 use crate::extract::Extractor;
 use crate::processor::{MetaBase, Processor, Rules};
 use crate::source::{Note, Polled, Position, SourceControl, SplitId, SplitReader, StartAt, Stop};
+use crate::state::StateStore;
 use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -174,6 +175,9 @@ impl<C: SourceControl> Worker<C> {
                 return Stop::Failed("the split's end was not committed".into());
             }
         }
+        if let Some(e) = pipe.failed.take() {
+            return Stop::Failed(e);
+        }
         if stop == Stop::Finished && pipe.committer.state() == RUNNING {
             super::failpoint::hit("shard.end_committed");
         }
@@ -256,6 +260,8 @@ struct Pipeline<P: Position> {
     /// Customers seen here whose key is another split's (the producer did not key by
     /// customer): their sessions are cut in two at a reshard.
     strays: std::collections::HashSet<Box<str>>,
+    /// Why the pipeline cannot go on (state could not be read).
+    failed: Option<String>,
 }
 
 impl<P: Position> Pipeline<P> {
@@ -270,7 +276,7 @@ impl<P: Position> Pipeline<P> {
         let name: Arc<str> = Arc::from(source.split_once(':').map_or(&source[..], |(_, n)| n));
         let version = w.signals.version.load(Ordering::Acquire);
         let mut processor = Processor::new(w.signals.schemas(), w.settings.rules, vec![name]);
-        processor.restore(a.state);
+        processor.restore(a.state.as_ref(), a.store.backing(), w.ctx.session_cache);
         let base = MetaBase {
             inputs: vec![
                 w.ctx.identity.source.clone(),
@@ -298,6 +304,7 @@ impl<P: Position> Pipeline<P> {
             version,
             range: w.ctx.lineage.as_ref().map(|l| l.range),
             strays: std::collections::HashSet::new(),
+            failed: None,
         })
     }
 
@@ -398,7 +405,7 @@ impl<P: Position> Pipeline<P> {
         }
         let quiet = self.last_input.elapsed() >= s.idle_timeout
             && self.caught_up_since.is_some_and(|t| t.elapsed() >= s.idle_timeout);
-        (quiet && self.processor.open_customers().next().is_some()).then_some(true)
+        (quiet && self.processor.open_customers() > 0).then_some(true)
     }
 
     fn swap_schemas(&mut self, signals: &Signals) {
@@ -420,7 +427,14 @@ impl<P: Position> Pipeline<P> {
         reader: &R,
     ) -> bool {
         let legacy = self.next.as_ref().map(Position::legacy).unwrap_or_default();
-        let (out, batch) = self.processor.checkpoint(legacy, idle, self.base.clone());
+        let (out, batch) = match self.processor.checkpoint(legacy, idle, self.base.clone()) {
+            Ok(x) => x,
+            Err(e) => {
+                error!(split = %self.split, error = %e, "State could not be read: the interval is not committed; the split starts again from its last checkpoint.");
+                self.failed = Some(e.to_string());
+                return false;
+            }
+        };
         let label = self.split.clone();
         if let Some(range) = self.range {
             self.count_strays(range, &batch.sessions.upserts);

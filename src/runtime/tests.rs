@@ -9,6 +9,7 @@ use crate::extract::Extractor;
 use crate::extract::schema::parse_bytes;
 use crate::processor::{MetaBase, Processor, Rules};
 use crate::sink::objects::{Condition, MemoryObjects, ObjectStore};
+use crate::state::StateStore as _;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,6 +39,8 @@ fn ctx(objects: &Arc<MemoryObjects>, dir: &Path, owner: &str) -> Arc<SplitContex
         tmp_dir: dir.join(".snapshot-p0000"),
         prefix: String::new(),
         keep_snapshots: 2,
+        memory: crate::state::rocksdb::MemoryBudget::new(16 << 20),
+        session_cache: 1 << 20,
         parquet: false,
         lineage: None,
     })
@@ -59,7 +62,7 @@ fn take(ctx: &Arc<SplitContext>) -> Result<Owner, AcquireError> {
         (None, None) => 0,
     };
     let mut p = Processor::new(extractor(), RULES, vec![Arc::from("t/0")]);
-    p.restore(a.state);
+    p.restore(a.state.as_ref(), a.store.backing(), ctx.session_cache);
     let base = MetaBase {
         inputs: vec!["kafka:t/0".into(), format!("epoch={}", super::snapshot::lineage(a.epoch))],
         settings: super::settings_fingerprint(&RULES),
@@ -81,7 +84,7 @@ impl Owner {
         }
         self.next = to;
         let pos = SourcePosition { input: 0, line: to, offset: to };
-        let (out, batch) = self.p.checkpoint(pos, false, self.base.clone());
+        let (out, batch) = self.p.checkpoint(pos, false, self.base.clone()).unwrap();
         Job {
             out,
             batch,

@@ -4,22 +4,38 @@
 //! With `horizon ≥ allowed lateness`, forgetting loses nothing: any later copy of a forgotten
 //! id is older than the watermark and would be refused as late anyway.
 
+use super::Backing;
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
+use std::sync::Arc;
 
 /// Ids are forgotten by whole hours of event time, so that the state store drops them with
 /// one range delete.
 pub const HOUR_MS: i64 = 3_600_000;
 
 /// Remembered message ids.
-#[derive(Debug, Default)]
+///
+/// With a [`Backing`], memory holds only the ids of batches that are not durable yet; every
+/// other id is looked up in the backing (whose bloom filters answer "never seen" — almost every
+/// id — without reading a block). Exact either way: a filter only ever saves a read.
+#[derive(Default)]
 pub struct Dedup {
     horizon: i64,
-    /// id → (event time, written to the state store). Ids up to 24 bytes are stored inline,
-    /// and forgetting or collecting new ids is a scan of one flat table, once per checkpoint.
-    ids: FxHashMap<CompactString, (i64, bool)>,
+    /// id → (event time, the batch that carried it; 0: none yet). Ids up to 24 bytes are
+    /// stored inline.
+    ids: FxHashMap<CompactString, (i64, u64)>,
     /// Hours before this one are forgotten.
     forgotten_before: Option<i64>,
+    backing: Option<Arc<dyn Backing>>,
+}
+
+impl std::fmt::Debug for Dedup {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Dedup")
+            .field("in_memory", &self.ids.len())
+            .field("forgotten_before", &self.forgotten_before)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What changed since the last checkpoint.
@@ -38,25 +54,36 @@ impl Dedup {
         Dedup { horizon, ..Dedup::default() }
     }
 
-    /// Restores ids a checkpoint saved.
-    pub fn restore(&mut self, ids: impl IntoIterator<Item = (Box<str>, i64)>) {
-        for (id, t) in ids {
-            self.ids.insert(CompactString::from(&*id), (t, true));
-        }
+    /// Continues from durable state: `backing` holds the ids, `forgotten_before` is the last
+    /// checkpoint's cutoff (ids of earlier hours the backing may still hold do not count).
+    pub fn restore(&mut self, forgotten_before: Option<i64>, backing: Arc<dyn Backing>) {
+        self.forgotten_before = forgotten_before;
+        self.backing = Some(backing);
     }
 
     /// Whether `id` was accepted before.
     #[must_use]
     pub fn contains(&self, id: &str) -> bool {
-        self.ids.contains_key(id)
+        if self.ids.contains_key(id) {
+            return true;
+        }
+        let Some(b) = &self.backing else { return false };
+        b.id_time(id)
+            .is_some_and(|t| self.forgotten_before.is_none_or(|h| t.div_euclid(HOUR_MS) >= h))
     }
 
     /// Remembers an accepted id.
     pub fn insert(&mut self, id: &str, time: i64) {
-        self.ids.insert(CompactString::from(id), (time, false));
+        self.ids.insert(CompactString::from(id), (time, 0));
     }
 
-    /// Number of remembered ids.
+    /// Where ids are forgotten: hours before this one.
+    #[must_use]
+    pub fn forgotten_before(&self) -> Option<i64> {
+        self.forgotten_before
+    }
+
+    /// Number of ids held in memory (all of them without a backing).
     #[must_use]
     pub fn len(&self) -> usize {
         self.ids.len()
@@ -81,14 +108,19 @@ impl Dedup {
         self.forgotten_before = Some(before);
     }
 
-    /// Takes what changed since the last call, for the checkpoint's write batch.
-    pub fn take_changes(&mut self) -> DedupChanges {
+    /// Takes what changed since the last call, for the checkpoint batch number `batch`; with a
+    /// backing, ids of durable batches leave memory.
+    pub fn take_changes(&mut self, batch: u64) -> DedupChanges {
         let mut inserts = Vec::new();
-        for (id, (t, stored)) in &mut self.ids {
-            if !*stored {
-                *stored = true;
+        for (id, (t, carried)) in &mut self.ids {
+            if *carried == 0 {
+                *carried = batch;
                 inserts.push((id.clone(), *t));
             }
+        }
+        if let Some(b) = &self.backing {
+            let durable = b.durable();
+            self.ids.retain(|_, (_, carried)| *carried > durable);
         }
         DedupChanges { inserts, forget_hours_before: self.forgotten_before }
     }
@@ -124,14 +156,35 @@ mod tests {
         let mut d = Dedup::new(10);
         d.insert("a", 0);
         d.insert("b", 2 * HOUR_MS);
-        let mut ins = d.take_changes().inserts;
+        let mut ins = d.take_changes(1).inserts;
         ins.sort();
         assert_eq!(ins, vec![("a".into(), 0), ("b".into(), 2 * HOUR_MS)]);
         d.insert("c", 5);
         d.expire(Some(HOUR_MS + 50));
-        let ch = d.take_changes();
+        let ch = d.take_changes(2);
         assert!(ch.inserts.is_empty(), "c was forgotten before it was ever stored");
         assert_eq!(ch.forget_hours_before, Some(1));
         assert_eq!(d.len(), 1);
+    }
+
+    #[test]
+    fn with_a_backing_durable_ids_leave_memory_and_forgotten_hours_do_not_count() {
+        use crate::state::{CheckpointBatch, StateStore};
+        let mut store = crate::state::memory::MemoryStore::default();
+        let mut d = Dedup::new(0);
+        d.restore(None, store.backing());
+        d.insert("old", 10);
+        d.insert("new", 3 * HOUR_MS);
+        let ch = d.take_changes(1);
+        assert_eq!(d.len(), 2, "not durable yet");
+        store.write_batch(&CheckpointBatch { seq: 1, dedup: ch, ..Default::default() }).unwrap();
+        let _ = d.take_changes(2);
+        assert_eq!(d.len(), 0, "durable: read from the backing from now on");
+        assert!(d.contains("old") && d.contains("new") && !d.contains("other"));
+        // A restart after a checkpoint that forgot hour 0: the store may still hold "old".
+        let mut again = Dedup::new(0);
+        again.restore(Some(1), store.backing());
+        assert!(!again.contains("old"), "a forgotten hour does not count, stored or not");
+        assert!(again.contains("new"));
     }
 }

@@ -100,13 +100,13 @@ fn changes_track_upserts_and_deletes() {
     let mut s = Sessionizer::new(GAP, 0);
     s.observe("a", 0, None, &[]);
     s.observe("b", 0, None, &[]);
-    let ch = s.take_changes();
+    let ch = s.take_changes(1);
     assert_eq!(ch.upserts.len(), 2);
-    assert!(s.take_changes().upserts.is_empty());
+    assert!(s.take_changes(2).upserts.is_empty());
     s.observe("b", 10 * GAP, None, &[]);
     let mut out = Vec::new();
     s.close_expired(&mut out);
-    let ch = s.take_changes();
+    let ch = s.take_changes(3);
     assert_eq!(ch.deletes, vec![Box::<str>::from("a")]);
     assert_eq!(ch.upserts.iter().map(|u| &*u.0).collect::<Vec<_>>(), vec!["b"]);
     assert_eq!(ch.upserts[0].1.len(), 1);
@@ -158,4 +158,92 @@ proptest! {
         }
         prop_assert_eq!(got, offline(&accepted));
     }
+}
+
+/// Events with checkpoints between them (`None`), for the bounded-cache model check.
+fn run_with_checkpoints() -> impl Strategy<Value = Vec<Option<(String, i64)>>> {
+    let customers: Vec<&str> = vec!["a", "b", "c", "d", "e", "f", "g", "h"];
+    prop::collection::vec(
+        prop_oneof![
+            6 => (prop::sample::select(customers), 0i64..(8 * GAP))
+                .prop_map(|(c, t)| Some((c.to_string(), t))),
+            1 => Just(None),
+        ],
+        1..120,
+    )
+}
+
+/// Runs `steps` through a sessionizer; with `store`, it has a backing and a cache of `budget`
+/// bytes, and each batch becomes durable only when the next one is taken (a committer one
+/// checkpoint behind). Returns every closed session and the open counts at the end.
+fn run_bounded(
+    steps: &[Option<(String, i64)>],
+    store: Option<crate::state::memory::MemoryStore>,
+    budget: usize,
+) -> (Vec<(String, i64, i64, u64)>, Vec<(u64, u64)>) {
+    use crate::state::{CheckpointBatch, StateStore};
+    let mut s = Sessionizer::new(GAP, GAP);
+    let mut store = store;
+    if let Some(st) = &store {
+        s.restore(None, (0, 0), st.backing(), budget);
+    }
+    let (mut out, mut counts, mut waiting, mut batch) = (Vec::new(), Vec::new(), None, 0);
+    for step in steps {
+        match step {
+            Some((c, t)) => {
+                s.observe(c, *t, None, &[]);
+            }
+            None => {
+                s.close_expired(&mut out);
+                batch += 1;
+                let sessions = s.take_changes(batch);
+                counts.push((s.open_sessions(), s.open_customers()));
+                if let Some(st) = &mut store {
+                    if let Some(b) = waiting.take() {
+                        st.write_batch(&b).unwrap();
+                    }
+                    waiting = Some(CheckpointBatch { seq: batch, sessions, ..Default::default() });
+                }
+            }
+        }
+    }
+    s.close_all(&mut out);
+    (rows(&mut out), counts)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(128))]
+    #[test]
+    fn a_bounded_cache_over_a_backing_closes_exactly_what_memory_alone_does(
+        steps in run_with_checkpoints(),
+        budget in prop::sample::select(vec![0usize, 300, 1_000, usize::MAX]),
+    ) {
+        let (want, want_counts) = run_bounded(&steps, None, 0);
+        let store = crate::state::memory::MemoryStore::default();
+        let (got, got_counts) = run_bounded(&steps, Some(store), budget);
+        prop_assert_eq!(got, want);
+        prop_assert_eq!(got_counts, want_counts);
+    }
+}
+
+#[test]
+fn a_cache_over_budget_evicts_durable_customers_and_reads_them_back() {
+    use crate::state::{CheckpointBatch, StateStore};
+    let mut store = crate::state::memory::MemoryStore::default();
+    let mut s = Sessionizer::new(GAP, GAP);
+    s.restore(None, (0, 0), store.backing(), 0);
+    for c in ["a", "b", "c"] {
+        s.observe(c, 0, None, &[]);
+    }
+    let sessions = s.take_changes(1);
+    assert_eq!(s.cached(), 3, "not durable yet: nothing may leave");
+    store.write_batch(&CheckpointBatch { seq: 1, sessions, ..Default::default() }).unwrap();
+    s.observe("d", 1, None, &[]);
+    assert!(s.cached() < 4, "durable entries leave once the cache is over budget");
+    s.observe("a", 2, None, &[]);
+    let mut out = Vec::new();
+    s.close_all(&mut out);
+    let got = rows(&mut out);
+    assert_eq!(got[0], ("a".into(), 0, 2, 2), "a's session was read back and extended");
+    assert_eq!(got.len(), 4);
 }

@@ -6,6 +6,11 @@
 //! is read in the old layout. Session records of version 3 start with a zero byte (a version-2
 //! record starts with its non-zero list length: empty lists are never stored), so a store that
 //! was upgraded in place — old records beside new ones — reads record by record.
+//!
+//! Version 4 moved state out of memory: the checkpoint record counts open sessions and keeps
+//! the dedup cutoff, ids are stored one key each and sessions are indexed by end time. Session
+//! records are unchanged (still marked `[0, 3]`); a version-3 store is migrated when it is
+//! opened (`state::rocksdb::migrate`).
 
 use super::{Counters, Meta, STATE_VERSION};
 use crate::event::{CheckpointId, SourcePosition};
@@ -50,6 +55,7 @@ pub fn decode_meta(v: &[u8]) -> Result<Meta, Option<postcard::Error>> {
     let (version, _) = postcard::take_from_bytes::<u32>(v).map_err(Some)?;
     match version {
         STATE_VERSION => postcard::from_bytes(v).map_err(Some),
+        3 => postcard::from_bytes::<MetaV3>(v).map(MetaV3::upgrade).map_err(Some),
         2 => postcard::from_bytes::<MetaV2>(v).map(MetaV2::upgrade).map_err(Some),
         _ => Err(None),
     }
@@ -142,6 +148,45 @@ impl MetaV2 {
             schema_sets: self.schema_sets,
             kinds: classic_kinds(),
             attributes: Vec::new(),
+            open: (0, 0),
+            forgotten_before: None,
+        }
+    }
+}
+
+/// Version 3's checkpoint record: no open counts (the store counts them when it migrates) and
+/// no dedup cutoff (its ids were deleted by whole hours, so every stored id counts).
+#[derive(Deserialize, Serialize)]
+pub(crate) struct MetaV3 {
+    pub(crate) version: u32,
+    pub(crate) checkpoint: CheckpointId,
+    pub(crate) position: SourcePosition,
+    pub(crate) max_time: Option<i64>,
+    pub(crate) counters: Counters,
+    pub(crate) inputs: Vec<String>,
+    pub(crate) settings: String,
+    pub(crate) finished: bool,
+    pub(crate) schema_sets: Vec<String>,
+    pub(crate) kinds: Vec<String>,
+    pub(crate) attributes: Vec<String>,
+}
+
+impl MetaV3 {
+    fn upgrade(self) -> Meta {
+        Meta {
+            version: STATE_VERSION,
+            checkpoint: self.checkpoint,
+            position: self.position,
+            max_time: self.max_time,
+            counters: self.counters,
+            inputs: self.inputs,
+            settings: self.settings,
+            finished: self.finished,
+            schema_sets: self.schema_sets,
+            kinds: self.kinds,
+            attributes: self.attributes,
+            open: (0, 0),
+            forgotten_before: None,
         }
     }
 }

@@ -1,8 +1,10 @@
 //! State: what a checkpoint saves so a restart resumes exactly where it stopped.
 //!
 //! Open sessions, remembered message ids, the watermark, the source position and the run's
-//! counters are written in **one atomic batch** per checkpoint. Between checkpoints everything
-//! lives in memory; the store is read only at start-up (no read per event).
+//! counters are written in **one atomic batch** per checkpoint. The store is also the
+//! authoritative copy the pipeline reads on demand ([`crate::session::Backing`]): memory holds
+//! a bounded cache of sessions and the ids of batches not yet durable, so state may be far
+//! larger than memory, and opening a store reads only its checkpoint record.
 
 pub mod format;
 pub mod memory;
@@ -17,7 +19,7 @@ use std::collections::BTreeMap;
 use thiserror::Error;
 
 /// Format version of the stored records; bump on an incompatible change.
-pub const STATE_VERSION: u32 = 3;
+pub const STATE_VERSION: u32 = 4;
 
 /// A state-store failure.
 #[derive(Debug, Error)]
@@ -107,11 +109,17 @@ pub struct Meta {
     /// Attribute identities (`name:type:aggregate`) by the number open sessions keep them
     /// under; only ever appended to.
     pub attributes: Vec<String>,
+    /// Open sessions, and customers with one, now (kept as they change: the store is not
+    /// scanned to count them).
+    pub open: (u64, u64),
+    /// Message ids of event-time hours before this one are forgotten.
+    pub forgotten_before: Option<i64>,
 }
 
-/// Everything a store holds, read at start-up.
+/// Everything a store holds (for tests, tools and lineage seeding; the pipeline reads on
+/// demand).
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
+pub struct Contents {
     /// The checkpoint record, if any checkpoint was committed.
     pub meta: Option<Meta>,
     /// Open sessions by customer.
@@ -123,6 +131,9 @@ pub struct Snapshot {
 /// One checkpoint's writes, applied atomically.
 #[derive(Debug, Default)]
 pub struct CheckpointBatch {
+    /// Its number in this process (from 1); once it is durable, the store's
+    /// [`crate::session::Backing::durable`] says so and memory may let its entries go.
+    pub seq: u64,
     /// The new checkpoint record.
     pub meta: Option<Meta>,
     /// Open-session changes.
@@ -149,6 +160,12 @@ impl CheckpointBatch {
         self.sessions.deletes.extend(newer.sessions.deletes);
         self.sessions.deletes.sort();
         self.sessions.deletes.dedup();
+        // Index entries are removed before the upserts are indexed: removing one that an
+        // earlier batch wrote and a later one replaced is harmless.
+        self.sessions.unindex.extend(newer.sessions.unindex);
+        self.sessions.unindex.sort();
+        self.sessions.unindex.dedup();
+        self.seq = self.seq.max(newer.seq);
         // Inserts are written before the range delete of forgotten hours, as they would be in
         // two batches.
         self.dedup.inserts.extend(newer.dedup.inserts);
@@ -162,11 +179,20 @@ impl CheckpointBatch {
 
 /// Durable state with atomic batches. Two implementations: `RocksDB`, and memory for tests.
 pub trait StateStore {
-    /// Reads everything.
+    /// The checkpoint record, if a checkpoint was committed.
+    ///
+    /// # Errors
+    /// The record cannot be read or decoded, or is of an unknown version.
+    fn meta(&self) -> Result<Option<Meta>, StateError>;
+
+    /// Reads everything (the pipeline never does: it reads through [`StateStore::backing`]).
     ///
     /// # Errors
     /// The store cannot be read or holds undecodable records.
-    fn load(&self) -> Result<Snapshot, StateError>;
+    fn read_all(&self) -> Result<Contents, StateError>;
+
+    /// What the pipeline reads on demand.
+    fn backing(&self) -> std::sync::Arc<dyn crate::session::Backing>;
 
     /// Applies one batch atomically and durably: all of it or none of it survives a crash.
     ///

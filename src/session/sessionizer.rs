@@ -1,0 +1,390 @@
+//! The open sessions of every customer: a bounded cache in front of durable state.
+//!
+//! With a [`Backing`], memory holds only the customers touched lately. A customer not in memory
+//! is read from the backing on its next event; one whose entry is clean (not changed since it
+//! was last written, and that write durable) may be evicted, second-chance (CLOCK) order, when
+//! the cache passes its byte budget. Changed entries stay until the batch that carries them is
+//! durable — including the empty entries of customers whose last session closed — so the
+//! backing is never read for a customer whose newest state it does not hold yet.
+//!
+//! Closing by watermark never scans all customers: the candidates are the customers whose
+//! first open session *as last written* ends before the cutoff (the store's index by end time),
+//! plus those changed since (their index entry may be stale or missing). Cutoffs only rise and
+//! a new session never ends before the watermark, so each scan starts where the last one
+//! stopped. Without a backing everything stays in memory and a close looks at every customer.
+
+use super::{Backing, ClosedSession, EventAttr, Observed, Session};
+use crate::extract::catalog::Aggregate;
+use indexmap::IndexMap;
+use rustc_hash::FxBuildHasher;
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+#[derive(Debug, Default)]
+struct Customer {
+    /// Sorted by start; consecutive sessions are more than `gap` apart (and ends are sorted too).
+    sessions: Vec<Session>,
+    /// Changed since the last [`Sessionizer::take_changes`].
+    dirty: bool,
+    /// The batch that last carried this entry; evictable once that batch is durable.
+    batch: u64,
+    /// The first session's end as the index holds it (after the batches taken so far).
+    indexed: Option<i64>,
+    /// Used since the clock hand last passed.
+    used: bool,
+    /// Approximate bytes held.
+    cost: usize,
+}
+
+impl Customer {
+    fn cost_of(key: &str, sessions: &[Session]) -> usize {
+        // Map slot and key, plus each session with a rough share for attribute states.
+        96 + key.len() + sessions.len() * (std::mem::size_of::<Session>() + 24)
+    }
+}
+
+/// Open sessions of every customer, and the watermark.
+pub struct Sessionizer {
+    gap: i64,
+    lateness: i64,
+    max_time: Option<i64>,
+    customers: IndexMap<Box<str>, Customer, FxBuildHasher>,
+    /// Customers changed since the last checkpoint (each once).
+    touched: Vec<Box<str>>,
+    /// Customers of batches taken but not known durable yet, by batch number.
+    pending: VecDeque<(u64, Vec<Box<str>>)>,
+    /// Number of the last batch taken.
+    batch: u64,
+    backing: Option<Arc<dyn Backing>>,
+    /// Byte budget of the cache, and what it holds now.
+    budget: usize,
+    bytes: usize,
+    /// The clock hand, and the durable batch at which a whole turn last found nothing to evict
+    /// (eviction waits until a later batch is durable).
+    hand: usize,
+    stuck: Option<u64>,
+    /// Index scans start here: every customer whose first session ended before is closed.
+    scanned_to: i64,
+    open_sessions: u64,
+    open_customers: u64,
+    /// Index of the schema set extracting the events observed now.
+    schema_set: u32,
+    /// The fold of each attribute number, for merging sessions.
+    folds: Vec<Aggregate>,
+}
+
+impl std::fmt::Debug for Sessionizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessionizer")
+            .field("max_time", &self.max_time)
+            .field("cached", &self.customers.len())
+            .field("open_sessions", &self.open_sessions)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What changed since the last checkpoint, for write-back to the state store.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SessionChanges {
+    /// Customers whose open sessions changed, with their sessions now.
+    pub upserts: Vec<(Box<str>, Vec<Session>)>,
+    /// Customers with no open session any more.
+    pub deletes: Vec<Box<str>>,
+    /// Index entries (customer, first session's end) that no longer hold; the store indexes
+    /// each upsert under its first session's end.
+    pub unindex: Vec<(Box<str>, i64)>,
+}
+
+impl Sessionizer {
+    /// A sessionizer with inactivity `gap` and `lateness`, both in milliseconds.
+    #[must_use]
+    pub fn new(gap: i64, lateness: i64) -> Self {
+        Sessionizer {
+            gap,
+            lateness,
+            max_time: None,
+            customers: IndexMap::default(),
+            touched: Vec::new(),
+            pending: VecDeque::new(),
+            batch: 0,
+            backing: None,
+            budget: usize::MAX,
+            bytes: 0,
+            hand: 0,
+            stuck: None,
+            scanned_to: i64::MIN,
+            open_sessions: 0,
+            open_customers: 0,
+            schema_set: 0,
+            folds: Vec::new(),
+        }
+    }
+
+    /// Marks the events observed from now on as extracted by schema set `index`.
+    pub fn set_schema_set(&mut self, index: u32) {
+        self.schema_set = index;
+    }
+
+    /// Sets the fold of each attribute number (they only ever grow with reloads).
+    pub fn set_folds(&mut self, folds: Vec<Aggregate>) {
+        self.folds = folds;
+    }
+
+    /// Continues from durable state: `backing` holds the sessions (read on demand), the
+    /// numbers come from the checkpoint record. The cache holds at most about `budget` bytes
+    /// of entries that are durable.
+    pub fn restore(
+        &mut self,
+        max_time: Option<i64>,
+        open: (u64, u64),
+        backing: Arc<dyn Backing>,
+        budget: usize,
+    ) {
+        self.max_time = max_time;
+        (self.open_sessions, self.open_customers) = open;
+        self.backing = Some(backing);
+        self.budget = budget;
+    }
+
+    /// Highest event time seen − allowed lateness; `None` before the first event.
+    #[must_use]
+    pub fn watermark(&self) -> Option<i64> {
+        self.max_time.map(|m| m.saturating_sub(self.lateness))
+    }
+
+    /// Highest event time accepted so far.
+    #[must_use]
+    pub fn max_time(&self) -> Option<i64> {
+        self.max_time
+    }
+
+    /// Whether an event at `time` would be refused as late.
+    #[must_use]
+    pub fn is_late(&self, time: i64) -> Option<i64> {
+        self.watermark().filter(|&w| time < w)
+    }
+
+    /// Number of open sessions.
+    #[must_use]
+    pub fn open_sessions(&self) -> u64 {
+        self.open_sessions
+    }
+
+    /// Number of customers with an open session.
+    #[must_use]
+    pub fn open_customers(&self) -> u64 {
+        self.open_customers
+    }
+
+    /// Customers held in memory now.
+    #[must_use]
+    pub fn cached(&self) -> usize {
+        self.customers.len()
+    }
+
+    /// Adds one event of kind number `kind` (`None`: unclassified) with its attribute values.
+    pub fn observe(
+        &mut self,
+        customer: &str,
+        time: i64,
+        kind: Option<u32>,
+        attrs: &[EventAttr<'_>],
+    ) -> Observed {
+        if let Some(watermark) = self.is_late(time) {
+            return Observed::Late { watermark };
+        }
+        self.max_time = Some(self.max_time.map_or(time, |m| m.max(time)));
+        let gap = self.gap;
+        let set = self.schema_set;
+        let i = self.slot(customer);
+        let (key, c) = self.customers.get_index_mut(i).expect("slot returns a valid index");
+        c.used = true;
+        if !c.dirty {
+            c.dirty = true;
+            self.touched.push(key.clone());
+        }
+        let s = &mut c.sessions;
+        let before = s.len();
+        // Sessions this event touches form a contiguous run [lo, hi).
+        let lo = s.partition_point(|x| x.end.saturating_add(gap) < time);
+        let hi = s.partition_point(|x| x.start.saturating_sub(gap) <= time);
+        if lo >= hi {
+            let mut new = Session::new(time, set);
+            new.observe(time, kind, attrs, set);
+            s.insert(lo, new);
+        } else {
+            // In place (no copy per event): the earlier sessions first, the event last, so ties
+            // in `first`/`last` go by arrival.
+            if hi - lo > 1 {
+                let (head, rest) = s[lo..hi].split_at_mut(1);
+                for x in rest.iter() {
+                    head[0].merge(x, &self.folds);
+                }
+                s.drain(lo + 1..hi);
+            }
+            s[lo].observe(time, kind, attrs, set);
+        }
+        let after = s.len();
+        self.open_sessions = self.open_sessions + after as u64 - before as u64;
+        if before == 0 {
+            self.open_customers += 1;
+        }
+        Observed::Accepted
+    }
+
+    /// The cache index of `customer`, read from the backing (or created empty) if absent.
+    fn slot(&mut self, customer: &str) -> usize {
+        if let Some(i) = self.customers.get_index_of(customer) {
+            return i;
+        }
+        let sessions = self.backing.as_ref().and_then(|b| b.sessions(customer)).unwrap_or_default();
+        let cost = Customer::cost_of(customer, &sessions);
+        let indexed = sessions.first().map(|s| s.end);
+        self.bytes += cost;
+        // Room is made before the entry goes in, so that it cannot be the one evicted.
+        if self.bytes > self.budget && self.may_evict() {
+            self.evict();
+        }
+        let c = Customer { sessions, dirty: false, batch: 0, indexed, used: true, cost };
+        self.customers.insert_full(customer.into(), c).0
+    }
+
+    fn may_evict(&self) -> bool {
+        let durable = self.backing.as_ref().map_or(0, |b| b.durable());
+        self.backing.is_some() && self.stuck.is_none_or(|d| durable > d)
+    }
+
+    /// Evicts clean, durable entries in second-chance order until the cache is within budget.
+    fn evict(&mut self) {
+        let durable = self.backing.as_ref().map_or(0, |b| b.durable());
+        self.stuck = None;
+        let mut passed = 0usize;
+        while self.bytes > self.budget {
+            let n = self.customers.len();
+            if passed > 2 * n || n == 0 {
+                // Everything left is changed or not yet durable: wait for the next batch.
+                self.stuck = Some(durable);
+                return;
+            }
+            if self.hand >= n {
+                self.hand = 0;
+            }
+            let (_, c) = self.customers.get_index_mut(self.hand).expect("hand is in range");
+            passed += 1;
+            if c.dirty || c.batch > durable {
+                self.hand += 1;
+            } else if c.used {
+                c.used = false;
+                self.hand += 1;
+            } else {
+                self.bytes -= c.cost;
+                // The last entry moves into the hole, which the hand looks at next.
+                self.customers.swap_remove_index(self.hand);
+            }
+        }
+    }
+
+    /// Closes every session that no future on-time event can touch (`end + gap < watermark`).
+    pub fn close_expired(&mut self, out: &mut Vec<ClosedSession>) {
+        if let Some(w) = self.watermark() {
+            let gap = self.gap;
+            let before = w.saturating_sub(gap);
+            self.close_where(out, before.saturating_add(1), |s| s.end.saturating_add(gap) < w);
+            self.scanned_to = self.scanned_to.max(before);
+        }
+    }
+
+    /// Closes every open session (end of input).
+    pub fn close_all(&mut self, out: &mut Vec<ClosedSession>) {
+        self.close_where(out, i64::MAX, |_| true);
+    }
+
+    fn close_where(
+        &mut self,
+        out: &mut Vec<ClosedSession>,
+        before: i64,
+        done: impl Fn(&Session) -> bool,
+    ) {
+        let candidates: Vec<Box<str>> = match &self.backing {
+            None => self.customers.keys().cloned().collect(),
+            Some(b) => {
+                let mut c: Vec<Box<str>> = self.touched.clone();
+                c.extend(self.pending.iter().flat_map(|(_, keys)| keys.iter().cloned()));
+                b.ending_before(self.scanned_to, before, &mut |k| c.push(k.into()));
+                c.sort_unstable();
+                c.dedup();
+                c
+            }
+        };
+        for key in candidates {
+            let i = self.slot(&key);
+            let (key, c) = self.customers.get_index_mut(i).expect("slot returns a valid index");
+            let n = c.sessions.iter().take_while(|s| done(s)).count();
+            if n == 0 {
+                continue;
+            }
+            out.extend(
+                c.sessions
+                    .drain(..n)
+                    .map(|session| ClosedSession { customer_id: key.clone(), session }),
+            );
+            self.open_sessions -= n as u64;
+            if c.sessions.is_empty() {
+                self.open_customers -= 1;
+            }
+            if !c.dirty {
+                c.dirty = true;
+                self.touched.push(key.clone());
+            }
+        }
+    }
+
+    /// Takes what changed since the last call, for the checkpoint batch number `batch`.
+    pub fn take_changes(&mut self, batch: u64) -> SessionChanges {
+        self.batch = batch;
+        let mut ch = SessionChanges::default();
+        let touched = std::mem::take(&mut self.touched);
+        for key in &touched {
+            let Some(c) = self.customers.get_mut(&**key) else { continue };
+            c.dirty = false;
+            c.batch = batch;
+            if c.sessions.is_empty() {
+                ch.deletes.push(key.clone());
+            } else {
+                ch.upserts.push((key.clone(), c.sessions.clone()));
+            }
+            let first = c.sessions.first().map(|s| s.end);
+            if let Some(was) = c.indexed.filter(|&e| Some(e) != first) {
+                ch.unindex.push((key.clone(), was));
+            }
+            c.indexed = first;
+            let cost = Customer::cost_of(key, &c.sessions);
+            self.bytes = self.bytes - c.cost + cost;
+            c.cost = cost;
+        }
+        match &self.backing {
+            Some(b) => {
+                let durable = b.durable();
+                while self.pending.front().is_some_and(|(n, _)| *n <= durable) {
+                    self.pending.pop_front();
+                }
+                self.pending.push_back((batch, touched));
+                if self.bytes > self.budget && self.may_evict() {
+                    self.evict();
+                }
+            }
+            None => {
+                // Nothing reads them back: customers without sessions go.
+                for key in &ch.deletes {
+                    if let Some(c) = self.customers.swap_remove(&**key) {
+                        self.bytes -= c.cost;
+                    }
+                }
+            }
+        }
+        ch.upserts.sort_by(|a, b| a.0.cmp(&b.0));
+        ch.deletes.sort();
+        ch.unindex.sort();
+        ch
+    }
+}

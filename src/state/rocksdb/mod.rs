@@ -1,0 +1,319 @@
+//! `RocksDB` [`StateStore`]: one column family per record kind, one synced `WriteBatch` per
+//! checkpoint, and the on-demand reads of the pipeline ([`Reader`]).
+//!
+//! - `sessions`: customer id → its open sessions.
+//! - `closing`: end of the customer's first open session ‖ customer id → nothing. The index
+//!   the watermark closes by: a checkpoint reads the range that may close, never the table.
+//! - `ids`: hash ‖ message id → event time. One key each, so a lookup is one point read that
+//!   the bloom filters answer without a block read for ids never seen (almost all of them).
+//!   The hash prefix spreads ids that producers number in sequence: monotone keys would make
+//!   every flush a file that compaction only moves, never merges (nor filters), so their count
+//!   and the snapshot's would grow with the run.
+//!   Forgetting is logical — readers ignore ids of hours before the checkpoint's cutoff — and
+//!   physical at compaction: a compaction filter drops them once the cutoff is durable.
+//! - `meta`: the checkpoint record.
+
+mod migrate;
+mod tune;
+
+pub use tune::MemoryBudget;
+
+use super::{CheckpointBatch, Contents, Meta, STATE_VERSION, StateError, StateStore, format};
+use crate::session::dedup::HOUR_MS;
+use crate::session::{Backing, Session};
+use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
+use std::path::Path;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+const CF_META: &str = "meta";
+const CF_SESSIONS: &str = "sessions";
+const CF_CLOSING: &str = "closing";
+const CF_IDS: &str = "ids";
+const META_KEY: &[u8] = b"checkpoint";
+
+/// What the store and its readers share.
+#[derive(Debug)]
+struct Shared {
+    path: String,
+    /// The last batch number written.
+    durable: AtomicU64,
+    /// The durable dedup cutoff (an hour), for the compaction filter.
+    cutoff: Arc<AtomicI64>,
+    /// The first read failure not yet reported.
+    error: Mutex<Option<String>>,
+}
+
+/// State in a `RocksDB` directory.
+pub struct RocksDbStore {
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for RocksDbStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RocksDbStore").field("path", &self.shared.path).finish_non_exhaustive()
+    }
+}
+
+impl RocksDbStore {
+    /// Opens (creating if needed) the store in `dir` with the default memory budget.
+    ///
+    /// # Errors
+    /// `RocksDB` cannot open the directory (missing permissions, locked by another process, …).
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        Self::open_with(dir, &MemoryBudget::default())
+    }
+
+    /// Opens (creating if needed) the store in `dir`; its block cache and write buffers take
+    /// their share of `budget`. A store of the previous layout is migrated first.
+    ///
+    /// # Errors
+    /// `RocksDB` cannot open the directory, or the store is of an unknown version.
+    pub fn open_with(dir: &Path, budget: &MemoryBudget) -> Result<Self, StateError> {
+        let path = dir.display().to_string();
+        let cutoff = Arc::new(AtomicI64::new(i64::MIN));
+        let (opts, cfs) = tune::options(budget, &cutoff);
+        let legacy = migrate::legacy_families(&opts, dir);
+        let descriptors = cfs.into_iter().chain(legacy.iter().map(|n| tune::plain(n, budget)));
+        let mut db = DB::open_cf_descriptors(&opts, dir, descriptors).map_err(|source| {
+            if source.as_ref().contains("LOCK") {
+                StateError::Locked { path: path.clone() }
+            } else {
+                StateError::Rocks { path: path.clone(), source }
+            }
+        })?;
+        migrate::run(&mut db, &path, &legacy)?;
+        let shared =
+            Arc::new(Shared { path, durable: AtomicU64::new(0), cutoff, error: Mutex::new(None) });
+        let store = RocksDbStore { db: Arc::new(db), shared };
+        if let Some(h) = store.meta()?.and_then(|m| m.forgotten_before) {
+            store.shared.cutoff.store(h, Ordering::Release);
+        }
+        Ok(store)
+    }
+
+    /// Writes a consistent copy of the store into `dir` (which must not exist): hard links of
+    /// the immutable files plus a copy of the rest, taken under `RocksDB`'s own checkpoint.
+    ///
+    /// # Errors
+    /// `RocksDB` cannot create the checkpoint.
+    pub fn snapshot_into(&self, dir: &Path) -> Result<(), StateError> {
+        let cp = rocksdb::checkpoint::Checkpoint::new(&self.db).map_err(self.rocks())?;
+        // Flush first so that the snapshot holds no write-ahead log to replay.
+        cp.create_checkpoint_with_log_size(dir, 0).map_err(self.rocks())
+    }
+
+    fn rocks(&self) -> impl Fn(rocksdb::Error) -> StateError + '_ {
+        |source| StateError::Rocks { path: self.shared.path.clone(), source }
+    }
+
+    fn corrupt(&self, what: &'static str) -> impl Fn(postcard::Error) -> StateError + '_ {
+        move |source| StateError::Corrupt { path: self.shared.path.clone(), what, source }
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StateError> {
+        cf(&self.db, &self.shared.path, name)
+    }
+}
+
+fn cf<'a>(db: &'a DB, path: &str, name: &str) -> Result<&'a rocksdb::ColumnFamily, StateError> {
+    // The column families are created at open; their absence means a foreign directory.
+    db.cf_handle(name).ok_or_else(|| StateError::Version { path: path.to_owned(), found: 0 })
+}
+
+/// Decodes the checkpoint record, naming an unknown version as such.
+fn decode_meta(path: &str, v: &[u8]) -> Result<Meta, StateError> {
+    format::decode_meta(v).map_err(|e| {
+        let found = format::version_of(v).unwrap_or(0);
+        match e {
+            Some(source) if (format::OLDEST_READABLE..=STATE_VERSION).contains(&found) => {
+                StateError::Corrupt { path: path.to_owned(), what: "checkpoint", source }
+            }
+            _ => StateError::Version { path: path.to_owned(), found },
+        }
+    })
+}
+
+/// Index key: the end (sign bit flipped, so negative times order first) then the customer.
+fn closing_key(end: i64, customer: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(8 + customer.len());
+    k.extend_from_slice(&((end as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(customer.as_bytes());
+    k
+}
+
+/// Key of a message id: a stable hash (FNV-1a 64; stored, so it never changes), then the id.
+fn id_key(id: &str) -> smallvec::SmallVec<[u8; 64]> {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in id.as_bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    let mut k = smallvec::SmallVec::with_capacity(8 + id.len());
+    k.extend_from_slice(&h.to_be_bytes());
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+fn id_time(v: &[u8]) -> Option<i64> {
+    v.try_into().ok().map(i64::from_le_bytes)
+}
+
+impl StateStore for RocksDbStore {
+    fn meta(&self) -> Result<Option<Meta>, StateError> {
+        let Some(v) = self.db.get_pinned_cf(self.cf(CF_META)?, META_KEY).map_err(self.rocks())?
+        else {
+            return Ok(None);
+        };
+        decode_meta(&self.shared.path, &v).map(Some)
+    }
+
+    fn read_all(&self) -> Result<Contents, StateError> {
+        let meta = self.meta()?;
+        let mut sessions = Vec::new();
+        for kv in self.db.iterator_cf(self.cf(CF_SESSIONS)?, IteratorMode::Start) {
+            let (k, v) = kv.map_err(self.rocks())?;
+            let s: Vec<Session> = format::decode_sessions(&v).map_err(self.corrupt("session"))?;
+            sessions.push((String::from_utf8_lossy(&k).into(), s));
+        }
+        let cut = meta.as_ref().and_then(|m| m.forgotten_before);
+        let mut ids = Vec::new();
+        for kv in self.db.iterator_cf(self.cf(CF_IDS)?, IteratorMode::Start) {
+            let (k, v) = kv.map_err(self.rocks())?;
+            let t = id_time(&v).ok_or_else(|| StateError::Corrupt {
+                path: self.shared.path.clone(),
+                what: "message id",
+                source: postcard::Error::DeserializeUnexpectedEnd,
+            })?;
+            if cut.is_none_or(|h| t.div_euclid(HOUR_MS) >= h) {
+                ids.push((String::from_utf8_lossy(k.get(8..).unwrap_or_default()).into(), t));
+            }
+        }
+        ids.sort();
+        Ok(Contents { meta, sessions, ids })
+    }
+
+    fn backing(&self) -> Arc<dyn Backing> {
+        Arc::new(Reader { db: Arc::clone(&self.db), shared: Arc::clone(&self.shared) })
+    }
+
+    fn write_batch(&mut self, b: &CheckpointBatch) -> Result<(), StateError> {
+        let (meta_cf, sess_cf, closing_cf, ids_cf) =
+            (self.cf(CF_META)?, self.cf(CF_SESSIONS)?, self.cf(CF_CLOSING)?, self.cf(CF_IDS)?);
+        let mut wb = WriteBatch::default();
+        let enc = |e: postcard::Error| StateError::Corrupt {
+            path: self.shared.path.clone(),
+            what: "encoded",
+            source: e,
+        };
+        for k in &b.sessions.deletes {
+            wb.delete_cf(sess_cf, k.as_bytes());
+        }
+        for (k, end) in &b.sessions.unindex {
+            wb.delete_cf(closing_cf, closing_key(*end, k));
+        }
+        for (k, v) in &b.sessions.upserts {
+            if let Some(first) = v.first() {
+                wb.put_cf(sess_cf, k.as_bytes(), format::encode_sessions(v).map_err(enc)?);
+                wb.put_cf(closing_cf, closing_key(first.end, k), []);
+            } else {
+                wb.delete_cf(sess_cf, k.as_bytes());
+            }
+        }
+        for (id, t) in &b.dedup.inserts {
+            wb.put_cf(ids_cf, id_key(id), t.to_le_bytes());
+        }
+        if let Some(m) = &b.meta {
+            wb.put_cf(meta_cf, META_KEY, postcard::to_stdvec(m).map_err(enc)?);
+        }
+        let mut wo = WriteOptions::default();
+        wo.set_sync(true); // the checkpoint is only a checkpoint once it survives a power cut
+        self.db.write_opt(wb, &wo).map_err(self.rocks())?;
+        self.shared.durable.fetch_max(b.seq, Ordering::AcqRel);
+        if let Some(h) = b.meta.as_ref().and_then(|m| m.forgotten_before) {
+            self.shared.cutoff.fetch_max(h, Ordering::AcqRel);
+        }
+        Ok(())
+    }
+}
+
+/// The pipeline's on-demand reads of a [`RocksDbStore`], from any thread.
+pub struct Reader {
+    db: Arc<DB>,
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    fn fail(&self, what: &str, e: &dyn std::fmt::Display) {
+        let mut slot = self.shared.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.get_or_insert_with(|| {
+            format!("state store {}: reading {what}: {e}", self.shared.path)
+        });
+    }
+
+    fn family(&self, name: &str) -> Option<&rocksdb::ColumnFamily> {
+        let cf = self.db.cf_handle(name);
+        if cf.is_none() {
+            self.fail(name, &"the column family is missing");
+        }
+        cf
+    }
+}
+
+impl Backing for Reader {
+    fn sessions(&self, customer: &str) -> Option<Vec<Session>> {
+        let cf = self.family(CF_SESSIONS)?;
+        match self.db.get_pinned_cf(cf, customer.as_bytes()) {
+            Ok(Some(v)) => match format::decode_sessions(&v) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    self.fail("sessions", &e);
+                    None
+                }
+            },
+            Ok(None) => None,
+            Err(e) => {
+                self.fail("sessions", &e);
+                None
+            }
+        }
+    }
+
+    fn id_time(&self, id: &str) -> Option<i64> {
+        let cf = self.family(CF_IDS)?;
+        match self.db.get_pinned_cf(cf, id_key(id)) {
+            Ok(v) => v.and_then(|v| id_time(&v)),
+            Err(e) => {
+                self.fail("a message id", &e);
+                None
+            }
+        }
+    }
+
+    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(&str)) {
+        let Some(cf) = self.family(CF_CLOSING) else { return };
+        let mut ro = ReadOptions::default();
+        // Bounds let the iterator skip the tombstones of entries already closed below `from`.
+        ro.set_iterate_lower_bound(closing_key(from, ""));
+        ro.set_iterate_upper_bound(closing_key(before, ""));
+        ro.fill_cache(false);
+        for kv in self.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
+            match kv {
+                Ok((k, _)) => f(&String::from_utf8_lossy(&k[8..])),
+                Err(e) => return self.fail("the closing index", &e),
+            }
+        }
+    }
+
+    fn durable(&self) -> u64 {
+        self.shared.durable.load(Ordering::Acquire)
+    }
+
+    fn take_error(&self) -> Option<String> {
+        self.shared.error.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+}
+
+#[cfg(test)]
+mod tests;
