@@ -124,7 +124,7 @@ struct ReplayArgs {
     /// Lines between checkpoints [default: 100000].
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<u64>,
-    /// What state may hold in memory, e.g. 64MiB [default: state.memory_budget, 512MiB].
+    /// What state may hold in memory, e.g. 64MiB [default: 512MiB, or `state.memory_budget`].
     #[arg(long, value_name = "SIZE", value_parser = clickstream::config::parse_size)]
     memory_budget: Option<u64>,
     /// Wall time between checkpoints, e.g. 1s [default: off].

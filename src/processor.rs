@@ -147,13 +147,13 @@ impl Processor {
     }
 
     /// Continues from a committed checkpoint: `meta` is its record, `backing` the store that
-    /// holds its sessions and ids (read on demand, never loaded), `cache` the bytes the session
-    /// cache may hold.
+    /// holds its sessions and ids (read on demand, never loaded), `cache` the bytes the caches
+    /// in front of it may hold (three fifths for sessions, two for ids).
     pub fn restore(&mut self, meta: Option<&Meta>, backing: Arc<dyn Backing>, cache: usize) {
         let (max_time, open, forgotten) =
             meta.map_or((None, (0, 0), None), |m| (m.max_time, m.open, m.forgotten_before));
-        self.sessions.restore(max_time, open, Arc::clone(&backing), cache);
-        self.dedup.restore(forgotten, Arc::clone(&backing));
+        self.sessions.restore(max_time, open, Arc::clone(&backing), cache / 5 * 3);
+        self.dedup.restore(forgotten, max_time, Arc::clone(&backing), cache / 5 * 2);
         self.backing = Some(backing);
         if let Some(m) = meta {
             self.counters = m.counters.clone();

@@ -15,9 +15,13 @@ pub const HOUR_MS: i64 = 3_600_000;
 
 /// Remembered message ids.
 ///
-/// With a [`Backing`], memory holds only the ids of batches that are not durable yet; every
-/// other id is looked up in the backing (whose bloom filters answer "never seen" — almost every
-/// id — without reading a block). Exact either way: a filter only ever saves a read.
+/// With a [`Backing`], memory is a cache of at most `budget` bytes of ids: those of batches not
+/// durable yet always, and the newest hours of the rest. Memory holds *every* remembered id of
+/// the hours from `disk_only_below` on, so an id missing from memory is looked up in the
+/// backing only if some hour before that is not forgotten yet (whose bloom filters answer
+/// "never seen" — almost every id — without reading a block). After a restart, memory starts
+/// empty and the backing answers until the hours of before the restart are forgotten. Exact
+/// either way: memory and filters only ever save a read.
 #[derive(Default)]
 pub struct Dedup {
     horizon: i64,
@@ -27,7 +31,14 @@ pub struct Dedup {
     /// Hours before this one are forgotten.
     forgotten_before: Option<i64>,
     backing: Option<Arc<dyn Backing>>,
+    /// Ids of hours before this one may be in the backing only.
+    disk_only_below: i64,
+    /// Bytes the cache may hold.
+    budget: usize,
 }
+
+/// Memory of one cached id: the table's slot, with the id inline up to 24 bytes.
+const ID_COST: usize = 48;
 
 impl std::fmt::Debug for Dedup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,10 +66,20 @@ impl Dedup {
     }
 
     /// Continues from durable state: `backing` holds the ids, `forgotten_before` is the last
-    /// checkpoint's cutoff (ids of earlier hours the backing may still hold do not count).
-    pub fn restore(&mut self, forgotten_before: Option<i64>, backing: Arc<dyn Backing>) {
+    /// checkpoint's cutoff (ids of earlier hours the backing may still hold do not count),
+    /// `max_time` the highest event time it saw (no stored id is of a later hour), `budget` the
+    /// bytes the cache of ids may hold.
+    pub fn restore(
+        &mut self,
+        forgotten_before: Option<i64>,
+        max_time: Option<i64>,
+        backing: Arc<dyn Backing>,
+        budget: usize,
+    ) {
         self.forgotten_before = forgotten_before;
+        self.disk_only_below = max_time.map_or(i64::MIN, |t| t.div_euclid(HOUR_MS) + 1);
         self.backing = Some(backing);
+        self.budget = budget;
     }
 
     /// Whether `id` was accepted before.
@@ -68,6 +89,9 @@ impl Dedup {
             return true;
         }
         let Some(b) = &self.backing else { return false };
+        if self.forgotten_before.unwrap_or(i64::MIN) >= self.disk_only_below {
+            return false; // memory holds every id not forgotten
+        }
         b.id_time(id)
             .is_some_and(|t| self.forgotten_before.is_none_or(|h| t.div_euclid(HOUR_MS) >= h))
     }
@@ -118,11 +142,40 @@ impl Dedup {
                 inserts.push((id.clone(), *t));
             }
         }
-        if let Some(b) = &self.backing {
+        if let Some(b) = &self.backing
+            && self.ids.len() * ID_COST > self.budget
+        {
             let durable = b.durable();
-            self.ids.retain(|_, (_, carried)| *carried > durable);
+            self.shrink(durable);
         }
         DedupChanges { inserts, forget_hours_before: self.forgotten_before }
+    }
+
+    /// Drops the oldest hours of durable ids until the cache is within budget (ids not durable
+    /// stay whatever their hour); memory then holds every id only from the first hour kept.
+    fn shrink(&mut self, durable: u64) {
+        let mut by_hour: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
+        for (t, carried) in self.ids.values() {
+            if *carried != 0 && *carried <= durable {
+                *by_hour.entry(t.div_euclid(HOUR_MS)).or_default() += 1;
+            }
+        }
+        let mut over = self.ids.len() * ID_COST - self.budget;
+        let mut below = i64::MIN;
+        for (hour, n) in by_hour {
+            below = hour + 1;
+            over = over.saturating_sub(n * ID_COST);
+            if over == 0 {
+                break;
+            }
+        }
+        if below == i64::MIN {
+            return;
+        }
+        self.ids.retain(|_, (t, carried)| {
+            *carried == 0 || *carried > durable || t.div_euclid(HOUR_MS) >= below
+        });
+        self.disk_only_below = self.disk_only_below.max(below);
     }
 }
 
@@ -172,7 +225,7 @@ mod tests {
         use crate::state::{CheckpointBatch, StateStore};
         let mut store = crate::state::memory::MemoryStore::default();
         let mut d = Dedup::new(0);
-        d.restore(None, store.backing());
+        d.restore(None, None, store.backing(), 0);
         d.insert("old", 10);
         d.insert("new", 3 * HOUR_MS);
         let ch = d.take_changes(1);
@@ -183,7 +236,7 @@ mod tests {
         assert!(d.contains("old") && d.contains("new") && !d.contains("other"));
         // A restart after a checkpoint that forgot hour 0: the store may still hold "old".
         let mut again = Dedup::new(0);
-        again.restore(Some(1), store.backing());
+        again.restore(Some(1), Some(3 * HOUR_MS), store.backing(), 0);
         assert!(!again.contains("old"), "a forgotten hour does not count, stored or not");
         assert!(again.contains("new"));
     }

@@ -183,6 +183,9 @@ impl Sessionizer {
     }
 
     /// Adds one event of kind number `kind` (`None`: unclassified) with its attribute values.
+    ///
+    /// # Panics
+    /// Never: the cache index comes from the map just before it is used.
     pub fn observe(
         &mut self,
         customer: &str,
@@ -285,6 +288,9 @@ impl Sessionizer {
     }
 
     /// Closes every session that no future on-time event can touch (`end + gap < watermark`).
+    ///
+    /// # Panics
+    /// Never (see [`Sessionizer::observe`]).
     pub fn close_expired(&mut self, out: &mut Vec<ClosedSession>) {
         if let Some(w) = self.watermark() {
             let gap = self.gap;
@@ -295,6 +301,9 @@ impl Sessionizer {
     }
 
     /// Closes every open session (end of input).
+    ///
+    /// # Panics
+    /// Never (see [`Sessionizer::observe`]).
     pub fn close_all(&mut self, out: &mut Vec<ClosedSession>) {
         self.close_where(out, i64::MAX, |_| true);
     }

@@ -173,6 +173,9 @@ fn run_with_checkpoints() -> impl Strategy<Value = Vec<Option<(String, i64)>>> {
     )
 }
 
+/// Closed sessions, and the open counts at each checkpoint.
+type Outcome = (Vec<(String, i64, i64, u64)>, Vec<(u64, u64)>);
+
 /// Runs `steps` through a sessionizer; with `store`, it has a backing and a cache of `budget`
 /// bytes, and each batch becomes durable only when the next one is taken (a committer one
 /// checkpoint behind). Returns every closed session and the open counts at the end.
@@ -180,7 +183,7 @@ fn run_bounded(
     steps: &[Option<(String, i64)>],
     store: Option<crate::state::memory::MemoryStore>,
     budget: usize,
-) -> (Vec<(String, i64, i64, u64)>, Vec<(u64, u64)>) {
+) -> Outcome {
     use crate::state::{CheckpointBatch, StateStore};
     let mut s = Sessionizer::new(GAP, GAP);
     let mut store = store;
@@ -189,22 +192,19 @@ fn run_bounded(
     }
     let (mut out, mut counts, mut waiting, mut batch) = (Vec::new(), Vec::new(), None, 0);
     for step in steps {
-        match step {
-            Some((c, t)) => {
-                s.observe(c, *t, None, &[]);
+        if let Some((c, t)) = step {
+            s.observe(c, *t, None, &[]);
+            continue;
+        }
+        s.close_expired(&mut out);
+        batch += 1;
+        let sessions = s.take_changes(batch);
+        counts.push((s.open_sessions(), s.open_customers()));
+        if let Some(st) = &mut store {
+            if let Some(b) = waiting.take() {
+                st.write_batch(&b).unwrap();
             }
-            None => {
-                s.close_expired(&mut out);
-                batch += 1;
-                let sessions = s.take_changes(batch);
-                counts.push((s.open_sessions(), s.open_customers()));
-                if let Some(st) = &mut store {
-                    if let Some(b) = waiting.take() {
-                        st.write_batch(&b).unwrap();
-                    }
-                    waiting = Some(CheckpointBatch { seq: batch, sessions, ..Default::default() });
-                }
-            }
+            waiting = Some(CheckpointBatch { seq: batch, sessions, ..Default::default() });
         }
     }
     s.close_all(&mut out);

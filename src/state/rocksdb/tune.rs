@@ -5,7 +5,8 @@
 //!   filters count against the budget instead of growing beside it: about 1.2 bytes per
 //!   remembered id at 10 bits per key);
 //! - an eighth for the memtables of every column family, through one write-buffer manager;
-//! - the rest for the sessionizer's cache of open sessions.
+//! - the rest for the caches in front of the store: three fifths for open sessions, two for
+//!   message ids.
 //!
 //! One budget is shared by every store of the process (the splits of `run`): the block cache
 //! and the write-buffer manager are one object each, and the session cache is divided between
@@ -88,10 +89,15 @@ pub(super) fn options(
     opts.create_missing_column_families(true);
     opts.set_write_buffer_manager(&budget.buffers);
     opts.set_max_background_jobs(2);
+
     // The MANIFEST grows with every flush while the store is open and every snapshot uploads
     // it whole: roll it over at this size so a snapshot's cost stays flat over months.
     opts.set_max_manifest_file_size(64 << 10);
     let mut ids = family(budget);
+    // Ids are most of what a checkpoint writes: a larger memtable flushes (and compacts) them
+    // four times less often.
+    ids.set_write_buffer_size(budget.memtable() * 4);
+
     let cut = Arc::clone(cutoff);
     ids.set_compaction_filter("forgotten_ids", move |_level: u32, _key: &[u8], v: &[u8]| {
         let hour = v.try_into().map(i64::from_le_bytes).map(|t| t.div_euclid(HOUR_MS));
