@@ -385,7 +385,14 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
     let mut checkpoint = |processor: &mut Processor, pos, end: bool| {
         let taken = Instant::now();
         let (out, batch) = processor.checkpoint(pos, end, base.clone())?;
-        committer.submit(Job { out, batch, lines: processor.counters().lines, taken })?;
+        let customers = (processor.open_customers(), processor.cached_customers());
+        committer.submit(Job {
+            out,
+            batch,
+            lines: processor.counters().lines,
+            customers,
+            taken,
+        })?;
         anyhow::Ok(())
     };
     loop {

@@ -106,6 +106,8 @@ pub struct Job {
     pub batch: CheckpointBatch,
     /// Input lines read so far (for the log).
     pub lines: u64,
+    /// Customers with open sessions, and those of them held in memory (for the log).
+    pub customers: (u64, usize),
     /// When the processor took the barrier.
     pub taken: std::time::Instant,
 }
@@ -132,6 +134,8 @@ impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
                 tracing::info!(
                     checkpoint = id,
                     lines = job.lines,
+                    open_customers = job.customers.0,
+                    cached_customers = job.customers.1,
                     rows = job.out.rows.len(),
                     dead_letters = job.out.dead.len(),
                     took_ms = job.taken.elapsed().as_millis() as u64,

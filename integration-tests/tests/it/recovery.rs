@@ -195,3 +195,71 @@ fn kills_under_time_based_checkpoints_leave_the_same_rows() {
     }
     assert!(mid_run >= 2, "only {mid_run} kills landed mid-run: the test did not test recovery");
 }
+
+/// State larger than its memory budget: sessions are evicted and read back, ids looked up in
+/// RocksDB; kills at any moment and the re-run still give the uninterrupted run's bytes.
+#[test]
+fn sigkill_with_state_beyond_a_small_memory_budget_gives_identical_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = |p: &str| dir.path().join(p).to_string_lossy().to_string();
+    let input = d("in.jsonl");
+    // 200k events over one day and 150k customers, with 6 h of lateness: ~50k customers have
+    // an open session at any time, more than a 16 MiB budget holds (bench/scale's generator).
+    let generator = bin().parent().unwrap().join("examples").join("scale_gen");
+    let data = Command::new(&generator).args(["200000", "150000", "3"]).output().unwrap();
+    assert!(data.status.success(), "{} (build it with --all-targets)", generator.display());
+    std::fs::write(&input, &data.stdout).unwrap();
+    let args = |input: &str, out: &str, state: &str, every: &str| {
+        let mut a = args(input, out, state, every);
+        let late = a.iter().position(|x| x == "20m").unwrap();
+        a[late] = "6h".into();
+        a
+    };
+    let reference = run(&args(&input, &d("ref"), &d("ref-state"), "5000")
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>());
+    assert!(reference.status.success(), "{}", String::from_utf8_lossy(&reference.stderr));
+    let want = tree(Path::new(&d("ref")));
+
+    let small = |name: &str| {
+        let mut a = args(&input, &d(name), &d(&format!("{name}-state")), "5000");
+        a.splice(1..1, ["--memory-budget".to_owned(), "16MiB".to_owned()]);
+        a
+    };
+    let same = |out: &str, what: &str| {
+        let got = tree(Path::new(&d(out)));
+        assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>(), "{what}");
+        for (k, v) in &want {
+            assert!(got[k] == *v, "{k} differs from the default budget's output ({what})");
+        }
+    };
+    // Uninterrupted with the small budget: the budget binds, the bytes do not change.
+    let once = Command::new(bin()).args(small("once")).env("RUST_LOG", "info").output().unwrap();
+    assert!(once.status.success(), "{}", String::from_utf8_lossy(&once.stderr));
+    assert_eq!(summary(&once), summary(&reference));
+    same("once", "uninterrupted");
+    let log = String::from_utf8_lossy(&once.stderr);
+    let evicted =
+        log.lines().filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok()).any(|v| {
+            let (open, cached) = (v["open_customers"].as_u64(), v["cached_customers"].as_u64());
+            matches!((open, cached), (Some(o), Some(c)) if o > 30_000 && c < o * 4 / 5)
+        });
+    assert!(evicted, "the cache never held less than 4/5 of the open customers:\n{log}");
+
+    // Killed at several moments, state read back from disk each time.
+    let a = small("killed");
+    let mut killed = 0;
+    for ms in [120u64, 300, 600] {
+        if spawn_and_kill(&a, Duration::from_millis(ms))
+            && !Path::new(&d("killed")).join("_SUCCESS").exists()
+        {
+            killed += 1;
+        }
+    }
+    let fin = run(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(fin.status.success(), "{}", String::from_utf8_lossy(&fin.stderr));
+    assert_eq!(summary(&fin), summary(&reference));
+    same("killed", "after kills");
+    assert!(killed >= 1, "no kill landed mid-run: the test did not test recovery");
+}
