@@ -391,6 +391,7 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
             batch,
             lines: processor.counters().lines,
             customers,
+            pause: taken.elapsed(),
             taken,
         })?;
         anyhow::Ok(())

@@ -72,6 +72,10 @@ pub struct Processor {
     /// Durable state read on demand, and the number of the last checkpoint batch taken.
     backing: Option<Arc<dyn Backing>>,
     batches: u64,
+    /// Sessions closed ahead of the checkpoint ([`Processor::close_ahead`]).
+    closed: Vec<ClosedSession>,
+    /// Records since the last [`Processor::close_ahead`].
+    since_close: u32,
 }
 
 /// Durable state could not be read during an interval: its output must not be committed.
@@ -102,6 +106,8 @@ impl Processor {
             spare: Vec::new(),
             backing: None,
             batches: 0,
+            closed: Vec::new(),
+            since_close: 0,
         };
         p.bind();
         p
@@ -229,6 +235,7 @@ impl Processor {
             pos.offset += (end + 1 - start) as u64;
             start = end + 1;
         }
+        self.close_ahead();
         SourcePosition {
             input: chunk.input,
             line: pos.line,
@@ -262,6 +269,17 @@ impl Processor {
         self.process_line(line, pos, &mut slots);
         slots.clear();
         self.spare = slots.into_iter().map(|_| Slot::Absent).collect();
+        self.since_close += 1;
+        if self.since_close >= 4096 {
+            self.close_ahead();
+        }
+    }
+
+    /// Closes, between checkpoints, sessions the watermark already lets close (the ones whose
+    /// stored state is exact), so that a checkpoint's pause does not grow with them.
+    pub fn close_ahead(&mut self) {
+        self.since_close = 0;
+        self.sessions.close_ahead(&mut self.closed);
     }
 
     /// Processes one line (without its `\n`).
@@ -348,7 +366,7 @@ impl Processor {
         end_of_input: bool,
         meta: MetaBase,
     ) -> Result<(EpochOutput, CheckpointBatch), StateReadFailed> {
-        let mut closed: Vec<ClosedSession> = Vec::new();
+        let mut closed: Vec<ClosedSession> = std::mem::take(&mut self.closed);
         if end_of_input {
             self.sessions.close_all(&mut closed);
         } else {

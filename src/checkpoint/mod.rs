@@ -108,6 +108,9 @@ pub struct Job {
     pub lines: u64,
     /// Customers with open sessions, and those of them held in memory (for the log).
     pub customers: (u64, usize),
+    /// How long the processor stopped to cut the checkpoint: closing what the watermark
+    /// allows and taking the changes (for the log; a committer that is behind stops it longer).
+    pub pause: std::time::Duration,
     /// When the processor took the barrier.
     pub taken: std::time::Instant,
 }
@@ -136,6 +139,7 @@ impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
                     lines = job.lines,
                     open_customers = job.customers.0,
                     cached_customers = job.customers.1,
+                    pause_us = job.pause.as_micros() as u64,
                     rows = job.out.rows.len(),
                     dead_letters = job.out.dead.len(),
                     took_ms = job.taken.elapsed().as_millis() as u64,

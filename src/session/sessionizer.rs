@@ -51,8 +51,9 @@ pub struct Sessionizer {
     customers: IndexMap<Box<str>, Customer, FxBuildHasher>,
     /// Customers changed since the last checkpoint (each once).
     touched: Vec<Box<str>>,
-    /// Customers of batches taken but not known durable yet, by batch number.
-    pending: VecDeque<(u64, Vec<Box<str>>)>,
+    /// Customers of batches taken but not known durable yet, by batch number, with the lowest
+    /// first-session end the batch indexes.
+    pending: VecDeque<(u64, Vec<Box<str>>, i64)>,
     /// Number of the last batch taken.
     batch: u64,
     backing: Option<Arc<dyn Backing>>,
@@ -63,7 +64,9 @@ pub struct Sessionizer {
     /// (eviction waits until a later batch is durable).
     hand: usize,
     stuck: Option<u64>,
-    /// Index scans start here: every customer whose first session ended before is closed.
+    /// Index scans start here: every customer whose exact index entry (durable, and not
+    /// changed since) is below has nothing left to close. A batch that becomes durable may
+    /// index customers below it: [`Sessionizer::settle`] moves it back then.
     scanned_to: i64,
     open_sessions: u64,
     open_customers: u64,
@@ -300,6 +303,24 @@ impl Sessionizer {
         }
     }
 
+    /// Closes, ahead of the checkpoint, what the watermark lets close among customers whose
+    /// index entry is exact (not changed since a durable batch): one step of the index scan,
+    /// each entry visited once. The checkpoint would close the same sessions (the watermark only
+    /// rises and no on-time event can reach them), so output does not change; its pause
+    /// shrinks to the customers changed in the interval.
+    pub fn close_ahead(&mut self, out: &mut Vec<ClosedSession>) {
+        let (Some(w), Some(backing)) = (self.watermark(), self.backing.clone()) else { return };
+        self.settle(backing.durable());
+        let gap = self.gap;
+        let before = w.saturating_sub(gap);
+        if before <= self.scanned_to {
+            return;
+        }
+        let done = |s: &Session| s.end.saturating_add(gap) < w;
+        backing.ending_before(self.scanned_to, before, &mut |key| self.close_one(key, out, &done));
+        self.scanned_to = before;
+    }
+
     /// Closes every open session (end of input).
     ///
     /// # Panics
@@ -314,37 +335,70 @@ impl Sessionizer {
         before: i64,
         done: impl Fn(&Session) -> bool,
     ) {
-        let candidates: Vec<Box<str>> = match &self.backing {
-            None => self.customers.keys().cloned().collect(),
-            Some(b) => {
-                let mut c: Vec<Box<str>> = self.touched.clone();
-                c.extend(self.pending.iter().flat_map(|(_, keys)| keys.iter().cloned()));
-                b.ending_before(self.scanned_to, before, &mut |k| c.push(k.into()));
-                c.sort_unstable();
-                c.dedup();
-                c
+        let Some(backing) = self.backing.clone() else {
+            let keys: Vec<Box<str>> = self.customers.keys().cloned().collect();
+            for key in &keys {
+                self.close_one(key, out, &done);
             }
+            return;
         };
-        for key in candidates {
-            let i = self.slot(&key);
-            let (key, c) = self.customers.get_index_mut(i).expect("slot returns a valid index");
-            let n = c.sessions.iter().take_while(|s| done(s)).count();
-            if n == 0 {
-                continue;
+        // Candidates whose index entry may be stale: changed since the last batch, or carried by
+        // one not durable yet. Closing is idempotent, so a customer met twice is harmless.
+        let touched = std::mem::take(&mut self.touched);
+        for key in &touched {
+            self.close_one(key, out, &done);
+        }
+        // Customers first touched by this close go after the ones already listed.
+        let mut added = std::mem::replace(&mut self.touched, touched);
+        self.touched.append(&mut added);
+        self.settle(backing.durable());
+        let pending = std::mem::take(&mut self.pending);
+        for (_, keys, _) in &pending {
+            for key in keys {
+                self.close_one(key, out, &done);
             }
-            out.extend(
-                c.sessions
-                    .drain(..n)
-                    .map(|session| ClosedSession { customer_id: key.clone(), session }),
-            );
-            self.open_sessions -= n as u64;
-            if c.sessions.is_empty() {
-                self.open_customers -= 1;
-            }
-            if !c.dirty {
-                c.dirty = true;
-                self.touched.push(key.clone());
-            }
+        }
+        self.pending = pending;
+        backing.ending_before(self.scanned_to, before, &mut |key| self.close_one(key, out, &done));
+    }
+
+    /// Forgets the pending batches that are durable now: their customers' index entries are
+    /// exact from now on, and the scan must start low enough to see them.
+    fn settle(&mut self, durable: u64) {
+        while let Some((_, _, lowest)) = self.pending.front().filter(|(n, _, _)| *n <= durable) {
+            self.scanned_to = self.scanned_to.min(*lowest);
+            self.pending.pop_front();
+        }
+    }
+
+    /// Closes the sessions of `key` that are `done`, reading the customer if it is not cached.
+    fn close_one(
+        &mut self,
+        key: &str,
+        out: &mut Vec<ClosedSession>,
+        done: &impl Fn(&Session) -> bool,
+    ) {
+        let i = match self.customers.get_index_of(key) {
+            Some(i) => i,
+            None => self.slot(key),
+        };
+        let (key, c) = self.customers.get_index_mut(i).expect("the index comes from the map");
+        let n = c.sessions.iter().take_while(|s| done(s)).count();
+        if n == 0 {
+            return;
+        }
+        out.extend(
+            c.sessions
+                .drain(..n)
+                .map(|session| ClosedSession { customer_id: key.clone(), session }),
+        );
+        self.open_sessions -= n as u64;
+        if c.sessions.is_empty() {
+            self.open_customers -= 1;
+        }
+        if !c.dirty {
+            c.dirty = true;
+            self.touched.push(key.clone());
         }
     }
 
@@ -374,10 +428,9 @@ impl Sessionizer {
         match &self.backing {
             Some(b) => {
                 let durable = b.durable();
-                while self.pending.front().is_some_and(|(n, _)| *n <= durable) {
-                    self.pending.pop_front();
-                }
-                self.pending.push_back((batch, touched));
+                self.settle(durable);
+                let lowest = ch.upserts.iter().filter_map(|(_, s)| s.first()).map(|s| s.end).min();
+                self.pending.push_back((batch, touched, lowest.unwrap_or(i64::MAX)));
                 if self.bytes > self.budget && self.may_evict() {
                     self.evict();
                 }
