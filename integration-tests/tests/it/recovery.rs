@@ -197,7 +197,7 @@ fn kills_under_time_based_checkpoints_leave_the_same_rows() {
 }
 
 /// State larger than its memory budget: sessions are evicted and read back, ids looked up in
-/// RocksDB; kills at any moment and the re-run still give the uninterrupted run's bytes.
+/// `RocksDB`; kills at any moment and the re-run still give the uninterrupted run's bytes.
 #[test]
 fn sigkill_with_state_beyond_a_small_memory_budget_gives_identical_output() {
     let dir = tempfile::tempdir().unwrap();
