@@ -25,9 +25,12 @@ pub const HOUR_MS: i64 = 3_600_000;
 #[derive(Default)]
 pub struct Dedup {
     horizon: i64,
-    /// id → (event time, the batch that carried it; 0: none yet). Ids up to 24 bytes are
-    /// stored inline.
+    /// id → (event time, the batch that carries it). Ids up to 24 bytes are stored inline.
     ids: FxHashMap<CompactString, (i64, u64)>,
+    /// Ids accepted since the last batch was taken, for the next one (no scan of the table).
+    fresh: Vec<(CompactString, i64)>,
+    /// The number the next batch will have.
+    next_batch: u64,
     /// Hours before this one are forgotten.
     forgotten_before: Option<i64>,
     backing: Option<Arc<dyn Backing>>,
@@ -98,7 +101,9 @@ impl Dedup {
 
     /// Remembers an accepted id.
     pub fn insert(&mut self, id: &str, time: i64) {
-        self.ids.insert(CompactString::from(id), (time, 0));
+        let id = CompactString::from(id);
+        self.fresh.push((id.clone(), time));
+        self.ids.insert(id, (time, self.next_batch.max(1)));
     }
 
     /// Where ids are forgotten: hours before this one.
@@ -135,13 +140,12 @@ impl Dedup {
     /// Takes what changed since the last call, for the checkpoint batch number `batch`; with a
     /// backing, ids of durable batches leave memory.
     pub fn take_changes(&mut self, batch: u64) -> DedupChanges {
-        let mut inserts = Vec::new();
-        for (id, (t, carried)) in &mut self.ids {
-            if *carried == 0 {
-                *carried = batch;
-                inserts.push((id.clone(), *t));
-            }
-        }
+        // Ids forgotten before any batch carried them are not written.
+        let cut = self.forgotten_before.unwrap_or(i64::MIN);
+        let mut inserts = std::mem::take(&mut self.fresh);
+        inserts.retain(|(_, t)| t.div_euclid(HOUR_MS) >= cut);
+        debug_assert!(self.next_batch.max(1) == batch, "batches are numbered in order");
+        self.next_batch = batch + 1;
         if let Some(b) = &self.backing
             && self.ids.len() * ID_COST > self.budget
         {
@@ -156,11 +160,13 @@ impl Dedup {
     fn shrink(&mut self, durable: u64) {
         let mut by_hour: std::collections::BTreeMap<i64, usize> = std::collections::BTreeMap::new();
         for (t, carried) in self.ids.values() {
-            if *carried != 0 && *carried <= durable {
+            if *carried <= durable {
                 *by_hour.entry(t.div_euclid(HOUR_MS)).or_default() += 1;
             }
         }
-        let mut over = self.ids.len() * ID_COST - self.budget;
+        // Down to three quarters of the budget, so that this scan runs now and then, not at
+        // every checkpoint once the cache is full.
+        let mut over = self.ids.len() * ID_COST - self.budget / 4 * 3;
         let mut below = i64::MIN;
         for (hour, n) in by_hour {
             below = hour + 1;
@@ -172,9 +178,7 @@ impl Dedup {
         if below == i64::MIN {
             return;
         }
-        self.ids.retain(|_, (t, carried)| {
-            *carried == 0 || *carried > durable || t.div_euclid(HOUR_MS) >= below
-        });
+        self.ids.retain(|_, (t, carried)| *carried > durable || t.div_euclid(HOUR_MS) >= below);
         self.disk_only_below = self.disk_only_below.max(below);
     }
 }
