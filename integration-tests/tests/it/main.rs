@@ -15,3 +15,4 @@ mod recovery;
 mod registry;
 mod schema_tools;
 mod schemas;
+mod workers;
