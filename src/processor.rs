@@ -1,6 +1,7 @@
-//! The processor: decode → extract → dedup → sessionize → aggregate, one line at a time, on one
-//! thread, with no I/O. It buffers one checkpoint interval of output; the checkpoint
-//! coordinator writes it out.
+//! The processor: decode → extract → dedup → sessionize → aggregate, with no I/O. Decode and
+//! extract, pure, may run on several workers ([`crate::parallel`]); the rest runs line by line,
+//! in input order, on the processor's thread. It buffers one checkpoint interval of output; the
+//! checkpoint coordinator writes it out.
 
 use crate::aggregate::{RowLayout, SessionRow};
 use crate::decode;
@@ -404,6 +405,8 @@ fn prepare<'a>(x: &Extractor, line: &'a [u8], slots: &mut Vec<Slot<'a>>) -> Prep
 /// [`prepare`] for every line of `part` (whole lines), in order.
 fn prepare_slice<'a>(x: &Extractor, part: &'a [u8], out: &mut Vec<(&'a [u8], Prepared<'a>)>) {
     let mut slots: Vec<Slot<'a>> = Vec::with_capacity(x.slot_count());
+    // Room for lines of 256 bytes on average (clickstream lines are longer): seldom a regrowth.
+    out.reserve(part.len() / 256 + 1);
     let mut start = 0usize;
     while start < part.len() {
         let end = memchr::memchr(b'\n', &part[start..]).map_or(part.len(), |i| start + i);
