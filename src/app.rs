@@ -49,6 +49,8 @@ pub struct ReplaySettings {
     pub parquet: bool,
     /// Bytes state may hold in memory (`state.memory_budget`).
     pub memory_budget: u64,
+    /// Threads that decode and extract lines (0: one per core this process may use).
+    pub workers: usize,
 }
 
 /// How a replay ended.
@@ -243,6 +245,11 @@ fn replay_into<K: Sink + Send + 'static>(
     let names = inputs.iter().map(|i| Arc::clone(&i.name)).collect();
     let mut processor = Processor::new(Arc::clone(&extractor), s.rules, names);
     processor.restore(meta.as_ref(), store.backing(), budget.sessions(1));
+    let workers = match s.workers {
+        0 => crate::parallel::default_workers(),
+        n => n,
+    };
+    processor.set_workers(workers);
     let coord = Coordinator::new(store, sink, last);
 
     let progress = progress_bar(&inputs);
@@ -287,7 +294,7 @@ fn replay_into<K: Sink + Send + 'static>(
     let counters = processor.counters().clone();
     coord.sink().write_success(&summary_json(&counters))?;
     let secs = started.elapsed().as_secs_f64().max(f64::EPSILON);
-    info!(lines = counters.lines, secs = %format!("{secs:.2}"), lines_per_sec = (counters.lines as f64 / secs) as u64, "Replay complete.");
+    info!(lines = counters.lines, secs = %format!("{secs:.2}"), lines_per_sec = (counters.lines as f64 / secs) as u64, workers, "Replay complete.");
     Ok(Outcome::Completed(counters))
 }
 

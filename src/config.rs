@@ -311,6 +311,8 @@ pub struct ReplayConfig {
     pub output: PathBuf,
     /// State directory (empty: `OUTPUT/_state`).
     pub state: PathBuf,
+    /// Threads that decode and extract lines (0: one per core this process may use).
+    pub workers: usize,
 }
 
 impl RawConfig {

@@ -16,6 +16,7 @@
 //! - [`sink`]: durable output under deterministic names.
 //! - [`checkpoint`]: the ordering that makes output effectively exactly-once.
 //! - [`processor`]: the stages above, run over lines.
+//! - [`parallel`]: decode and extract of a chunk's lines on several threads, in input order.
 //! - [`registry`]: versioned schemas (directory or S3), compatibility checks, hot reload.
 //! - [`admin`]: the HTTP admin API (schemas, health, metrics).
 //! - [`runtime`]: `clickstream run`: splits of a partitioned source (Kafka partitions), each
@@ -35,6 +36,7 @@ pub mod app;
 pub mod config;
 pub mod event;
 pub mod explain;
+pub mod parallel;
 pub mod processor;
 pub mod registry;
 pub mod runtime;

@@ -130,6 +130,10 @@ struct ReplayArgs {
     /// Wall time between checkpoints, e.g. 1s [default: off].
     #[arg(long, value_name = "DURATION", value_parser = app::parse_duration)]
     checkpoint_interval: Option<Duration>,
+    /// Threads that decode and extract lines; the output is the same whatever the number
+    /// [default: one per core this process may use].
+    #[arg(long, value_name = "N")]
+    workers: Option<usize>,
     /// Input files (.jsonl or .jsonl.gz), read in order; - reads stdin.
     #[arg(value_name = "INPUT", required = true)]
     inputs: Vec<String>,
@@ -348,6 +352,9 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
     if let Some(p) = a.state {
         c.replay.state = p;
     }
+    if let Some(n) = a.workers {
+        c.replay.workers = n;
+    }
     c.validate()?;
     if c.replay.output.to_str().is_some_and(|o| o.starts_with("s3://"))
         && c.replay.state.as_os_str().is_empty()
@@ -370,6 +377,7 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
         },
         follow: a.follow,
         parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
+        workers: c.replay.workers,
         state,
         output: c.replay.output,
         memory_budget: c.state.memory_budget,

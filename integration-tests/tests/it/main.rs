@@ -16,3 +16,4 @@ mod registry;
 mod schema_tools;
 mod schemas;
 mod state;
+mod workers;
