@@ -1,0 +1,182 @@
+//! The processor's own tests: sets swapped mid-stream, kinds added by a reload, several
+//! workers against one.
+
+use super::*;
+use crate::extract::schema::parse_bytes;
+
+fn set(version: u32, classify_view: bool) -> Arc<Extractor> {
+    let mut text = format!(
+        "name = \"a\"\nversion = {version}\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.c']\nevent_time = [{{ path = '$.t', format = \"epoch\" }}]\n"
+    );
+    if classify_view {
+        text.push_str(
+            "[[classify]]\nkind = \"page_view\"\nwhen = [{ path = '$.e', equals = \"v\" }]\n",
+        );
+    }
+    let l = parse_bytes(std::path::Path::new("a.toml"), text.into_bytes()).unwrap();
+    Arc::new(Extractor::compile(vec![l]).unwrap())
+}
+
+fn line(p: &mut Processor, n: u64, text: &str) {
+    let mut slots = Vec::new();
+    let pos = LinePosition { input: 0, line: n, offset: 0 };
+    p.process_line(text.as_bytes(), pos, &mut slots);
+}
+
+#[test]
+fn rows_and_dead_letters_name_the_sets_that_read_them() {
+    let rules = Rules { gap_ms: 1_000_000, lateness_ms: 0, dedup_horizon_ms: 0 };
+    let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
+    line(&mut p, 1, r#"{"id":1,"c":"x","t":1709510400,"e":"v"}"#);
+    line(&mut p, 2, r#"{"id":2,"c":"y","t":1709510401,"e":"v"}"#);
+    line(&mut p, 3, "not json");
+    p.set_extractor(set(2, true));
+    assert_eq!(p.schema_set(), "a@2");
+    line(&mut p, 4, r#"{"id":3,"c":"x","t":1709510402,"e":"v"}"#);
+    line(&mut p, 5, "not json either");
+    let base = MetaBase { inputs: vec![], settings: String::new() };
+    let (out, batch) = p.checkpoint(SourcePosition::default(), true, base).unwrap();
+    let sets: Vec<(&str, Vec<String>, u64)> = out
+        .rows
+        .iter()
+        .map(|r| (&*r.customer_id, r.schema_sets.clone(), r.count("page_views").unwrap()))
+        .collect();
+    assert_eq!(sets, [("x", vec!["a@1".into(), "a@2".into()], 1), ("y", vec!["a@1".into()], 0)]);
+    let dead: Vec<&str> = out.dead.iter().map(|d| &*d.schema_set).collect();
+    assert_eq!(dead, ["a@1", "a@2"]);
+    assert_eq!(batch.meta.unwrap().schema_sets, ["a@1", "a@2"]);
+}
+
+/// Lines of every sort: events of many customers (some with escaped ids), copies of
+/// earlier ones, late ones, and rejects of each stage.
+fn messy(lines: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let mut seed = 12_345u64;
+    for i in 0..lines {
+        seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+        let roll = (seed >> 33) % 100;
+        let cust = (seed >> 20) % 37;
+        let t = 1_709_510_400 + i / 3;
+        let line = match roll {
+            0 => String::new(),
+            1 => "not json".to_owned(),
+            2 => r#"{"id":1,"c":"x""#.to_owned(),
+            3 => "[1,2]".to_owned(),
+            4 => format!(r#"{{"c":"c{cust}","t":{t},"e":"v"}}"#),
+            5 => format!(r#"{{"id":"m{i}","c":"c{cust}","t":"soon","e":"v"}}"#),
+            6 => format!(r#"{{"id":"m{i}","t":{t},"e":"v"}}"#),
+            // A copy of an earlier message.
+            7..=11 => format!(r#"{{"id":"m{}","c":"c{cust}","t":{t},"e":"v"}}"#, i / 2),
+            // Older than the watermark.
+            12..=14 => format!(r#"{{"id":"late{i}","c":"c{cust}","t":{},"e":"v"}}"#, t - 4000),
+            15 => {
+                format!(r#"{{"id":"m\u0030{i}","c":"c\u00e9{cust}","t":{t},"e":"p","os":"x"}}"#)
+            }
+            _ => format!(
+                r#"{{"id":"m{i}","c":"c{cust}","t":{t},"e":"{}","os":"{}","pad":"{}"}}"#,
+                if roll.is_multiple_of(2) { "v" } else { "p" },
+                ["ios", "linux", "android"][(roll % 3) as usize],
+                "x".repeat((roll * 3) as usize)
+            ),
+        };
+        out.extend_from_slice(line.as_bytes());
+        out.push(b'\n');
+    }
+    // Invalid UTF-8, and a last line without its newline.
+    out.extend_from_slice(b"{\"id\":\"\xff\"}\n{\"id\":\"end\",\"c\":\"c1\",\"t\":1709512000}");
+    out
+}
+
+/// One checkpoint's rows (as written) and dead letters.
+type Epoch = (Vec<String>, Vec<DeadLetter>);
+
+/// Every chunk of `data` (cut at `cuts`) through a processor with `workers`, a checkpoint
+/// after each: the rows (as written) and dead letters of each, and the totals.
+fn replay(data: &[u8], cuts: &[usize], workers: usize) -> (Vec<Epoch>, Counters) {
+    let rules = Rules { gap_ms: 10_000, lateness_ms: 120_000, dedup_horizon_ms: 600_000 };
+    let mut p = Processor::new(with_kinds(1, true), rules, vec![Arc::from("in")]);
+    p.set_workers(workers);
+    let mut outs = Vec::new();
+    let (mut from, mut lines) = (0, 0);
+    for (k, &to) in cuts.iter().chain(&[data.len()]).enumerate() {
+        let chunk = Chunk {
+            data: data[from..to].to_vec(),
+            input: 0,
+            lines_before: lines,
+            offset: from as u64,
+        };
+        let pos = p.process_chunk(&chunk);
+        assert_eq!(pos.offset, to as u64);
+        lines = pos.line;
+        from = to;
+        let base = MetaBase { inputs: vec![], settings: String::new() };
+        let (out, _) = p.checkpoint(pos, k == cuts.len(), base).unwrap();
+        let rows = out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+        outs.push((rows, out.dead));
+    }
+    (outs, p.counters().clone())
+}
+
+#[test]
+fn several_workers_give_the_rows_and_dead_letters_of_one() {
+    let data = messy(6_000);
+    // Chunks of several slices each; the cuts fall just after a newline.
+    let cut = |at: usize| at + memchr::memchr(b'\n', &data[at..]).unwrap() + 1;
+    let cuts = [cut(data.len() / 3), cut(data.len() * 2 / 3)];
+    assert!(data.len() / 3 > 4 * parallel::SLICE_BYTES, "{} bytes", data.len());
+    let one = replay(&data, &cuts, 1);
+    let c = &one.1;
+    assert!(c.accepted > 3_000 && c.duplicates > 100 && c.truncated_values > 100, "{c:?}");
+    for reason in ["late", "invalid_json", "not_object", "empty_line", "invalid_utf8"] {
+        assert!(c.dead_lettered.get(reason).is_some_and(|&n| n > 0), "{reason}: {c:?}");
+    }
+    assert!(one.0.iter().all(|(rows, dead)| !rows.is_empty() && !dead.is_empty()));
+    for workers in [2, 3, 8] {
+        let many = replay(&data, &cuts, workers);
+        assert!(many == one, "{workers} workers differ from one");
+    }
+}
+
+fn with_kinds(version: u32, extra_kind: bool) -> Arc<Extractor> {
+    let mut text = format!(
+        "name = \"a\"\nversion = {version}\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.c']\nevent_time = [{{ path = '$.t', format = \"epoch\" }}]\n[[kinds]]\nname = \"page_view\"\ncolumn = \"page_views\"\n[[classify]]\nkind = \"page_view\"\nwhen = [{{ path = '$.e', equals = \"v\" }}]\n[[attributes]]\nname = \"os\"\npaths = ['$.os']\naggregate = \"first\"\nmax_bytes = 3\n"
+    );
+    if extra_kind {
+        text.push_str("[[kinds]]\nname = \"play\"\ncolumn = \"plays\"\n[[classify]]\nkind = \"play\"\nwhen = [{ path = '$.e', equals = \"p\" }]\n");
+    }
+    let l = parse_bytes(std::path::Path::new("a.toml"), text.into_bytes()).unwrap();
+    Arc::new(Extractor::compile(vec![l]).unwrap())
+}
+
+#[test]
+fn a_reload_that_adds_a_kind_counts_it_from_then_on_and_old_rows_lack_the_column() {
+    let rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0 };
+    let mut p = Processor::new(with_kinds(1, false), rules, vec![Arc::from("in")]);
+    let base = || MetaBase { inputs: vec![], settings: String::new() };
+    line(&mut p, 1, r#"{"id":1,"c":"early","t":1709510400,"e":"p","os":"linux"}"#);
+    line(&mut p, 2, r#"{"id":2,"c":"y","t":1709510400,"e":"p","os":"ios"}"#);
+    // Two seconds later, past the gap: "early" and "y" close; "x" stays open across the reload.
+    line(&mut p, 3, r#"{"id":3,"c":"x","t":1709510402,"e":"v"}"#);
+    let (out, _) = p.checkpoint(SourcePosition::default(), false, base()).unwrap();
+    let early: Vec<String> = out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+    assert_eq!(
+        early,
+        [
+            r#"{"customer_id":"early","session_start":1709510400000,"session_end":1709510400000,"duration_ms":0,"event_count":1,"page_views":0,"os":"lin","schema_sets":["a@1"]}"#,
+            r#"{"customer_id":"y","session_start":1709510400000,"session_end":1709510400000,"duration_ms":0,"event_count":1,"page_views":0,"os":"ios","schema_sets":["a@1"]}"#,
+        ],
+        "closed before the reload: no `plays` column; the value cut to 3 bytes"
+    );
+    assert_eq!(p.counters().truncated_values, 1);
+    p.set_extractor(with_kinds(2, true));
+    line(&mut p, 4, r#"{"id":4,"c":"x","t":1709510402,"e":"p","os":"mac"}"#);
+    line(&mut p, 5, r#"{"id":5,"c":"x","t":1709510402,"e":"p"}"#);
+    let (out, batch) = p.checkpoint(SourcePosition::default(), true, base()).unwrap();
+    let row = serde_json::to_value(&out.rows[0]).unwrap();
+    assert_eq!((row["event_count"].as_u64(), row["page_views"].as_u64()), (Some(3), Some(1)));
+    assert_eq!(row["plays"], 2, "only events after the reload count as plays: {row}");
+    assert_eq!(row["os"], "mac", "first value by event time, at the event after the reload");
+    let meta = batch.meta.unwrap();
+    assert_eq!(meta.kinds, ["page_view", "play"]);
+    assert_eq!(meta.attributes, ["os:string:first"]);
+}
