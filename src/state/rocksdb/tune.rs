@@ -13,8 +13,8 @@
 //! the splits a process holds.
 
 use rocksdb::{
-    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options,
-    WriteBufferManager, compaction_filter::Decision,
+    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
+    Options, WriteBufferManager, compaction_filter::Decision,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -89,6 +89,9 @@ pub(super) fn options(
     opts.create_missing_column_families(true);
     opts.set_write_buffer_manager(&budget.buffers);
     opts.set_max_background_jobs(2);
+    // A column family that is seldom written (meta) would otherwise keep every write-ahead log
+    // alive: past this size the oldest logs' families are flushed so the logs can go.
+    opts.set_max_total_wal_size(budget.total / 8);
 
     // The MANIFEST grows with every flush while the store is open and every snapshot uploads
     // it whole: roll it over at this size so a snapshot's cost stays flat over months.
@@ -129,6 +132,13 @@ fn family(budget: &MemoryBudget) -> Options {
     table.set_cache_index_and_filter_blocks(true);
     table.set_cache_index_and_filter_blocks_with_high_priority(true);
     table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+    // Filters and indexes in 4 KiB partitions: a table of a few million ids has a 3 MB filter,
+    // larger than a shard of the block cache, which then never kept it and read it from the file
+    // at every lookup (measured: 1.8 TB of reads in 4 minutes). Only the top level is pinned.
+    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
+    table.set_partition_filters(true);
+    table.set_metadata_block_size(4096);
+    table.set_pin_top_level_index_and_filter(true);
     table.set_format_version(5);
     let mut o = Options::default();
     o.set_block_based_table_factory(&table);
