@@ -36,12 +36,14 @@ pub struct Dedup {
     backing: Option<Arc<dyn Backing>>,
     /// Ids of hours before this one may be in the backing only.
     disk_only_below: i64,
-    /// Bytes the cache may hold.
-    budget: usize,
+    /// Ids the cache may hold: the table is sized for them once, so that it never doubles
+    /// (a doubling holds the old and the new table at once) while within its budget.
+    limit: usize,
 }
 
-/// Memory of one cached id: the table's slot, with the id inline up to 24 bytes.
-const ID_COST: usize = 48;
+/// Memory of one slot of the table: the id (inline up to 24 bytes), its time and batch, and a
+/// control byte.
+const SLOT_BYTES: usize = std::mem::size_of::<(CompactString, (i64, u64))>() + 1;
 
 impl std::fmt::Debug for Dedup {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -82,21 +84,25 @@ impl Dedup {
         self.forgotten_before = forgotten_before;
         self.disk_only_below = max_time.map_or(i64::MIN, |t| t.div_euclid(HOUR_MS) + 1);
         self.backing = Some(backing);
-        self.budget = budget;
+        // The table has a power of two of slots, filled to 7/8 at most.
+        let slots = budget / SLOT_BYTES;
+        self.limit = if slots < 16 { 0 } else { (1usize << slots.ilog2()) / 8 * 7 };
+        self.ids.reserve(self.limit);
     }
 
     /// Whether `id` was accepted before.
     #[must_use]
     pub fn contains(&self, id: &str) -> bool {
-        if self.ids.contains_key(id) {
-            return true;
+        let cut = self.forgotten_before.unwrap_or(i64::MIN);
+        if let Some((t, _)) = self.ids.get(id) {
+            // With a backing, forgotten hours leave memory lazily (see `expire`).
+            return t.div_euclid(HOUR_MS) >= cut;
         }
         let Some(b) = &self.backing else { return false };
-        if self.forgotten_before.unwrap_or(i64::MIN) >= self.disk_only_below {
+        if cut >= self.disk_only_below {
             return false; // memory holds every id not forgotten
         }
-        b.id_time(id)
-            .is_some_and(|t| self.forgotten_before.is_none_or(|h| t.div_euclid(HOUR_MS) >= h))
+        b.id_time(id).is_some_and(|t| t.div_euclid(HOUR_MS) >= cut)
     }
 
     /// Remembers an accepted id.
@@ -133,7 +139,11 @@ impl Dedup {
         if self.forgotten_before.is_some_and(|b| b >= before) {
             return;
         }
-        self.ids.retain(|_, (t, _)| t.div_euclid(HOUR_MS) >= before);
+        // With a backing the cache lets forgotten hours go when it shrinks (they are its oldest),
+        // instead of a scan of the whole cache every hour of event time.
+        if self.backing.is_none() {
+            self.ids.retain(|_, (t, _)| t.div_euclid(HOUR_MS) >= before);
+        }
         self.forgotten_before = Some(before);
     }
 
@@ -147,7 +157,8 @@ impl Dedup {
         debug_assert!(self.next_batch.max(1) == batch, "batches are numbered in order");
         self.next_batch = batch + 1;
         if let Some(b) = &self.backing
-            && self.ids.len() * ID_COST > self.budget
+            // Room for the next interval's ids before the table would have to grow.
+            && self.ids.len() > self.limit / 8 * 7
         {
             let durable = b.durable();
             self.shrink(durable);
@@ -164,13 +175,13 @@ impl Dedup {
                 *by_hour.entry(t.div_euclid(HOUR_MS)).or_default() += 1;
             }
         }
-        // Down to three quarters of the budget, so that this scan runs now and then, not at
+        // Down to three quarters of the table, so that this scan runs now and then, not at
         // every checkpoint once the cache is full.
-        let mut over = self.ids.len() * ID_COST - self.budget / 4 * 3;
+        let mut over = self.ids.len().saturating_sub(self.limit / 4 * 3);
         let mut below = i64::MIN;
         for (hour, n) in by_hour {
             below = hour + 1;
-            over = over.saturating_sub(n * ID_COST);
+            over = over.saturating_sub(n);
             if over == 0 {
                 break;
             }
@@ -178,7 +189,11 @@ impl Dedup {
         if below == i64::MIN {
             return;
         }
-        self.ids.retain(|_, (t, carried)| *carried > durable || t.div_euclid(HOUR_MS) >= below);
+        let cut = self.forgotten_before.unwrap_or(i64::MIN);
+        self.ids.retain(|_, (t, carried)| {
+            let hour = t.div_euclid(HOUR_MS);
+            hour >= cut && (*carried > durable || hour >= below)
+        });
         self.disk_only_below = self.disk_only_below.max(below);
     }
 }

@@ -37,9 +37,13 @@ struct Customer {
 }
 
 impl Customer {
-    fn cost_of(key: &str, sessions: &[Session]) -> usize {
-        // Map slot and key, plus each session with a rough share for attribute states.
-        96 + key.len() + sessions.len() * (std::mem::size_of::<Session>() + 24)
+    fn cost_of(key: &str, sessions: &Vec<Session>) -> usize {
+        // The map's entry and index slot with the map's spare room (~2×: it doubles), the key's
+        // allocation, and each session the vector has room for, with a share for attributes
+        // (measured: 950k cached customers held ~1 GB while estimated at 100 MB before).
+        2 * (std::mem::size_of::<(u64, Box<str>, Customer)>() + 16)
+            + key.len().next_multiple_of(16)
+            + sessions.capacity() * (std::mem::size_of::<Session>() + 32)
     }
 }
 
@@ -279,7 +283,9 @@ impl Sessionizer {
             passed += 1;
             if c.dirty || c.batch > durable {
                 self.hand += 1;
-            } else if c.used {
+            } else if c.used && !c.sessions.is_empty() {
+                // A customer without open sessions gets no second chance: it saves only a
+                // read that the bloom filter mostly answers.
                 c.used = false;
                 self.hand += 1;
             } else {
@@ -395,6 +401,7 @@ impl Sessionizer {
         self.open_sessions -= n as u64;
         if c.sessions.is_empty() {
             self.open_customers -= 1;
+            c.sessions = Vec::new(); // its room is not needed any more
         }
         if !c.dirty {
             c.dirty = true;
