@@ -57,10 +57,9 @@ impl std::fmt::Debug for Dedup {
 /// What changed since the last checkpoint.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct DedupChanges {
-    /// New ids with their event times.
+    /// New ids with their event times. (The hours forgotten travel in the checkpoint record,
+    /// `Meta::forgotten_before`, the one copy stores and restarts read.)
     pub inserts: Vec<(CompactString, i64)>,
-    /// Forget every id whose event-time hour (`time.div_euclid(HOUR_MS)`) is before this.
-    pub forget_hours_before: Option<i64>,
 }
 
 impl Dedup {
@@ -163,7 +162,7 @@ impl Dedup {
             let durable = b.durable();
             self.shrink(durable);
         }
-        DedupChanges { inserts, forget_hours_before: self.forgotten_before }
+        DedupChanges { inserts }
     }
 
     /// Drops the oldest hours of durable ids until the cache is within budget (ids not durable
@@ -235,7 +234,7 @@ mod tests {
         d.expire(Some(HOUR_MS + 50));
         let ch = d.take_changes(2);
         assert!(ch.inserts.is_empty(), "c was forgotten before it was ever stored");
-        assert_eq!(ch.forget_hours_before, Some(1));
+        assert_eq!(d.forgotten_before(), Some(1));
         assert_eq!(d.len(), 1);
     }
 

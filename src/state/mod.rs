@@ -166,11 +166,7 @@ impl CheckpointBatch {
         self.sessions.unindex.sort();
         self.sessions.unindex.dedup();
         self.seq = self.seq.max(newer.seq);
-        // Inserts are written before the range delete of forgotten hours, as they would be in
-        // two batches.
         self.dedup.inserts.extend(newer.dedup.inserts);
-        self.dedup.forget_hours_before =
-            self.dedup.forget_hours_before.max(newer.dedup.forget_hours_before);
         if newer.meta.is_some() {
             self.meta = newer.meta;
         }

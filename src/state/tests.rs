@@ -103,7 +103,7 @@ proptest! {
                         seq: 0,
                         meta: m.map(|c| Meta { forgotten_before: (cut > i64::MIN).then_some(cut), ..meta(c) }),
                         sessions: SessionChanges { upserts, deletes, unindex: vec![] },
-                        dedup: DedupChanges { inserts, forget_hours_before: forget },
+                        dedup: DedupChanges { inserts },
                     };
                     model.write_batch(&b).unwrap();
                     real.write_batch(&b).unwrap();
