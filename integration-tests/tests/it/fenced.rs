@@ -629,6 +629,7 @@ impl StateLook {
         }
         let kept = snapshots(&after);
         let named: std::collections::BTreeSet<String> = kept.iter().flat_map(files).collect();
+        let table = |k: &&String| k.contains("/sst/");
         let size = |k: &str| listing.iter().find(|(n, _, _)| n == k).map_or(0, |(_, _, b)| *b);
         Self {
             garbage: listing
@@ -637,8 +638,8 @@ impl StateLook {
                 .filter(|k| !referenced.contains(k) && !k.ends_with("/LATEST"))
                 .collect(),
             snapshots: kept.len(),
-            tables: named.iter().filter(|k| k.ends_with(".sst")).count(),
-            descriptors: named.iter().filter(|k| !k.ends_with(".sst")).count(),
+            tables: named.iter().filter(table).count(),
+            descriptors: named.iter().filter(|k| !table(k)).count(),
             manifest_bytes: named
                 .iter()
                 .filter(|k| k.contains("MANIFEST"))
