@@ -250,6 +250,13 @@ fn replay_into<K: Sink + Send + 'static>(
         n => n,
     };
     processor.set_workers(workers);
+    // A checkpoint holds at most a checkpoint's lines of work, the final close included: it
+    // closes that many sessions a step. Not the memory budget: the output must not depend on it.
+    let step = match s.barriers.every_lines {
+        0 => 100_000,
+        n => usize::try_from(n).unwrap_or(usize::MAX),
+    };
+    processor.set_end_step(step);
     let coord = Coordinator::new(store, sink, last);
 
     let progress = progress_bar(&inputs);
@@ -389,20 +396,23 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
     board: &Switchboard,
 ) -> Result<Ended> {
     let mut last_pos = start;
-    let mut checkpoint = |processor: &mut Processor, pos, end: bool| {
-        let taken = Instant::now();
-        let (out, batch) = processor.checkpoint(pos, end, base.clone())?;
-        let customers = (processor.open_customers(), processor.cached_customers());
-        committer.submit(Job {
-            out,
-            batch,
-            lines: processor.counters().lines,
-            customers,
-            pause: taken.elapsed(),
-            taken,
-        })?;
-        anyhow::Ok(())
-    };
+    // True when the checkpoint finished the input.
+    let checkpoint =
+        |processor: &mut Processor, committer: &mut Committer<S, K>, pos, end: bool| {
+            let taken = Instant::now();
+            let (out, batch) = processor.checkpoint(pos, end, base.clone())?;
+            let finished = batch.meta.as_ref().is_some_and(|m| m.finished);
+            let customers = (processor.open_customers(), processor.cached_customers());
+            committer.submit(Job {
+                out,
+                batch,
+                lines: processor.counters().lines,
+                customers,
+                pause: taken.elapsed(),
+                taken,
+            })?;
+            anyhow::Ok(finished)
+        };
     loop {
         if let Some(x) = board.take() {
             info!(
@@ -419,7 +429,7 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
             Err(RecvTimeoutError::Timeout) if cancel.is_cancelled() => {
                 // The source may be blocked on a pipe that stays silent: checkpoint what was
                 // processed and stop without it.
-                checkpoint(processor, last_pos, false)?;
+                checkpoint(processor, committer, last_pos, false)?;
                 return Ok(Ended::Interrupted);
             }
             Err(RecvTimeoutError::Timeout) => continue,
@@ -431,13 +441,20 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
                 let _ = pool.send(chunk.data);
             }
             Message::Barrier(pos) => {
-                checkpoint(processor, pos, false)?;
+                checkpoint(processor, committer, pos, false)?;
                 last_pos = pos;
             }
             Message::Oversized(o) => last_pos = processor.process_oversized(&o),
             Message::End(pos) => {
-                checkpoint(processor, pos, true)?;
-                return Ok(Ended::Finished);
+                // The sessions still open are closed in steps (`Processor::set_end_step`). Each
+                // step starts from durable state only, so where it stops depends on the data
+                // alone: the output is the same whatever the commit timing, a restart included.
+                loop {
+                    committer.drain()?;
+                    if checkpoint(processor, committer, pos, true)? {
+                        return Ok(Ended::Finished);
+                    }
+                }
             }
         }
     }

@@ -17,6 +17,7 @@ use crate::processor::EpochOutput;
 use crate::sink::file::FileSink;
 use crate::sink::{Sink, SinkError};
 use crate::state::{CheckpointBatch, StateError, StateStore};
+use std::sync::{Arc, Condvar, Mutex};
 use thiserror::Error;
 
 /// A checkpoint failed; the previous one stays in force.
@@ -121,6 +122,9 @@ pub struct Job {
 #[derive(Debug)]
 pub struct Committer<S: StateStore + Send + 'static, K: Sink + Send + 'static = FileSink> {
     tx: Option<std::sync::mpsc::SyncSender<Job>>,
+    /// Jobs submitted, and jobs committed (with the committer thread's signal).
+    submitted: u64,
+    committed: Arc<(Mutex<u64>, Condvar)>,
     handle: Option<std::thread::JoinHandle<Result<Coordinator<S, K>, CheckpointError>>>,
 }
 
@@ -131,6 +135,8 @@ impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
     /// The thread cannot be started.
     pub fn spawn(mut coord: Coordinator<S, K>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(1);
+        let committed = Arc::new((Mutex::new(0u64), Condvar::new()));
+        let count = Arc::clone(&committed);
         let handle = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
             for job in rx {
                 let id = coord.commit(&job.out, job.batch)?;
@@ -145,10 +151,13 @@ impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
                     took_ms = job.taken.elapsed().as_millis() as u64,
                     "Committed checkpoint."
                 );
+                let (n, cv) = &*count;
+                *n.lock().unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
+                cv.notify_all();
             }
             Ok(coord)
         })?;
-        Ok(Committer { tx: Some(tx), handle: Some(handle) })
+        Ok(Committer { tx: Some(tx), submitted: 0, committed, handle: Some(handle) })
     }
 
     /// Queues a checkpoint; waits while another one is still queued.
@@ -158,12 +167,37 @@ impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
     pub fn submit(&mut self, job: Job) -> Result<(), CheckpointError> {
         let sent = self.tx.as_ref().is_some_and(|tx| tx.send(job).is_ok());
         if sent {
+            self.submitted += 1;
             return Ok(());
         }
         match self.join() {
             Err(e) => Err(e),
             Ok(_) => Err(CheckpointError::Stopped),
         }
+    }
+
+    /// Waits until every checkpoint submitted so far is committed.
+    ///
+    /// # Errors
+    /// A checkpoint failed (the committer has stopped).
+    pub fn drain(&mut self) -> Result<(), CheckpointError> {
+        let (n, cv) = &*self.committed;
+        let mut done = n.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while *done < self.submitted {
+            if self.handle.as_ref().is_none_or(std::thread::JoinHandle::is_finished) {
+                drop(done);
+                return match self.join() {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(CheckpointError::Stopped),
+                };
+            }
+            // The thread signals every commit; the timeout only notices one that ended.
+            done = cv
+                .wait_timeout(done, std::time::Duration::from_millis(100))
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
+        }
+        Ok(())
     }
 
     /// Waits until every queued checkpoint is committed and returns the coordinator.

@@ -80,6 +80,8 @@ pub struct Processor {
     since_close: u32,
     /// Threads that decode and extract a chunk's lines (this one included).
     workers: usize,
+    /// Sessions one end-of-input checkpoint closes at most ([`Processor::set_end_step`]).
+    end_step: usize,
 }
 
 /// A line's pure phase, decode and extract: the event, or why the line is rejected.
@@ -123,6 +125,7 @@ impl Processor {
             closed: Vec::new(),
             since_close: 0,
             workers: 1,
+            end_step: usize::MAX,
         };
         p.bind();
         p
@@ -186,6 +189,15 @@ impl Processor {
             self.attributes.clone_from(&m.attributes);
             self.bind();
         }
+    }
+
+    /// Closes the open sessions at the end of input in checkpoints of at most about `most`
+    /// sessions each (`checkpoint(_, true, _)` until its meta says `finished`), in the order of
+    /// their ends: memory then holds one step's rows and state changes, not the whole state's.
+    /// Only for an input that ends for good: an idle source whose sessions are closed at once
+    /// must not be stepped (an event arriving between two steps would meet half of them open).
+    pub fn set_end_step(&mut self, most: usize) {
+        self.end_step = most.max(1);
     }
 
     /// Swaps in another schema set: the lines processed from now on use it.
@@ -403,11 +415,10 @@ impl Processor {
         meta: MetaBase,
     ) -> Result<(EpochOutput, CheckpointBatch), StateReadFailed> {
         let mut closed: Vec<ClosedSession> = std::mem::take(&mut self.closed);
-        if end_of_input {
-            self.sessions.close_all(&mut closed);
-        } else {
-            self.sessions.close_expired(&mut closed);
-        }
+        // What the watermark closes comes first, at the end of input too: which sessions a step
+        // holds must not depend on how many `close_ahead` happened to close before it.
+        self.sessions.close_expired(&mut closed);
+        let finished = end_of_input && self.sessions.close_all_upto(&mut closed, self.end_step);
         self.dedup.expire(self.sessions.watermark());
         let mut rows: Vec<SessionRow> = closed
             .into_iter()
@@ -434,7 +445,7 @@ impl Processor {
                 counters: self.counters.clone(),
                 inputs: meta.inputs,
                 settings: meta.settings,
-                finished: end_of_input,
+                finished,
                 schema_sets: self.schema_sets.clone(),
                 kinds: self.kinds.clone(),
                 attributes: self.attributes.clone(),

@@ -180,3 +180,73 @@ fn a_reload_that_adds_a_kind_counts_it_from_then_on_and_old_rows_lack_the_column
     assert_eq!(meta.kinds, ["page_view", "play"]);
     assert_eq!(meta.attributes, ["os:string:first"]);
 }
+
+/// Every customer's events through a processor over a store, then the end of input: in
+/// steps of `step` sessions (each step's batch durable before the next, as `replay` does),
+/// the rows of each checkpoint.
+fn close_in_steps(step: Option<usize>, cache: usize) -> Vec<Vec<String>> {
+    use crate::state::{StateStore, memory::MemoryStore};
+    use std::fmt::Write;
+    let rules = Rules { gap_ms: 60_000, lateness_ms: 3_600_000, dedup_horizon_ms: 3_600_000 };
+    let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
+    let mut store = MemoryStore::default();
+    p.restore(None, store.backing(), cache);
+    if let Some(n) = step {
+        p.set_end_step(n);
+    }
+    let mut text = String::new();
+    for i in 0..3_000u64 {
+        // 700 customers, some with two sessions open at the end.
+        let (c, t) = ((i * 7_919) % 700, 1_709_510_400 + i + (i % 3) * 200);
+        writeln!(text, "{{\"id\":{i},\"c\":\"c{c}\",\"t\":{t}}}").unwrap();
+    }
+    let data = text.into_bytes();
+    let base = MetaBase { inputs: vec![], settings: String::new() };
+    let mut outs = Vec::new();
+    // The last interval touches few customers: those close first, the others by the index.
+    let last = data.len() - 600;
+    let half = last + memchr::memchr(b'\n', &data[last..]).unwrap() + 1;
+    let mut lines = 0;
+    for (from, to) in [(0, half), (half, data.len())] {
+        let chunk = Chunk {
+            data: data[from..to].to_vec(),
+            input: 0,
+            lines_before: lines,
+            offset: from as u64,
+        };
+        let pos = p.process_chunk(&chunk);
+        lines = pos.line;
+        let end = to == data.len();
+        loop {
+            let (out, batch) = p.checkpoint(pos, end, base.clone()).unwrap();
+            let finished = batch.meta.as_ref().is_some_and(|m| m.finished);
+            store.write_batch(&batch).unwrap();
+            outs.push(out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect());
+            if !end || finished {
+                break;
+            }
+        }
+    }
+    outs
+}
+
+#[test]
+fn the_end_of_input_closes_in_steps_the_rows_one_close_gives() {
+    let whole = close_in_steps(None, 64 << 20);
+    let stepped = close_in_steps(Some(50), 64 << 20);
+    // A small cache reads customers back from the store between steps: the same steps.
+    assert_eq!(close_in_steps(Some(50), 16 << 10), stepped);
+    assert_eq!(whole.len(), 2);
+    assert!(stepped.len() > 10, "{} checkpoints", stepped.len());
+    // The first step also closes what the watermark allows; the later ones hold about a step
+    // (a customer's sessions, up to five here, close together: a step may run over by four).
+    for rows in &stepped[2..] {
+        assert!((1..=54).contains(&rows.len()), "{}", rows.len());
+    }
+    let sorted = |outs: &[Vec<String>]| {
+        let mut all: Vec<String> = outs.concat();
+        all.sort();
+        all
+    };
+    assert_eq!(sorted(&stepped), sorted(&whole));
+}

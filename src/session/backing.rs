@@ -16,9 +16,10 @@ pub trait Backing: Send + Sync {
     /// The event time a remembered message id was stored with, if it was.
     fn id_time(&self, id: &str) -> Option<i64>;
 
-    /// Calls `f` with every customer whose first open session, as last written, ends in
-    /// `[from, before)`: the ones the watermark may close.
-    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(&str));
+    /// Calls `f` with the end and the customer of every customer whose first open session, as
+    /// last written, ends in `[from, before)` (the ones the watermark may close), in the order
+    /// of ends, until `f` returns false.
+    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(i64, &str) -> bool);
 
     /// The number of the last checkpoint batch that is durable (see
     /// [`crate::state::CheckpointBatch::seq`]); entries of later batches must stay in memory.

@@ -304,7 +304,12 @@ impl Sessionizer {
         if let Some(w) = self.watermark() {
             let gap = self.gap;
             let before = w.saturating_sub(gap);
-            self.close_where(out, before.saturating_add(1), |s| s.end.saturating_add(gap) < w);
+            self.close_where(
+                out,
+                before.saturating_add(1),
+                |s| s.end.saturating_add(gap) < w,
+                usize::MAX,
+            );
             self.scanned_to = self.scanned_to.max(before);
         }
     }
@@ -323,7 +328,10 @@ impl Sessionizer {
             return;
         }
         let done = |s: &Session| s.end.saturating_add(gap) < w;
-        backing.ending_before(self.scanned_to, before, &mut |key| self.close_one(key, out, &done));
+        backing.ending_before(self.scanned_to, before, &mut |_, key| {
+            self.close_one(key, out, &done);
+            true
+        });
         self.scanned_to = before;
     }
 
@@ -332,21 +340,36 @@ impl Sessionizer {
     /// # Panics
     /// Never (see [`Sessionizer::observe`]).
     pub fn close_all(&mut self, out: &mut Vec<ClosedSession>) {
-        self.close_where(out, i64::MAX, |_| true);
+        self.close_where(out, i64::MAX, |_| true, usize::MAX);
     }
 
+    /// Closes open sessions, customers in the order of their first session's end, until at
+    /// least `most` more are in `out` (end of input, in steps: one step's rows, state changes
+    /// and cache entries are what a checkpoint holds, not the whole state at once). True when
+    /// every session is closed. Without a backing, every session is closed at once.
+    ///
+    /// # Panics
+    /// Never (see [`Sessionizer::observe`]).
+    pub fn close_all_upto(&mut self, out: &mut Vec<ClosedSession>, most: usize) -> bool {
+        self.close_where(out, i64::MAX, |_| true, most)
+    }
+
+    /// Closes the `done` sessions of customers indexed below `before`, and of those whose
+    /// index entry may be stale; stops in the index scan once `most` sessions were added to
+    /// `out`. True when the scan reached `before`.
     fn close_where(
         &mut self,
         out: &mut Vec<ClosedSession>,
         before: i64,
         done: impl Fn(&Session) -> bool,
-    ) {
+        most: usize,
+    ) -> bool {
         let Some(backing) = self.backing.clone() else {
             let keys: Vec<Box<str>> = self.customers.keys().cloned().collect();
             for key in &keys {
                 self.close_one(key, out, &done);
             }
-            return;
+            return true;
         };
         // Candidates whose index entry may be stale: changed since the last batch, or carried by
         // one not durable yet. Closing is idempotent, so a customer met twice is harmless.
@@ -365,7 +388,18 @@ impl Sessionizer {
             }
         }
         self.pending = pending;
-        backing.ending_before(self.scanned_to, before, &mut |key| self.close_one(key, out, &done));
+        let (start, mut stopped) = (out.len(), None);
+        backing.ending_before(self.scanned_to, before, &mut |end, key| {
+            self.close_one(key, out, &done);
+            if out.len() - start < most {
+                return true;
+            }
+            stopped = Some(end);
+            false
+        });
+        // The next step starts at the end it stopped at: entries of that end already closed
+        // are met again, and closing them again adds nothing.
+        stopped.inspect(|&end| self.scanned_to = end).is_none()
     }
 
     /// Forgets the pending batches that are durable now: their customers' index entries are

@@ -94,16 +94,18 @@ impl Backing for MemoryStore {
         self.lock().ids.get(id).copied()
     }
 
-    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(&str)) {
-        let keys: Vec<Box<str>> = self
+    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(i64, &str) -> bool) {
+        let entries: Vec<(i64, Box<str>)> = self
             .lock()
             .closing
             .iter()
             .filter(|(e, _)| (from..before).contains(e))
-            .map(|(_, k)| k.clone())
+            .cloned()
             .collect();
-        for k in keys {
-            f(&k);
+        for (end, k) in entries {
+            if !f(end, &k) {
+                return;
+            }
         }
     }
 

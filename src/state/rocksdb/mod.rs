@@ -143,6 +143,12 @@ fn closing_key(end: i64, customer: &str) -> Vec<u8> {
     k
 }
 
+/// The end a [`closing_key`] starts with.
+fn closing_end(k: &[u8]) -> i64 {
+    let head: [u8; 8] = k.get(..8).and_then(|h| h.try_into().ok()).unwrap_or_default();
+    (u64::from_be_bytes(head) ^ (1 << 63)) as i64
+}
+
 /// Key of a message id: a stable hash (FNV-1a 64; stored, so it never changes), then the id.
 fn id_key(id: &str) -> smallvec::SmallVec<[u8; 64]> {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
@@ -205,7 +211,12 @@ impl StateStore for RocksDbStore {
     fn write_batch(&mut self, b: &CheckpointBatch) -> Result<(), StateError> {
         let (meta_cf, sess_cf, closing_cf, ids_cf) =
             (self.cf(CF_META)?, self.cf(CF_SESSIONS)?, self.cf(CF_CLOSING)?, self.cf(CF_IDS)?);
-        let mut wb = WriteBatch::default();
+        // Sized up front: a batch of a million ids otherwise grows its buffer by doubling, each
+        // step a copy into freshly faulted pages (measured: most page faults of a replay).
+        let ids_bytes: usize = b.dedup.inserts.iter().map(|(id, _)| id.len() + 8 + 8 + 8).sum();
+        let sessions_bytes: usize =
+            b.sessions.upserts.iter().map(|(k, v)| 2 * k.len() + 32 + 128 * v.len()).sum();
+        let mut wb = WriteBatch::with_capacity_bytes(ids_bytes + sessions_bytes + 4096);
         let enc = |e: postcard::Error| StateError::Corrupt {
             path: self.shared.path.clone(),
             what: "encoded",
@@ -301,7 +312,7 @@ impl Backing for Reader {
         }
     }
 
-    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(&str)) {
+    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(i64, &str) -> bool) {
         let Some(cf) = self.family(CF_CLOSING) else { return };
         let mut ro = ReadOptions::default();
         // Bounds let the iterator skip the tombstones of entries already closed below `from`.
@@ -310,7 +321,11 @@ impl Backing for Reader {
         ro.fill_cache(false);
         for kv in self.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
             match kv {
-                Ok((k, _)) => f(&String::from_utf8_lossy(&k[8..])),
+                Ok((k, _)) => {
+                    if !f(closing_end(&k), &String::from_utf8_lossy(&k[8..])) {
+                        return;
+                    }
+                }
                 Err(e) => return self.fail("the closing index", &e),
             }
         }

@@ -27,7 +27,10 @@ fn a_version_2_store_migrates_and_keeps_its_old_records_beside_new_ones() {
     let old = b.sessions("old").unwrap();
     assert_eq!(old[0].counts, Counts { events: 9, kinds: vec![1, 2, 3, 0].into() });
     let mut closing = Vec::new();
-    b.ending_before(i64::MIN, i64::MAX, &mut |k| closing.push(k.to_owned()));
+    b.ending_before(i64::MIN, i64::MAX, &mut |_, k| {
+        closing.push(k.to_owned());
+        true
+    });
     assert_eq!(closing, ["old"], "migration indexes every customer by end time");
     // A checkpoint of the new version rewrites only what changed: the old record stays.
     let mut new = old[0].clone();
@@ -138,11 +141,27 @@ fn the_index_follows_each_customers_first_session_like_the_model() {
         real.write_batch(&b).unwrap();
         model.write_batch(&b).unwrap();
         let mut got = Vec::new();
-        real.backing().ending_before(i64::MIN, i64::MAX, &mut |k| got.push(Box::from(k)));
+        real.backing().ending_before(i64::MIN, i64::MAX, &mut |_, k| {
+            got.push(Box::from(k));
+            true
+        });
         let want: Vec<Box<str>> = model.closing().into_iter().map(|(_, k)| k).collect();
         assert_eq!(got, want, "after batch {i}");
     }
     let mut below = Vec::new();
-    real.backing().ending_before(0, 60, &mut |k| below.push(k.to_owned()));
+    real.backing().ending_before(0, 60, &mut |_, k| {
+        below.push(k.to_owned());
+        true
+    });
     assert!(below.is_empty(), "b's first session ends at 60, not before: {below:?}");
+}
+
+#[test]
+fn an_index_key_gives_back_its_end_and_keys_order_by_end() {
+    let ends = [i64::MIN, -3_600_000, -1, 0, 1, 1_709_510_400_000, i64::MAX];
+    for e in ends {
+        assert_eq!(closing_end(&closing_key(e, "c")), e);
+    }
+    let keys: Vec<Vec<u8>> = ends.iter().map(|&e| closing_key(e, "c")).collect();
+    assert!(keys.windows(2).all(|w| w[0] < w[1]));
 }
