@@ -22,6 +22,7 @@ use crate::source::{END, Lineage};
 use crate::state::rocksdb::RocksDbStore;
 use crate::state::{CheckpointBatch, Contents, Meta, STATE_VERSION, StateStore};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use tracing::{info, warn};
 
 /// Writes the child's first state into `store` from its parents' committed ends.
@@ -153,7 +154,7 @@ pub fn cut(parents: Vec<Contents>, range: (u128, u128)) -> CheckpointBatch {
         }
         batch.dedup.inserts.extend(p.ids.into_iter().map(|(id, t)| (id.as_ref().into(), t)));
     }
-    batch.sessions.upserts = sessions.into_iter().collect();
+    batch.sessions.upserts = sessions.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
     let open: u64 = batch.sessions.upserts.iter().map(|(_, s)| s.len() as u64).sum();
     batch.meta = Some(Meta {
         version: STATE_VERSION,

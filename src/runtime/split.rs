@@ -465,7 +465,7 @@ impl<P: Position> Pipeline<P> {
     fn count_strays(
         &mut self,
         range: (u128, u128),
-        touched: &[(Box<str>, Vec<crate::session::Session>)],
+        touched: &[(Box<str>, std::sync::Arc<Vec<crate::session::Session>>)],
     ) {
         /// Enough to show the problem; a badly keyed stream must not grow this without bound.
         const MAX_STRAYS: usize = 100_000;

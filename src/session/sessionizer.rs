@@ -23,7 +23,9 @@ use std::sync::Arc;
 #[derive(Debug, Default)]
 struct Customer {
     /// Sorted by start; consecutive sessions are more than `gap` apart (and ends are sorted too).
-    sessions: Vec<Session>,
+    /// Shared with the batch that carries them ([`Sessionizer::take_changes`] hands out the
+    /// `Arc`, not a copy): a change clones them only while that batch is still being written.
+    sessions: Arc<Vec<Session>>,
     /// Changed since the last [`Sessionizer::take_changes`].
     dirty: bool,
     /// The batch that last carried this entry; evictable once that batch is durable.
@@ -94,7 +96,7 @@ impl std::fmt::Debug for Sessionizer {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SessionChanges {
     /// Customers whose open sessions changed, with their sessions now.
-    pub upserts: Vec<(Box<str>, Vec<Session>)>,
+    pub upserts: Vec<(Box<str>, Arc<Vec<Session>>)>,
     /// Customers with no open session any more.
     pub deletes: Vec<Box<str>>,
     /// Index entries (customer, first session's end) that no longer hold; the store indexes
@@ -213,7 +215,7 @@ impl Sessionizer {
             c.dirty = true;
             self.touched.push(key.clone());
         }
-        let s = &mut c.sessions;
+        let s = Arc::make_mut(&mut c.sessions);
         let before = s.len();
         // Sessions this event touches form a contiguous run [lo, hi).
         let lo = s.partition_point(|x| x.end.saturating_add(gap) < time);
@@ -255,7 +257,14 @@ impl Sessionizer {
         if self.bytes > self.budget && self.may_evict() {
             self.evict();
         }
-        let c = Customer { sessions, dirty: false, batch: 0, indexed, used: true, cost };
+        let c = Customer {
+            sessions: Arc::new(sessions),
+            dirty: false,
+            batch: 0,
+            indexed,
+            used: true,
+            cost,
+        };
         self.customers.insert_full(customer.into(), c).0
     }
 
@@ -428,14 +437,14 @@ impl Sessionizer {
             return;
         }
         out.extend(
-            c.sessions
+            Arc::make_mut(&mut c.sessions)
                 .drain(..n)
                 .map(|session| ClosedSession { customer_id: key.clone(), session }),
         );
         self.open_sessions -= n as u64;
         if c.sessions.is_empty() {
             self.open_customers -= 1;
-            c.sessions = Vec::new(); // its room is not needed any more
+            c.sessions = Arc::default(); // its room is not needed any more
         }
         if !c.dirty {
             c.dirty = true;
@@ -455,7 +464,7 @@ impl Sessionizer {
             if c.sessions.is_empty() {
                 ch.deletes.push(key.clone());
             } else {
-                ch.upserts.push((key.clone(), c.sessions.clone()));
+                ch.upserts.push((key.clone(), Arc::clone(&c.sessions)));
             }
             let first = c.sessions.first().map(|s| s.end);
             if let Some(was) = c.indexed.filter(|&e| Some(e) != first) {

@@ -68,7 +68,7 @@ impl StateStore for MemoryStore {
         }
         for (k, v) in &b.sessions.upserts {
             if let Some(first) = v.first() {
-                s.sessions.insert(k.clone(), v.clone());
+                s.sessions.insert(k.clone(), Vec::clone(v));
                 s.closing.insert((first.end, k.clone()));
             } else {
                 s.sessions.remove(k);

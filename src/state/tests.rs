@@ -102,7 +102,11 @@ proptest! {
                     let b = CheckpointBatch {
                         seq: 0,
                         meta: m.map(|c| Meta { forgotten_before: (cut > i64::MIN).then_some(cut), ..meta(c) }),
-                        sessions: SessionChanges { upserts, deletes, unindex: vec![] },
+                        sessions: SessionChanges {
+                            upserts: upserts.into_iter().map(|(k, v)| (k, v.into())).collect(),
+                            deletes,
+                            unindex: vec![],
+                        },
                         dedup: DedupChanges { inserts },
                     };
                     model.write_batch(&b).unwrap();

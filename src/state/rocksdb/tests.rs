@@ -37,7 +37,10 @@ fn a_version_2_store_migrates_and_keeps_its_old_records_beside_new_ones() {
     new.counts.events = 1;
     let batch = CheckpointBatch {
         meta: Some(m),
-        sessions: SessionChanges { upserts: vec![("new".into(), vec![new])], ..Default::default() },
+        sessions: SessionChanges {
+            upserts: vec![("new".into(), vec![new].into())],
+            ..Default::default()
+        },
         ..CheckpointBatch::default()
     };
     store.write_batch(&batch).unwrap();
@@ -122,16 +125,19 @@ fn the_index_follows_each_customers_first_session_like_the_model() {
     };
     let batches = [
         SessionChanges {
-            upserts: vec![("a".into(), vec![s(1, 5)]), ("b".into(), vec![s(2, 9), s(50, 60)])],
+            upserts: vec![
+                ("a".into(), vec![s(1, 5)].into()),
+                ("b".into(), vec![s(2, 9), s(50, 60)].into()),
+            ],
             ..Default::default()
         },
         SessionChanges {
-            upserts: vec![("a".into(), vec![s(1, 20)])],
+            upserts: vec![("a".into(), vec![s(1, 20)].into())],
             unindex: vec![("a".into(), 5)],
             ..Default::default()
         },
         SessionChanges {
-            upserts: vec![("b".into(), vec![s(50, 60)])],
+            upserts: vec![("b".into(), vec![s(50, 60)].into())],
             deletes: vec!["a".into()],
             unindex: vec![("a".into(), 20), ("b".into(), 9)],
         },
