@@ -103,11 +103,11 @@ pub fn explain(
         ));
     };
     let base = MetaBase { inputs: Vec::new(), settings: String::new() };
-    let (out, _) = p
+    let (mut out, _) = p
         .checkpoint(SourcePosition::default(), true, base)
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     let session = key.and_then(|(customer, time)| {
-        out.rows
+        out.rows()
             .iter()
             .find(|r| {
                 *r.customer_id == *customer && r.session_start <= time && time <= r.session_end

@@ -82,12 +82,13 @@ impl<S: StateStore, K: Sink> Coordinator<S, K> {
     /// Either step failed; nothing of this checkpoint is committed.
     pub fn commit(
         &mut self,
-        out: &EpochOutput,
+        out: &mut EpochOutput,
         mut batch: CheckpointBatch,
     ) -> Result<CheckpointId, CheckpointError> {
         let id = self.last + 1;
+        let (rows, dead) = out.parts();
         self.sink
-            .write_epoch(id, &out.rows, &out.dead)
+            .write_epoch(id, rows, dead)
             .map_err(|source| CheckpointError::Sink { id, source })?;
         if let Some(m) = &mut batch.meta {
             m.checkpoint = id;
@@ -139,14 +140,15 @@ impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
         let count = Arc::clone(&committed);
         let handle = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
             for job in rx {
-                let id = coord.commit(&job.out, job.batch)?;
+                let mut job = job;
+                let id = coord.commit(&mut job.out, job.batch)?;
                 tracing::info!(
                     checkpoint = id,
                     lines = job.lines,
                     open_customers = job.customers.0,
                     cached_customers = job.customers.1,
                     pause_us = job.pause.as_micros() as u64,
-                    rows = job.out.rows.len(),
+                    rows = job.out.len(),
                     dead_letters = job.out.dead.len(),
                     took_ms = job.taken.elapsed().as_millis() as u64,
                     "Committed checkpoint."

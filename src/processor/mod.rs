@@ -3,7 +3,7 @@
 //! in input order, on the processor's thread. It buffers one checkpoint interval of output; the
 //! checkpoint coordinator writes it out.
 
-use crate::aggregate::{RowLayout, SessionRow};
+use crate::aggregate::RowLayout;
 use crate::decode;
 use crate::event::{ClickEvent, LinePosition, SourcePosition};
 use crate::extract::Extractor;
@@ -18,6 +18,9 @@ use crate::source::{Chunk, Oversized};
 use crate::state::{CheckpointBatch, Counters, Meta, STATE_VERSION};
 use std::sync::Arc;
 
+mod output;
+pub use output::EpochOutput;
+
 /// Settings that shape the output: a resumed run must use the same.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rules {
@@ -27,26 +30,6 @@ pub struct Rules {
     pub lateness_ms: i64,
     /// Dedup horizon, ms.
     pub dedup_horizon_ms: i64,
-}
-
-/// One checkpoint interval's output.
-#[derive(Debug, Default)]
-pub struct EpochOutput {
-    /// Closed sessions, sorted by customer and start.
-    pub rows: Vec<SessionRow>,
-    /// Rejected lines, in input order.
-    pub dead: Vec<DeadLetter>,
-}
-
-impl EpochOutput {
-    /// Appends a later interval's output (after a failed checkpoint, the two commit as one).
-    pub fn absorb(&mut self, newer: EpochOutput) {
-        self.rows.extend(newer.rows);
-        self.rows.sort_by(|a, b| {
-            (&a.customer_id, a.session_start).cmp(&(&b.customer_id, b.session_start))
-        });
-        self.dead.extend(newer.dead);
-    }
 }
 
 /// Pipeline state between checkpoints.
@@ -420,14 +403,7 @@ impl Processor {
         self.sessions.close_expired(&mut closed);
         let finished = end_of_input && self.sessions.close_all_upto(&mut closed, self.end_step);
         self.dedup.expire(self.sessions.watermark());
-        let mut rows: Vec<SessionRow> = closed
-            .into_iter()
-            .map(|c| SessionRow::fold(c, &self.schema_sets, &self.layout))
-            .collect();
-        rows.sort_by(|a, b| {
-            (&a.customer_id, a.session_start).cmp(&(&b.customer_id, b.session_start))
-        });
-        self.counters.sessions += rows.len() as u64;
+        self.counters.sessions += closed.len() as u64;
         if let Some(e) = self.backing.as_ref().and_then(|b| b.take_error()) {
             return Err(StateReadFailed(e));
         }
@@ -455,7 +431,10 @@ impl Processor {
             sessions,
             dedup,
         };
-        Ok((EpochOutput { rows, dead: std::mem::take(&mut self.dead) }, batch))
+        let dead = std::mem::take(&mut self.dead);
+        let out =
+            EpochOutput::new(closed, self.schema_sets.clone(), Arc::clone(&self.layout), dead);
+        Ok((out, batch))
     }
 }
 

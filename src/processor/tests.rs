@@ -35,9 +35,9 @@ fn rows_and_dead_letters_name_the_sets_that_read_them() {
     line(&mut p, 4, r#"{"id":3,"c":"x","t":1709510402,"e":"v"}"#);
     line(&mut p, 5, "not json either");
     let base = MetaBase { inputs: vec![], settings: String::new() };
-    let (out, batch) = p.checkpoint(SourcePosition::default(), true, base).unwrap();
+    let (mut out, batch) = p.checkpoint(SourcePosition::default(), true, base).unwrap();
     let sets: Vec<(&str, Vec<String>, u64)> = out
-        .rows
+        .rows()
         .iter()
         .map(|r| (&*r.customer_id, r.schema_sets.clone(), r.count("page_views").unwrap()))
         .collect();
@@ -110,8 +110,8 @@ fn replay(data: &[u8], cuts: &[usize], workers: usize) -> (Vec<Epoch>, Counters)
         lines = pos.line;
         from = to;
         let base = MetaBase { inputs: vec![], settings: String::new() };
-        let (out, _) = p.checkpoint(pos, k == cuts.len(), base).unwrap();
-        let rows = out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+        let (mut out, _) = p.checkpoint(pos, k == cuts.len(), base).unwrap();
+        let rows = out.rows().iter().map(|r| serde_json::to_string(r).unwrap()).collect();
         outs.push((rows, out.dead));
     }
     (outs, p.counters().clone())
@@ -157,8 +157,8 @@ fn a_reload_that_adds_a_kind_counts_it_from_then_on_and_old_rows_lack_the_column
     line(&mut p, 2, r#"{"id":2,"c":"y","t":1709510400,"e":"p","os":"ios"}"#);
     // Two seconds later, past the gap: "early" and "y" close; "x" stays open across the reload.
     line(&mut p, 3, r#"{"id":3,"c":"x","t":1709510402,"e":"v"}"#);
-    let (out, _) = p.checkpoint(SourcePosition::default(), false, base()).unwrap();
-    let early: Vec<String> = out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect();
+    let (mut out, _) = p.checkpoint(SourcePosition::default(), false, base()).unwrap();
+    let early: Vec<String> = out.rows().iter().map(|r| serde_json::to_string(r).unwrap()).collect();
     assert_eq!(
         early,
         [
@@ -171,8 +171,8 @@ fn a_reload_that_adds_a_kind_counts_it_from_then_on_and_old_rows_lack_the_column
     p.set_extractor(with_kinds(2, true));
     line(&mut p, 4, r#"{"id":4,"c":"x","t":1709510402,"e":"p","os":"mac"}"#);
     line(&mut p, 5, r#"{"id":5,"c":"x","t":1709510402,"e":"p"}"#);
-    let (out, batch) = p.checkpoint(SourcePosition::default(), true, base()).unwrap();
-    let row = serde_json::to_value(&out.rows[0]).unwrap();
+    let (mut out, batch) = p.checkpoint(SourcePosition::default(), true, base()).unwrap();
+    let row = serde_json::to_value(&out.rows()[0]).unwrap();
     assert_eq!((row["event_count"].as_u64(), row["page_views"].as_u64()), (Some(3), Some(1)));
     assert_eq!(row["plays"], 2, "only events after the reload count as plays: {row}");
     assert_eq!(row["os"], "mac", "first value by event time, at the event after the reload");
@@ -218,10 +218,10 @@ fn close_in_steps(step: Option<usize>, cache: usize) -> Vec<Vec<String>> {
         lines = pos.line;
         let end = to == data.len();
         loop {
-            let (out, batch) = p.checkpoint(pos, end, base.clone()).unwrap();
+            let (mut out, batch) = p.checkpoint(pos, end, base.clone()).unwrap();
             let finished = batch.meta.as_ref().is_some_and(|m| m.finished);
             store.write_batch(&batch).unwrap();
-            outs.push(out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect());
+            outs.push(out.rows().iter().map(|r| serde_json::to_string(r).unwrap()).collect());
             if !end || finished {
                 break;
             }

@@ -338,14 +338,9 @@ impl Committer {
         self.finish_publication()?;
         let layout = &self.ctx.layout;
         let n = self.record.checkpoint + 1;
-        let objects = crate::sink::s3::encode(
-            layout.split(),
-            n,
-            &job.out.rows,
-            &job.out.dead,
-            self.ctx.parquet,
-        )
-        .map_err(|e| CommitError::Retry(e.to_string()))?;
+        let (rows, dead) = job.out.parts();
+        let objects = crate::sink::s3::encode(layout.split(), n, rows, dead, self.ctx.parquet)
+            .map_err(|e| CommitError::Retry(e.to_string()))?;
         let pending = self.stage(n, objects)?;
         failpoint::hit("commit.staged");
         if let Some(m) = &mut job.batch.meta {

@@ -159,7 +159,7 @@ fn committer_loop(
         notify(Committed {
             checkpoint: n,
             position: job.position,
-            rows: job.out.rows.len(),
+            rows: job.out.len(),
             dead: job.out.dead,
             counters: job.counters,
             took: job.taken.elapsed(),

@@ -256,8 +256,8 @@ fn reference(log: &Log) -> Vec<String> {
         slots.clear();
     }
     let base = MetaBase { inputs: Vec::new(), settings: String::new() };
-    let (out, _) = p.checkpoint(SourcePosition::default(), false, base).unwrap();
-    out.rows.iter().map(|r| serde_json::to_string(r).unwrap()).collect()
+    let (mut out, _) = p.checkpoint(SourcePosition::default(), false, base).unwrap();
+    out.rows().iter().map(|r| serde_json::to_string(r).unwrap()).collect()
 }
 
 /// A small deterministic generator.

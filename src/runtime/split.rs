@@ -445,7 +445,7 @@ impl<P: Position> Pipeline<P> {
             metrics::gauge!("clickstream_consumer_lag", "partition" => label).set(lag as f64);
         }
         if idle {
-            info!(split = %self.split, rows = out.rows.len(), "Split quiet and caught up: closing its sessions.");
+            info!(split = %self.split, rows = out.len(), "Split quiet and caught up: closing its sessions.");
         }
         let job = Job {
             out,

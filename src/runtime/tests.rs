@@ -257,7 +257,8 @@ fn a_foreign_object_at_a_published_key_halts_instead_of_being_overwritten() {
     let store = Arc::new(MemoryObjects::default());
     let mut a = take(&ctx(&store, &dir.path().join("a"), "a")).unwrap();
     let mut j = a.read(60);
-    let keys: Vec<String> = crate::sink::s3::encode("p0000", 1, &j.out.rows, &j.out.dead, false)
+    let (rows, dead) = j.out.parts();
+    let keys: Vec<String> = crate::sink::s3::encode("p0000", 1, rows, dead, false)
         .unwrap()
         .into_iter()
         .map(|(k, _)| k)
