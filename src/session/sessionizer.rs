@@ -49,6 +49,18 @@ impl Customer {
     }
 }
 
+/// A batch taken but not known durable yet: the index entries of its customers may be stale.
+#[derive(Debug)]
+struct Pending {
+    batch: u64,
+    /// Its customers with open sessions, by their first session's end (as the batch writes
+    /// it; a customer changed since is in `touched`).
+    by_end: Vec<(i64, Box<str>)>,
+    /// Those before it were visited by a close: each had its first session closed, and what
+    /// is left of it is indexed by a later batch or changed since.
+    next: usize,
+}
+
 /// Open sessions of every customer, and the watermark.
 pub struct Sessionizer {
     gap: i64,
@@ -57,9 +69,8 @@ pub struct Sessionizer {
     customers: IndexMap<Box<str>, Customer, FxBuildHasher>,
     /// Customers changed since the last checkpoint (each once).
     touched: Vec<Box<str>>,
-    /// Customers of batches taken but not known durable yet, by batch number, with the lowest
-    /// first-session end the batch indexes.
-    pending: VecDeque<(u64, Vec<Box<str>>, i64)>,
+    /// Batches taken but not known durable yet, oldest first.
+    pending: VecDeque<Pending>,
     /// Number of the last batch taken.
     batch: u64,
     backing: Option<Arc<dyn Backing>>,
@@ -324,8 +335,9 @@ impl Sessionizer {
     }
 
     /// Closes, ahead of the checkpoint, what the watermark lets close among customers whose
-    /// index entry is exact (not changed since a durable batch): one step of the index scan,
-    /// each entry visited once. The checkpoint would close the same sessions (the watermark only
+    /// index entry is exact (not changed since a durable batch; one step of the index scan,
+    /// each entry visited once) and among those of batches not durable yet (by the ends they
+    /// were taken with). The checkpoint would close the same sessions (the watermark only
     /// rises and no on-time event can reach them), so output does not change; its pause
     /// shrinks to the customers changed in the interval.
     pub fn close_ahead(&mut self, out: &mut Vec<ClosedSession>) {
@@ -333,10 +345,13 @@ impl Sessionizer {
         self.settle(backing.durable());
         let gap = self.gap;
         let before = w.saturating_sub(gap);
+        let done = |s: &Session| s.end.saturating_add(gap) < w;
+        // Customers of batches not durable yet are not in the exact index, but their first
+        // session's end is known: those the watermark passed close now too.
+        self.close_pending(out, before, &done);
         if before <= self.scanned_to {
             return;
         }
-        let done = |s: &Session| s.end.saturating_add(gap) < w;
         backing.ending_before(self.scanned_to, before, &mut |_, key| {
             self.close_one(key, out, &done);
             true
@@ -390,13 +405,7 @@ impl Sessionizer {
         let mut added = std::mem::replace(&mut self.touched, touched);
         self.touched.append(&mut added);
         self.settle(backing.durable());
-        let pending = std::mem::take(&mut self.pending);
-        for (_, keys, _) in &pending {
-            for key in keys {
-                self.close_one(key, out, &done);
-            }
-        }
-        self.pending = pending;
+        self.close_pending(out, before, &done);
         let (start, mut stopped) = (out.len(), None);
         backing.ending_before(self.scanned_to, before, &mut |end, key| {
             self.close_one(key, out, &done);
@@ -411,11 +420,39 @@ impl Sessionizer {
         stopped.inspect(|&end| self.scanned_to = end).is_none()
     }
 
+    /// Closes the `done` sessions of the customers of pending batches whose first session ends
+    /// before `before`. The watermark only rises: each is visited once, when its first session
+    /// may close, not at every checkpoint until its batch is durable.
+    fn close_pending(
+        &mut self,
+        out: &mut Vec<ClosedSession>,
+        before: i64,
+        done: &impl Fn(&Session) -> bool,
+    ) {
+        let mut pending = std::mem::take(&mut self.pending);
+        for p in &mut pending {
+            let mut i = p.next;
+            while let Some((end, key)) = p.by_end.get(i).filter(|(end, _)| *end < before) {
+                self.close_one(key, out, done);
+                i += 1;
+                // An end just below `before` may not be done yet (`close_expired`): met again.
+                if *end < before.saturating_sub(1) {
+                    p.next = i;
+                }
+            }
+        }
+        self.pending = pending;
+    }
+
     /// Forgets the pending batches that are durable now: their customers' index entries are
     /// exact from now on, and the scan must start low enough to see them.
     fn settle(&mut self, durable: u64) {
-        while let Some((_, _, lowest)) = self.pending.front().filter(|(n, _, _)| *n <= durable) {
-            self.scanned_to = self.scanned_to.min(*lowest);
+        while let Some(p) = self.pending.front().filter(|p| p.batch <= durable) {
+            // Customers already visited closed their first session; what is left of them is
+            // in a later batch or changed since.
+            if let Some((lowest, _)) = p.by_end.get(p.next) {
+                self.scanned_to = self.scanned_to.min(*lowest);
+            }
             self.pending.pop_front();
         }
     }
@@ -457,8 +494,9 @@ impl Sessionizer {
         self.batch = batch;
         let mut ch = SessionChanges::default();
         let touched = std::mem::take(&mut self.touched);
-        for key in &touched {
-            let Some(c) = self.customers.get_mut(&**key) else { continue };
+        let mut by_end = Vec::with_capacity(touched.len());
+        for key in touched {
+            let Some(c) = self.customers.get_mut(&*key) else { continue };
             c.dirty = false;
             c.batch = batch;
             if c.sessions.is_empty() {
@@ -471,16 +509,19 @@ impl Sessionizer {
                 ch.unindex.push((key.clone(), was));
             }
             c.indexed = first;
-            let cost = Customer::cost_of(key, &c.sessions);
+            let cost = Customer::cost_of(&key, &c.sessions);
             self.bytes = self.bytes - c.cost + cost;
             c.cost = cost;
+            if let Some(end) = first {
+                by_end.push((end, key));
+            }
         }
         match &self.backing {
             Some(b) => {
                 let durable = b.durable();
                 self.settle(durable);
-                let lowest = ch.upserts.iter().filter_map(|(_, s)| s.first()).map(|s| s.end).min();
-                self.pending.push_back((batch, touched, lowest.unwrap_or(i64::MAX)));
+                by_end.sort_unstable_by_key(|(end, _)| *end);
+                self.pending.push_back(Pending { batch, by_end, next: 0 });
                 if self.bytes > self.budget && self.may_evict() {
                     self.evict();
                 }
