@@ -139,8 +139,7 @@ impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
         let committed = Arc::new((Mutex::new(0u64), Condvar::new()));
         let count = Arc::clone(&committed);
         let handle = std::thread::Builder::new().name("checkpoint".into()).spawn(move || {
-            for job in rx {
-                let mut job = job;
+            for mut job in rx {
                 let id = coord.commit(&mut job.out, job.batch)?;
                 tracing::info!(
                     checkpoint = id,

@@ -384,9 +384,9 @@ impl Processor {
         });
     }
 
-    /// Ends a checkpoint interval at `position`: closes what the watermark allows (everything at
-    /// the end of input), forgets expired ids, and returns the interval's output with the state
-    /// changes to commit.
+    /// Ends a checkpoint interval at `position`: closes what the watermark allows (at the end
+    /// of input, everything, or one step of it: see [`Processor::set_end_step`]), forgets
+    /// expired ids, and returns the interval's output with the state changes to commit.
     ///
     /// # Errors
     /// Durable state could not be read during the interval: what it produced may be wrong and

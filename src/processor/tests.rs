@@ -87,6 +87,15 @@ fn messy(lines: u64) -> Vec<u8> {
     out
 }
 
+/// `data[from..to]` (whole lines, `lines` before them) through `p` as one chunk.
+fn feed(p: &mut Processor, data: &[u8], (from, to): (usize, usize), lines: u64) -> SourcePosition {
+    let chunk =
+        Chunk { data: data[from..to].to_vec(), input: 0, lines_before: lines, offset: from as u64 };
+    let pos = p.process_chunk(&chunk);
+    assert_eq!(pos.offset, to as u64);
+    pos
+}
+
 /// One checkpoint's rows (as written) and dead letters.
 type Epoch = (Vec<String>, Vec<DeadLetter>);
 
@@ -99,14 +108,7 @@ fn replay(data: &[u8], cuts: &[usize], workers: usize) -> (Vec<Epoch>, Counters)
     let mut outs = Vec::new();
     let (mut from, mut lines) = (0, 0);
     for (k, &to) in cuts.iter().chain(&[data.len()]).enumerate() {
-        let chunk = Chunk {
-            data: data[from..to].to_vec(),
-            input: 0,
-            lines_before: lines,
-            offset: from as u64,
-        };
-        let pos = p.process_chunk(&chunk);
-        assert_eq!(pos.offset, to as u64);
+        let pos = feed(&mut p, data, (from, to), lines);
         lines = pos.line;
         from = to;
         let base = MetaBase { inputs: vec![], settings: String::new() };
@@ -208,13 +210,7 @@ fn close_in_steps(step: Option<usize>, cache: usize) -> Vec<Vec<String>> {
     let half = last + memchr::memchr(b'\n', &data[last..]).unwrap() + 1;
     let mut lines = 0;
     for (from, to) in [(0, half), (half, data.len())] {
-        let chunk = Chunk {
-            data: data[from..to].to_vec(),
-            input: 0,
-            lines_before: lines,
-            offset: from as u64,
-        };
-        let pos = p.process_chunk(&chunk);
+        let pos = feed(&mut p, &data, (from, to), lines);
         lines = pos.line;
         let end = to == data.len();
         loop {
