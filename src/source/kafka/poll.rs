@@ -38,7 +38,7 @@ pub(super) fn poll_loop(
         while let Ok(cmd) = cmds.try_recv() {
             handle(consumer, shared, cmd, 0, &mut retry, &mut hints);
         }
-        commit_hints(consumer, shared, &mut hints);
+        commit_hints(consumer, shared, &mut hints, CommitMode::Async);
         match consumer.poll(Duration::from_millis(50)) {
             Some(Ok(m)) => debug!(
                 partition = m.partition(),
@@ -71,6 +71,15 @@ pub(super) fn poll_loop(
             shared.note(Note::Assigned { id: split_id(p), reader });
         }
     }
+    // The final checkpoints' hints may still be in the channel, or queued asynchronously: the
+    // group's offset is what `state reset --from committed` and a new member start from, so it
+    // is committed synchronously before leaving (`stop` bounds how long this may take).
+    while let Ok(cmd) = cmds.try_recv() {
+        if let Cmd::Hint { partition, next } = cmd {
+            hints.insert(partition, next);
+        }
+    }
+    commit_hints(consumer, shared, &mut hints, CommitMode::Sync);
     consumer.unsubscribe();
     Ok(())
 }
@@ -122,12 +131,13 @@ fn handle(
     }
 }
 
-/// Commits the latest hint of each partition still assigned, asynchronously: never blocks the
-/// poll thread on a coordinator that is away.
+/// Commits the latest hint of each partition still assigned; while running, asynchronously:
+/// never blocks the poll thread on a coordinator that is away.
 fn commit_hints(
     consumer: &BaseConsumer<KafkaContext>,
     shared: &Shared,
     hints: &mut BTreeMap<i32, i64>,
+    mode: CommitMode,
 ) {
     if hints.is_empty() {
         return;
@@ -140,7 +150,7 @@ fn commit_hints(
         }
     }
     if tpl.count() > 0
-        && let Err(e) = consumer.commit(&tpl, CommitMode::Async)
+        && let Err(e) = consumer.commit(&tpl, mode)
     {
         debug!(error = %e, "Could not queue an offset commit.");
     }
