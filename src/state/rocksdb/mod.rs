@@ -222,13 +222,22 @@ impl StateStore for RocksDbStore {
             what: "encoded",
             source: e,
         };
-        for k in &b.sessions.deletes {
+        // Each family in key order (see the ids below); every key is in one list only, so the
+        // order across lists does not matter.
+        let mut deletes: Vec<&str> = b.sessions.deletes.iter().map(|k| &**k).collect();
+        deletes.sort_unstable();
+        for k in deletes {
             wb.delete_cf(sess_cf, k.as_bytes());
         }
-        for (k, end) in &b.sessions.unindex {
-            wb.delete_cf(closing_cf, closing_key(*end, k));
+        let mut unindex: Vec<Vec<u8>> =
+            b.sessions.unindex.iter().map(|(k, end)| closing_key(*end, k)).collect();
+        unindex.sort_unstable();
+        for k in &unindex {
+            wb.delete_cf(closing_cf, k);
         }
-        for (k, v) in &b.sessions.upserts {
+        let mut upserts: Vec<&(Box<str>, Arc<Vec<Session>>)> = b.sessions.upserts.iter().collect();
+        upserts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        for (k, v) in upserts {
             if let Some(first) = v.first() {
                 wb.put_cf(sess_cf, k.as_bytes(), format::encode_sessions(v).map_err(enc)?);
                 wb.put_cf(closing_cf, closing_key(first.end, k), []);
