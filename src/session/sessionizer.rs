@@ -61,12 +61,33 @@ const CLEAN: usize = usize::MAX;
 #[derive(Debug)]
 struct Pending {
     batch: u64,
-    /// Its customers with open sessions, by their first session's end (as the batch writes
-    /// it; a customer changed since is in `touched`).
+    /// Its customers with open sessions, with their first session's end (as the batch writes
+    /// it; a customer changed since is in `touched`); sorted by it once `sorted`.
     by_end: Vec<(i64, Box<str>)>,
+    /// Sorted by the first close that needs it, between checkpoints, not in the pause that
+    /// takes the batch.
+    sorted: bool,
     /// Those before it were visited by a close: each had its first session closed, and what
     /// is left of it is indexed by a later batch or changed since.
     next: usize,
+}
+
+impl Pending {
+    fn sort(&mut self) {
+        if !self.sorted {
+            self.by_end.sort_unstable_by_key(|(end, _)| *end);
+            self.sorted = true;
+        }
+    }
+
+    /// The lowest end not visited yet.
+    fn lowest(&self) -> Option<i64> {
+        if self.sorted {
+            self.by_end.get(self.next).map(|(end, _)| *end)
+        } else {
+            self.by_end.iter().map(|(end, _)| *end).min()
+        }
+    }
 }
 
 /// Open sessions of every customer, and the watermark.
@@ -445,6 +466,7 @@ impl Sessionizer {
     ) {
         let mut pending = std::mem::take(&mut self.pending);
         for p in &mut pending {
+            p.sort();
             let mut i = p.next;
             while let Some((end, key)) = p.by_end.get(i).filter(|(end, _)| *end < before) {
                 self.close_one(key, out, done);
@@ -464,8 +486,8 @@ impl Sessionizer {
         while let Some(p) = self.pending.front().filter(|p| p.batch <= durable) {
             // Customers already visited closed their first session; what is left of them is
             // in a later batch or changed since.
-            if let Some((lowest, _)) = p.by_end.get(p.next) {
-                self.scanned_to = self.scanned_to.min(*lowest);
+            if let Some(lowest) = p.lowest() {
+                self.scanned_to = self.scanned_to.min(lowest);
             }
             self.pending.pop_front();
         }
@@ -544,8 +566,7 @@ impl Sessionizer {
             Some(b) => {
                 let durable = b.durable();
                 self.settle(durable);
-                by_end.sort_unstable_by_key(|(end, _)| *end);
-                self.pending.push_back(Pending { batch, by_end, next: 0 });
+                self.pending.push_back(Pending { batch, by_end, sorted: false, next: 0 });
                 if self.bytes > self.budget && self.may_evict() {
                     self.evict();
                 }
