@@ -45,8 +45,8 @@ pub struct Dedup {
     /// checkpoint's pause at 1.7M ids). A guide only: what memory must hold is decided by
     /// `disk_only_below`, not by these numbers.
     held: BTreeMap<i64, i64>,
-    /// The ids of the current interval by hour (with an id that replaced a forgotten copy of
-    /// itself counted out again).
+    /// Ids of the current interval that replaced a forgotten copy of themselves: the copies'
+    /// hours, counted out at the next batch (the new ids are counted in from `fresh` then).
     fresh_hours: Vec<(i64, i64)>,
     /// Per batch not known durable yet: its ids by hour (not evictable).
     unsettled: VecDeque<(u64, Vec<(i64, i64)>)>,
@@ -127,7 +127,6 @@ impl Dedup {
     pub fn insert(&mut self, id: &str, time: i64) {
         let id = CompactString::from(id);
         self.fresh.push((id.clone(), time));
-        tally(&mut self.fresh_hours, time.div_euclid(HOUR_MS), 1);
         if let Some((was, _)) = self.ids.insert(id, (time, self.next_batch.max(1))) {
             // A copy of a forgotten hour that memory still held.
             tally(&mut self.fresh_hours, was.div_euclid(HOUR_MS), -1);
@@ -176,10 +175,15 @@ impl Dedup {
         // Ids forgotten before any batch carried them are not written.
         let cut = self.forgotten_before.unwrap_or(i64::MIN);
         let mut inserts = std::mem::take(&mut self.fresh);
-        inserts.retain(|(_, t)| t.div_euclid(HOUR_MS) >= cut);
+        // Counted here, in the pass the batch makes anyway, not per event.
+        let mut hours = std::mem::take(&mut self.fresh_hours);
+        inserts.retain(|(_, t)| {
+            let hour = t.div_euclid(HOUR_MS);
+            tally(&mut hours, hour, 1);
+            hour >= cut
+        });
         debug_assert!(self.next_batch.max(1) == batch, "batches are numbered in order");
         self.next_batch = batch + 1;
-        let hours = std::mem::take(&mut self.fresh_hours);
         for &(h, n) in &hours {
             *self.held.entry(h).or_default() += n;
         }
