@@ -48,6 +48,9 @@ struct Shared {
 pub struct RocksDbStore {
     db: Arc<DB>,
     shared: Arc<Shared>,
+    budget: MemoryBudget,
+    /// What this store's tables hold of filters and indexes, in `budget`'s account.
+    tables: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for RocksDbStore {
@@ -86,11 +89,31 @@ impl RocksDbStore {
         migrate::run(&mut db, &path, &legacy)?;
         let shared =
             Arc::new(Shared { path, durable: AtomicU64::new(0), cutoff, error: Mutex::new(None) });
-        let store = RocksDbStore { db: Arc::new(db), shared };
+        let store = RocksDbStore {
+            db: Arc::new(db),
+            shared,
+            budget: budget.clone(),
+            tables: budget.table_slot(),
+        };
         if let Some(h) = store.meta()?.and_then(|m| m.forgotten_before) {
             store.shared.cutoff.store(h, Ordering::Release);
         }
+        store.charge_tables();
         Ok(store)
+    }
+
+    /// Charges the filters and indexes the open tables hold against the budget (they change
+    /// with flushes and compactions; measured at each checkpoint). Returns the block cache's
+    /// capacity after.
+    fn charge_tables(&self) -> u64 {
+        let held: u64 = [CF_META, CF_SESSIONS, CF_CLOSING, CF_IDS]
+            .iter()
+            .filter_map(|name| self.db.cf_handle(name))
+            .filter_map(|cf| {
+                self.db.property_int_value_cf(cf, "rocksdb.estimate-table-readers-mem").ok()?
+            })
+            .sum();
+        self.budget.charge_tables(&self.tables, held)
     }
 
     /// Writes a consistent copy of the store into `dir` (which must not exist): hard links of
@@ -262,6 +285,7 @@ impl StateStore for RocksDbStore {
         if let Some(h) = b.meta.as_ref().and_then(|m| m.forgotten_before) {
             self.shared.cutoff.fetch_max(h, Ordering::AcqRel);
         }
+        self.charge_tables();
         Ok(())
     }
 }

@@ -171,3 +171,31 @@ fn an_index_key_gives_back_its_end_and_keys_order_by_end() {
     let keys: Vec<Vec<u8>> = ends.iter().map(|&e| closing_key(e, "c")).collect();
     assert!(keys.windows(2).all(|w| w[0] < w[1]));
 }
+
+#[test]
+fn the_filters_of_every_store_sharing_a_budget_are_taken_from_its_block_cache() {
+    let budget = MemoryBudget::new(64 << 20);
+    let quarter = 16 << 20;
+    let with_ids = |dir: &Path| {
+        let mut store = RocksDbStore::open_with(dir, &budget).unwrap();
+        let inserts = (0..100_000).map(|i| (format!("message-{i}").into(), 0)).collect();
+        let b = CheckpointBatch {
+            seq: 1,
+            dedup: crate::session::dedup::DedupChanges { inserts },
+            ..Default::default()
+        };
+        store.write_batch(&b).unwrap();
+        store.db.flush_cf(store.cf(CF_IDS).unwrap()).unwrap();
+        store
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = with_ids(d1.path());
+    let one = quarter - a.charge_tables();
+    // 10 bits a key: 125 kB of filter, and the index beside it.
+    assert!((120_000..1_000_000).contains(&one), "one table's filter and index: {one}");
+    let b = with_ids(d2.path());
+    let two = quarter - b.charge_tables();
+    assert!(two > one + 100_000, "the second store's tables are charged too: {one} then {two}");
+    drop(b);
+    assert_eq!(quarter - a.charge_tables(), one, "a closed store's tables no longer count");
+}

@@ -1,9 +1,10 @@
 //! `state.memory_budget`: one number that bounds what state holds in memory, shared out as
 //! `RocksDB` engineers would (numbers in ARCHITECTURE.md):
 //!
-//! - a quarter for the block cache, which also holds the index and bloom-filter blocks (so
-//!   filters count against the budget instead of growing beside it: about 1.2 bytes per
-//!   remembered id at 10 bits per key);
+//! - a quarter for the block cache together with the table files' bloom filters and indexes
+//!   (about 1.3 bytes per stored key at 10 bits per key): these are held whole by the open
+//!   tables, outside the cache, and each checkpoint gives the cache what they leave of the
+//!   quarter (`MemoryBudget::charge_tables`);
 //! - an eighth for the memtables of every column family, through one write-buffer manager;
 //! - the rest for the caches in front of the store: three fifths for open sessions, two for
 //!   message ids.
@@ -13,11 +14,11 @@
 //! the splits a process holds.
 
 use rocksdb::{
-    BlockBasedIndexType, BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType,
-    Options, WriteBufferManager, compaction_filter::Decision,
+    BlockBasedOptions, Cache, ColumnFamilyDescriptor, DBCompressionType, Options,
+    WriteBufferManager, compaction_filter::Decision,
 };
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The bytes state may hold in memory, and the shared `RocksDB` objects that enforce its share.
 #[derive(Clone)]
@@ -25,6 +26,8 @@ pub struct MemoryBudget {
     total: u64,
     cache: Cache,
     buffers: WriteBufferManager,
+    /// What each open store's tables hold of filters and indexes; a store's slot goes with it.
+    tables: Arc<Mutex<Vec<Arc<AtomicU64>>>>,
 }
 
 impl std::fmt::Debug for MemoryBudget {
@@ -56,7 +59,30 @@ impl MemoryBudget {
                 usize::try_from(total / 8).unwrap_or(usize::MAX),
                 false,
             ),
+            tables: Arc::default(),
         }
+    }
+
+    /// A slot for one store's `MemoryBudget::charge_tables`, freed when the store drops it.
+    pub(super) fn table_slot(&self) -> Arc<AtomicU64> {
+        let slot = Arc::new(AtomicU64::new(0));
+        self.tables.lock().unwrap_or_else(PoisonError::into_inner).push(Arc::clone(&slot));
+        slot
+    }
+
+    /// Records that a store's tables hold `bytes` of filters and indexes (in `slot`) and gives
+    /// the block cache what the tables of every open store leave of its quarter, never less
+    /// than a sixteenth of it: past that, filters outgrow the budget (about 1.3 bytes per
+    /// stored key; ARCHITECTURE.md says how to size it).
+    pub(super) fn charge_tables(&self, slot: &AtomicU64, bytes: u64) -> u64 {
+        slot.store(bytes, Ordering::Release);
+        let mut tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        tables.retain(|s| Arc::strong_count(s) > 1);
+        let held: u64 = tables.iter().map(|s| s.load(Ordering::Acquire)).sum();
+        let share = self.total / 4;
+        let cache = share.saturating_sub(held).max(share / 16);
+        self.cache.clone().set_capacity(usize::try_from(cache).unwrap_or(usize::MAX));
+        cache
     }
 
     /// The whole budget.
@@ -129,16 +155,15 @@ fn family(budget: &MemoryBudget) -> Options {
     let mut table = BlockBasedOptions::default();
     table.set_block_cache(&budget.cache);
     table.set_bloom_filter(10.0, false);
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_cache_index_and_filter_blocks_with_high_priority(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    // Filters and indexes in 4 KiB partitions: a table of a few million ids has a 3 MB filter,
-    // larger than a shard of the block cache, which then never kept it and read it from the file
-    // at every lookup (measured: 1.8 TB of reads in 4 minutes). Only the top level is pinned.
-    table.set_index_type(BlockBasedIndexType::TwoLevelIndexSearch);
-    table.set_partition_filters(true);
-    table.set_metadata_block_size(4096);
-    table.set_pin_top_level_index_and_filter(true);
+    // Each table holds its whole filter and index, outside the block cache (charged against
+    // the cache's share instead, see `MemoryBudget::charge_tables`). At millions of customers
+    // almost every event looks up an id and a customer the store does not hold, a filter probe
+    // per sorted run each: in the cache, every probe was a partition-index seek and an LRU
+    // lookup under a mutex (measured, 8 M events / 10 M customers: 55.9 k lines/s that way,
+    // 69.6 k this way, same peak RSS). Whole filters in the cache are no alternative: a table
+    // of a few million ids has a 3 MB filter, larger than a cache shard, which then never kept
+    // it and read it from the file at every lookup (measured: 1.8 TB of reads in 4 minutes).
+    table.set_cache_index_and_filter_blocks(false);
     table.set_format_version(5);
     let mut o = Options::default();
     o.set_block_based_table_factory(&table);
