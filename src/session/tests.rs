@@ -255,3 +255,84 @@ fn a_cache_over_budget_evicts_durable_customers_and_reads_them_back() {
     assert_eq!(got[0], ("a".into(), 0, 2, 2), "a's session was read back and extended");
     assert_eq!(got.len(), 4);
 }
+
+/// The model store, whose next batch becomes durable while an index scan runs: after the scan
+/// took its snapshot and before it hands out the first entry (a committer finishing then).
+struct CommitsDuringScan {
+    store: crate::state::memory::MemoryStore,
+    next: std::sync::Mutex<Option<crate::state::CheckpointBatch>>,
+}
+
+impl Backing for CommitsDuringScan {
+    fn sessions(&self, customer: &str) -> Option<Vec<Session>> {
+        self.store.sessions(customer)
+    }
+
+    fn id_time(&self, id: &str) -> Option<i64> {
+        self.store.id_time(id)
+    }
+
+    fn ending_before(
+        &self,
+        from: i64,
+        before: i64,
+        f: &mut dyn FnMut(i64, &str, backing::Stored<'_>) -> bool,
+    ) {
+        use crate::state::StateStore;
+        let mut snapshot = Vec::new();
+        self.store.ending_before(from, before, &mut |end, key, stored| {
+            snapshot.push((end, key.to_owned(), stored()));
+            true
+        });
+        if let Some(b) = self.next.lock().unwrap().take() {
+            self.store.clone().write_batch(&b).unwrap();
+        }
+        for (end, key, sessions) in snapshot {
+            if !f(end, &key, &|| sessions.clone()) {
+                return;
+            }
+        }
+    }
+
+    fn durable(&self) -> u64 {
+        self.store.durable()
+    }
+
+    fn take_error(&self) -> Option<String> {
+        None
+    }
+}
+
+#[test]
+fn a_close_reads_again_a_customer_whose_scanned_copy_a_batch_durable_since_replaced() {
+    use crate::state::{CheckpointBatch, StateStore};
+    const MIN: i64 = 60_000;
+    let mut store = crate::state::memory::MemoryStore::default();
+    let backing =
+        std::sync::Arc::new(CommitsDuringScan { store: store.clone(), next: Default::default() });
+    let mut s = Sessionizer::new(GAP, GAP);
+    s.restore(None, (0, 0), backing.clone(), 0);
+    let events = [("b", 0), ("a", MIN), ("a", 11 * MIN), ("c", MIN + 2 * GAP + 1)];
+    s.observe("b", 0, None, &[]);
+    s.observe("a", MIN, None, &[]);
+    let sessions = s.take_changes(1);
+    store.write_batch(&CheckpointBatch { seq: 1, sessions, ..Default::default() }).unwrap();
+    // a's session grows to end at 11 min; the index holds it at 1 min until batch 2 is durable.
+    s.observe("a", 11 * MIN, None, &[]);
+    let sessions = s.take_changes(2);
+    assert_eq!(s.cached(), 1, "b left (budget 0); a waits for its batch");
+    *backing.next.lock().unwrap() =
+        Some(CheckpointBatch { seq: 2, sessions, ..Default::default() });
+    // The watermark passes 1 min + gap, not 11 min + gap.
+    s.observe("c", MIN + 2 * GAP + 1, None, &[]);
+    // The scan's snapshot has a at 1 min. Batch 2 is durable by the time it reads b back,
+    // which evicts a: the snapshot's copy of a is stale then, and must not close.
+    let mut out = Vec::new();
+    s.close_expired(&mut out);
+    assert_eq!(rows(&mut out), [("b".to_owned(), 0, 0, 1)]);
+    s.close_all(&mut out);
+    let all: Vec<(String, i64)> = events.iter().map(|(c, t)| ((*c).to_owned(), *t)).collect();
+    let mut want = offline(&all);
+    want.retain(|r| r.0 != "b");
+    assert_eq!(rows(&mut out), want);
+}

@@ -2,6 +2,7 @@
 //! tests of the pipeline that need no disk.
 
 use super::{CheckpointBatch, Contents, Meta, StateError, StateStore};
+use crate::session::backing::Stored;
 use crate::session::dedup::HOUR_MS;
 use crate::session::{Backing, Session};
 use std::collections::{BTreeMap, BTreeSet};
@@ -94,16 +95,24 @@ impl Backing for MemoryStore {
         self.lock().ids.get(id).copied()
     }
 
-    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(i64, &str) -> bool) {
-        let entries: Vec<(i64, Box<str>)> = self
-            .lock()
-            .closing
-            .iter()
-            .filter(|(e, _)| (from..before).contains(e))
-            .cloned()
-            .collect();
-        for (end, k) in entries {
-            if !f(end, &k) {
+    fn ending_before(
+        &self,
+        from: i64,
+        before: i64,
+        f: &mut dyn FnMut(i64, &str, Stored<'_>) -> bool,
+    ) {
+        // One snapshot, as the store's iterator reads: batches written during the scan are
+        // not in it.
+        let entries: Vec<(i64, Box<str>, Option<Vec<Session>>)> = {
+            let s = self.lock();
+            s.closing
+                .iter()
+                .filter(|(e, _)| (from..before).contains(e))
+                .map(|(e, k)| (*e, k.clone(), s.sessions.get(k).cloned()))
+                .collect()
+        };
+        for (end, k, sessions) in entries {
+            if !f(end, &k, &|| sessions.clone()) {
                 return;
             }
         }

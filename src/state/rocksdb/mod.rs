@@ -2,8 +2,11 @@
 //! checkpoint, and the on-demand reads of the pipeline ([`Reader`]).
 //!
 //! - `sessions`: customer id → its open sessions.
-//! - `closing`: end of the customer's first open session ‖ customer id → nothing. The index
-//!   the watermark closes by: a checkpoint reads the range that may close, never the table.
+//! - `closing`: end of the customer's first open session ‖ customer id → its sessions (the
+//!   same value as in `sessions`, written in the same batch). The index the watermark closes
+//!   by: a checkpoint reads the range that may close, never the table, and the sessions it
+//!   closes come with the scan instead of a read each. (Stores written before carry no value
+//!   there: those customers are read.)
 //! - `ids`: hash ‖ message id → event time. One key each, so a lookup is one point read that
 //!   the bloom filters answer without a block read for ids never seen (almost all of them).
 //!   The hash prefix spreads ids that producers number in sequence: monotone keys would make
@@ -19,6 +22,7 @@ mod tune;
 pub use tune::MemoryBudget;
 
 use super::{CheckpointBatch, Contents, Meta, STATE_VERSION, StateError, StateStore, format};
+use crate::session::backing::Stored;
 use crate::session::dedup::HOUR_MS;
 use crate::session::{Backing, Session};
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
@@ -262,8 +266,9 @@ impl StateStore for RocksDbStore {
         upserts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         for (k, v) in upserts {
             if let Some(first) = v.first() {
-                wb.put_cf(sess_cf, k.as_bytes(), format::encode_sessions(v).map_err(enc)?);
-                wb.put_cf(closing_cf, closing_key(first.end, k), []);
+                let v = format::encode_sessions(v).map_err(enc)?;
+                wb.put_cf(closing_cf, closing_key(first.end, k), &v);
+                wb.put_cf(sess_cf, k.as_bytes(), v);
             } else {
                 wb.delete_cf(sess_cf, k.as_bytes());
             }
@@ -345,7 +350,12 @@ impl Backing for Reader {
         }
     }
 
-    fn ending_before(&self, from: i64, before: i64, f: &mut dyn FnMut(i64, &str) -> bool) {
+    fn ending_before(
+        &self,
+        from: i64,
+        before: i64,
+        f: &mut dyn FnMut(i64, &str, Stored<'_>) -> bool,
+    ) {
         let Some(cf) = self.family(CF_CLOSING) else { return };
         let mut ro = ReadOptions::default();
         // Bounds let the iterator skip the tombstones of entries already closed below `from`.
@@ -354,8 +364,16 @@ impl Backing for Reader {
         ro.fill_cache(false);
         for kv in self.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
             match kv {
-                Ok((k, _)) => {
-                    if !f(closing_end(&k), &String::from_utf8_lossy(&k[8..])) {
+                Ok((k, v)) => {
+                    let stored = || match format::decode_sessions(&v) {
+                        _ if v.is_empty() => None,
+                        Ok(s) => Some(s),
+                        Err(e) => {
+                            self.fail("the closing index", &e);
+                            None
+                        }
+                    };
+                    if !f(closing_end(&k), &String::from_utf8_lossy(&k[8..]), &stored) {
                         return;
                     }
                 }

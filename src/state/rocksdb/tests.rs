@@ -27,7 +27,7 @@ fn a_version_2_store_migrates_and_keeps_its_old_records_beside_new_ones() {
     let old = b.sessions("old").unwrap();
     assert_eq!(old[0].counts, Counts { events: 9, kinds: vec![1, 2, 3, 0].into() });
     let mut closing = Vec::new();
-    b.ending_before(i64::MIN, i64::MAX, &mut |_, k| {
+    b.ending_before(i64::MIN, i64::MAX, &mut |_, k, _| {
         closing.push(k.to_owned());
         true
     });
@@ -147,15 +147,20 @@ fn the_index_follows_each_customers_first_session_like_the_model() {
         real.write_batch(&b).unwrap();
         model.write_batch(&b).unwrap();
         let mut got = Vec::new();
-        real.backing().ending_before(i64::MIN, i64::MAX, &mut |_, k| {
+        real.backing().ending_before(i64::MIN, i64::MAX, &mut |_, k, _| {
             got.push(Box::from(k));
             true
         });
         let want: Vec<Box<str>> = model.closing().into_iter().map(|(_, k)| k).collect();
         assert_eq!(got, want, "after batch {i}");
+        // Each entry carries the customer's sessions as the store holds them.
+        real.backing().ending_before(i64::MIN, i64::MAX, &mut |_, k, stored| {
+            assert_eq!(stored(), model.sessions(k), "{k} after batch {i}");
+            true
+        });
     }
     let mut below = Vec::new();
-    real.backing().ending_before(0, 60, &mut |_, k| {
+    real.backing().ending_before(0, 60, &mut |_, k, _| {
         below.push(k.to_owned());
         true
     });
