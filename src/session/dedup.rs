@@ -174,7 +174,10 @@ impl Dedup {
     pub fn take_changes(&mut self, batch: u64) -> DedupChanges {
         // Ids forgotten before any batch carried them are not written.
         let cut = self.forgotten_before.unwrap_or(i64::MIN);
-        let mut inserts = std::mem::take(&mut self.fresh);
+        // The next interval's room, sized as this one: growing by doubling from nothing copied
+        // the ids a dozen times into fresh pages.
+        let room = self.fresh.len();
+        let mut inserts = std::mem::replace(&mut self.fresh, Vec::with_capacity(room));
         // Counted here, in the pass the batch makes anyway, not per event.
         let mut hours = std::mem::take(&mut self.fresh_hours);
         inserts.retain(|(_, t)| {
