@@ -306,12 +306,12 @@ impl Backing for CommitsDuringScan {
 #[test]
 fn a_close_reads_again_a_customer_whose_scanned_copy_a_batch_durable_since_replaced() {
     use crate::state::{CheckpointBatch, StateStore};
+    use std::sync::{Arc, Mutex};
     const MIN: i64 = 60_000;
     let mut store = crate::state::memory::MemoryStore::default();
-    let backing =
-        std::sync::Arc::new(CommitsDuringScan { store: store.clone(), next: Default::default() });
+    let backing = Arc::new(CommitsDuringScan { store: store.clone(), next: Mutex::default() });
     let mut s = Sessionizer::new(GAP, GAP);
-    s.restore(None, (0, 0), backing.clone(), 0);
+    s.restore(None, (0, 0), Arc::clone(&backing) as Arc<dyn Backing>, 0);
     let events = [("b", 0), ("a", MIN), ("a", 11 * MIN), ("c", MIN + 2 * GAP + 1)];
     s.observe("b", 0, None, &[]);
     s.observe("a", MIN, None, &[]);
