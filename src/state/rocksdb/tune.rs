@@ -159,8 +159,8 @@ fn family(budget: &MemoryBudget) -> Options {
     // the cache's share instead, see `MemoryBudget::charge_tables`). At millions of customers
     // almost every event looks up an id and a customer the store does not hold, a filter probe
     // per sorted run each: in the cache, every probe was a partition-index seek and an LRU
-    // lookup under a mutex (measured, 8 M events / 10 M customers: 55.9 k lines/s that way,
-    // 69.6 k this way, same peak RSS). Whole filters in the cache are no alternative: a table
+    // lookup under a mutex (measured, 8 M events / 10 M customers: 50-56 k lines/s that way,
+    // 60-70 k this way; peak RSS 0.97-1.06 GB either way). Whole filters in the cache are no alternative: a table
     // of a few million ids has a 3 MB filter, larger than a cache shard, which then never kept
     // it and read it from the file at every lookup (measured: 1.8 TB of reads in 4 minutes).
     table.set_cache_index_and_filter_blocks(false);
