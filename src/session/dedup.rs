@@ -200,6 +200,7 @@ impl Dedup {
             let room = self.ids.capacity() - self.ids.len();
             if self.ids.len() > self.limit / 8 * 7 || room < self.limit / 8 {
                 self.shrink(durable);
+                self.rehash();
             }
         }
         DedupChanges { inserts }
@@ -217,6 +218,9 @@ impl Dedup {
         // Down to three eighths of the table, so that this pass runs now and then, not at every
         // checkpoint once the cache is full, and so that the table can be rehashed in place.
         let mut over = self.ids.len().saturating_sub(self.limit / 8 * 3);
+        if over == 0 {
+            return; // only the removed ids' tombstones were in the way: `rehash` is enough
+        }
         let mut below = i64::MIN;
         for (hour, n) in evictable {
             below = hour + 1;
@@ -245,10 +249,13 @@ impl Dedup {
         }
         self.held.retain(|_, c| *c > 0);
         self.disk_only_below = self.disk_only_below.max(below);
-        // The removed ids left tombstones: once they use up the table's room, a table more
-        // than half full doubles (its budget with it) where one at most half full is rehashed
-        // in place. Rehashed now, while it is at most half full (measured before: 1.6 M slots
-        // of room became 3.7 M).
+    }
+
+    /// Removed ids leave tombstones: once they use up the table's room, a table more than half
+    /// full doubles (its budget with it) where one at most half full is rehashed in place.
+    /// Rehashed after a shrink, while it is at most half full (measured before: 1.6 M slots of
+    /// room became 3.7 M).
+    fn rehash(&mut self) {
         let half = (self.limit / 2).saturating_sub(self.ids.len());
         if self.ids.capacity() - self.ids.len() < half {
             self.ids.reserve(half);
