@@ -4,7 +4,7 @@
 
 use super::Sessionizer;
 use crate::session::backing::Stored;
-use crate::session::{ClosedSession, Session};
+use crate::session::{Backing, ClosedSession, Session};
 use std::sync::Arc;
 
 impl Sessionizer {
@@ -44,12 +44,7 @@ impl Sessionizer {
         if before <= self.scanned_to {
             return;
         }
-        self.scan_from = Some(backing.durable());
-        backing.ending_before(self.scanned_to, before, &mut |_, key, stored| {
-            self.close_one(key, out, &done, Some(stored));
-            true
-        });
-        self.end_scan();
+        self.scan(&*backing, before, out, &done, usize::MAX);
         self.scanned_to = before;
     }
 
@@ -97,17 +92,7 @@ impl Sessionizer {
         }
         self.settle(backing.durable());
         self.close_pending(out, before, &done);
-        let (start, mut stopped) = (out.len(), None);
-        self.scan_from = Some(backing.durable());
-        backing.ending_before(self.scanned_to, before, &mut |end, key, stored| {
-            self.close_one(key, out, &done, Some(stored));
-            if out.len() - start < most {
-                return true;
-            }
-            stopped = Some(end);
-            false
-        });
-        self.end_scan();
+        let stopped = self.scan(&*backing, before, out, &done, most);
         // The next step starts at the end it stopped at: entries of that end already closed
         // are met again, and closing them again adds nothing.
         stopped.inspect(|&end| self.scanned_to = end).is_none()
@@ -176,9 +161,31 @@ impl Sessionizer {
         self.close_at(i, out, done);
     }
 
-    fn end_scan(&mut self) {
+    /// Closes the `done` sessions of the customers the index holds from `scanned_to` to
+    /// `before`, in the order of ends, until at least `most` were added to `out`; returns the
+    /// end it stopped at, if it stopped. The durable batch is read before the scan takes its
+    /// snapshot, and evictions are recorded while it runs (see `close_one`).
+    fn scan(
+        &mut self,
+        backing: &dyn Backing,
+        before: i64,
+        out: &mut Vec<ClosedSession>,
+        done: &impl Fn(&Session) -> bool,
+        most: usize,
+    ) -> Option<i64> {
+        let (start, mut stopped) = (out.len(), None);
+        self.scan_from = Some(backing.durable());
+        backing.ending_before(self.scanned_to, before, &mut |end, key, stored| {
+            self.close_one(key, out, done, Some(stored));
+            if out.len() - start < most {
+                return true;
+            }
+            stopped = Some(end);
+            false
+        });
         self.scan_from = None;
         self.evicted_since_scan.clear();
+        stopped
     }
 
     /// Closes the `done` sessions of the customer at cache index `i`.

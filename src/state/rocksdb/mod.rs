@@ -389,13 +389,13 @@ impl Backing for Reader {
         for kv in self.db.iterator_cf_opt(cf, ro, IteratorMode::Start) {
             match kv {
                 Ok((k, v)) => {
-                    let stored = || match format::decode_sessions(&v) {
-                        _ if v.is_empty() => None,
-                        Ok(s) => Some(s),
-                        Err(e) => {
-                            self.fail("the closing index", &e);
-                            None
+                    let stored = || {
+                        if v.is_empty() {
+                            return None; // an entry of a store written before they carried one
                         }
+                        format::decode_sessions(&v)
+                            .map_err(|e| self.fail("the closing index", &e))
+                            .ok()
                     };
                     if !f(closing_end(&k), &String::from_utf8_lossy(&k[8..]), &stored) {
                         return;
