@@ -83,7 +83,7 @@ impl SessionRow {
             schema_sets.push(name(last));
         }
         SessionRow {
-            customer_id: c.customer_id,
+            customer_id: Box::from(&*c.customer_id),
             session_start: s.start,
             session_end: s.end,
             duration_ms: s.end - s.start,

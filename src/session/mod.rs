@@ -181,8 +181,9 @@ impl Session {
 /// A session that will not change any more.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClosedSession {
-    /// Whose it is.
-    pub customer_id: Box<str>,
+    /// Whose it is: the cache's key, shared (the row copies it on the committer's thread,
+    /// not in the checkpoint's pause).
+    pub customer_id: std::sync::Arc<str>,
     /// The session.
     pub session: Session,
 }

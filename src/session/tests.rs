@@ -107,7 +107,7 @@ fn changes_track_upserts_and_deletes() {
     let mut out = Vec::new();
     s.close_expired(&mut out);
     let ch = s.take_changes(3);
-    assert_eq!(ch.deletes, vec![Box::<str>::from("a")]);
+    assert_eq!(ch.deletes, vec![std::sync::Arc::<str>::from("a")]);
     assert_eq!(ch.upserts.iter().map(|u| &*u.0).collect::<Vec<_>>(), vec!["b"]);
     assert_eq!(ch.upserts[0].1.len(), 1);
 }
@@ -254,6 +254,34 @@ fn a_cache_over_budget_evicts_durable_customers_and_reads_them_back() {
     let got = rows(&mut out);
     assert_eq!(got[0], ("a".into(), 0, 2, 2), "a's session was read back and extended");
     assert_eq!(got.len(), 4);
+}
+
+#[test]
+fn what_a_durable_batch_makes_evictable_at_once_leaves_over_the_next_reads_not_in_the_pause() {
+    use crate::state::{CheckpointBatch, StateStore};
+    let mut store = crate::state::memory::MemoryStore::default();
+    let mut s = Sessionizer::new(GAP, GAP);
+    s.restore(None, (0, 0), store.backing(), 0);
+    let n = 3 * super::sessionizer::EVICT_PER_BATCH;
+    for c in 0..n {
+        s.observe(&format!("c{c}"), 0, None, &[]);
+    }
+    let sessions = s.take_changes(1);
+    store.write_batch(&CheckpointBatch { seq: 1, sessions, ..Default::default() }).unwrap();
+    // Batch 1 is durable: every entry may go (budget 0), but taking batch 2 evicts a bounded
+    // number of them.
+    let _ = s.take_changes(2);
+    assert_eq!(s.cached(), n - super::sessionizer::EVICT_PER_BATCH);
+    // Each customer read in evicts one more entry than it adds (the new ones are not durable
+    // yet): after as many reads as half the excess, only those reads are left.
+    let reads = (n - super::sessionizer::EVICT_PER_BATCH) / 2;
+    let mut cached = s.cached();
+    for c in 0..reads {
+        s.observe(&format!("new{c}"), 1, None, &[]);
+        assert_eq!(s.cached(), cached - 1, "read {c}");
+        cached = s.cached();
+    }
+    assert_eq!(cached, reads, "every entry of batch 1 left");
 }
 
 /// The model store, whose next batch becomes durable while an index scan runs: after the scan

@@ -62,17 +62,17 @@ impl StateStore for MemoryStore {
     fn write_batch(&mut self, b: &CheckpointBatch) -> Result<(), StateError> {
         let mut s = self.lock();
         for k in &b.sessions.deletes {
-            s.sessions.remove(k);
+            s.sessions.remove(&**k);
         }
         for (k, end) in &b.sessions.unindex {
-            s.closing.remove(&(*end, k.clone()));
+            s.closing.remove(&(*end, Box::from(&**k)));
         }
         for (k, v) in &b.sessions.upserts {
             if let Some(first) = v.first() {
-                s.sessions.insert(k.clone(), Vec::clone(v));
-                s.closing.insert((first.end, k.clone()));
+                s.sessions.insert(Box::from(&**k), Vec::clone(v));
+                s.closing.insert((first.end, Box::from(&**k)));
             } else {
-                s.sessions.remove(k);
+                s.sessions.remove(&**k);
             }
         }
         for (k, t) in &b.dedup.inserts {

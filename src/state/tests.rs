@@ -103,8 +103,8 @@ proptest! {
                         seq: 0,
                         meta: m.map(|c| Meta { forgotten_before: (cut > i64::MIN).then_some(cut), ..meta(c) }),
                         sessions: SessionChanges {
-                            upserts: upserts.into_iter().map(|(k, v)| (k, v.into())).collect(),
-                            deletes,
+                            upserts: upserts.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+                            deletes: deletes.into_iter().map(Into::into).collect(),
                             unindex: vec![],
                         },
                         dedup: DedupChanges { inserts },

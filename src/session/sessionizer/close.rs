@@ -4,7 +4,7 @@
 
 use super::Sessionizer;
 use crate::session::backing::Stored;
-use crate::session::{Backing, ClosedSession, Session};
+use crate::session::{Backing, ClosedSession};
 use std::sync::Arc;
 
 impl Sessionizer {
@@ -19,7 +19,7 @@ impl Sessionizer {
             self.close_where(
                 out,
                 before.saturating_add(1),
-                |s| s.end.saturating_add(gap) < w,
+                |end| end.saturating_add(gap) < w,
                 usize::MAX,
             );
             self.scanned_to = self.scanned_to.max(before);
@@ -37,7 +37,7 @@ impl Sessionizer {
         self.settle(backing.durable());
         let gap = self.gap;
         let before = w.saturating_sub(gap);
-        let done = |s: &Session| s.end.saturating_add(gap) < w;
+        let done = |end: i64| end.saturating_add(gap) < w;
         // Customers of batches not durable yet are not in the exact index, but their first
         // session's end is known: those the watermark passed close now too.
         self.close_pending(out, before, &done);
@@ -74,11 +74,11 @@ impl Sessionizer {
         &mut self,
         out: &mut Vec<ClosedSession>,
         before: i64,
-        done: impl Fn(&Session) -> bool,
+        done: impl Fn(i64) -> bool,
         most: usize,
     ) -> bool {
         let Some(backing) = self.backing.clone() else {
-            let keys: Vec<Box<str>> = self.customers.keys().cloned().collect();
+            let keys: Vec<Arc<str>> = self.customers.keys().cloned().collect();
             for key in &keys {
                 self.close_one(key, out, &done, None);
             }
@@ -105,7 +105,7 @@ impl Sessionizer {
         &mut self,
         out: &mut Vec<ClosedSession>,
         before: i64,
-        done: &impl Fn(&Session) -> bool,
+        done: &impl Fn(i64) -> bool,
     ) {
         let mut pending = std::mem::take(&mut self.pending);
         for p in &mut pending {
@@ -144,7 +144,7 @@ impl Sessionizer {
         &mut self,
         key: &str,
         out: &mut Vec<ClosedSession>,
-        done: &impl Fn(&Session) -> bool,
+        done: &impl Fn(i64) -> bool,
         stored: Option<Stored<'_>>,
     ) {
         let i = match self.customers.get_index_of(key) {
@@ -170,7 +170,7 @@ impl Sessionizer {
         backing: &dyn Backing,
         before: i64,
         out: &mut Vec<ClosedSession>,
-        done: &impl Fn(&Session) -> bool,
+        done: &impl Fn(i64) -> bool,
         most: usize,
     ) -> Option<i64> {
         let (start, mut stopped) = (out.len(), None);
@@ -189,23 +189,19 @@ impl Sessionizer {
     }
 
     /// Closes the `done` sessions of the customer at cache index `i`.
-    fn close_at(
-        &mut self,
-        i: usize,
-        out: &mut Vec<ClosedSession>,
-        done: &impl Fn(&Session) -> bool,
-    ) {
+    fn close_at(&mut self, i: usize, out: &mut Vec<ClosedSession>, done: &impl Fn(i64) -> bool) {
         let Some((key, c)) = self.customers.get_index_mut(i) else { return };
-        let n = c.sessions.iter().take_while(|s| done(s)).count();
-        if n == 0 {
+        if !c.first.is_some_and(done) {
             return;
         }
+        let n = c.sessions.iter().take_while(|s| done(s.end)).count();
         out.extend(
             Arc::make_mut(&mut c.sessions)
                 .drain(..n)
-                .map(|session| ClosedSession { customer_id: key.clone(), session }),
+                .map(|session| ClosedSession { customer_id: Arc::clone(key), session }),
         );
         self.open_sessions -= n as u64;
+        c.first = c.sessions.first().map(|s| s.end);
         if c.sessions.is_empty() {
             self.open_customers -= 1;
             c.sessions = Arc::default(); // its room is not needed any more

@@ -270,7 +270,7 @@ impl StateStore for RocksDbStore {
         for k in &unindex {
             wb.delete_cf(closing_cf, k);
         }
-        let mut upserts: Vec<&(Box<str>, Arc<Vec<Session>>)> = b.sessions.upserts.iter().collect();
+        let mut upserts: Vec<&(Arc<str>, Arc<Vec<Session>>)> = b.sessions.upserts.iter().collect();
         upserts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         for (k, v) in upserts {
             if let Some(first) = v.first() {
