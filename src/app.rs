@@ -400,6 +400,7 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
     let checkpoint =
         |processor: &mut Processor, committer: &mut Committer<S, K>, pos, end: bool| {
             let taken = Instant::now();
+            let waited = crate::telemetry::run_delay();
             let (out, batch) = processor.checkpoint(pos, end, base.clone())?;
             let finished = batch.meta.as_ref().is_some_and(|m| m.finished);
             let customers = (processor.open_customers(), processor.cached_customers());
@@ -409,6 +410,9 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
                 lines: processor.counters().lines,
                 customers,
                 pause: taken.elapsed(),
+                pause_waited: crate::telemetry::run_delay()
+                    .zip(waited)
+                    .map(|(now, then)| now.saturating_sub(then)),
                 taken,
             })?;
             anyhow::Ok(finished)

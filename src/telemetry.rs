@@ -80,3 +80,26 @@ pub fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         })
         .clone()
 }
+
+/// How long the calling thread has waited, runnable, for a CPU since it started (Linux's
+/// `/proc/thread-self/schedstat`; `None` elsewhere). A pause measured in wall time includes
+/// this wait: on two cores shared with the committer and `RocksDB`'s compactions, the
+/// processor is sometimes runnable but not running, and the difference says which it was.
+#[must_use]
+pub fn run_delay() -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
+    let waited = stat.split_ascii_whitespace().nth(1)?.parse().ok()?;
+    Some(std::time::Duration::from_nanos(waited))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_run_delay_is_read_where_linux_gives_it() {
+        if std::path::Path::new("/proc/thread-self/schedstat").exists() {
+            let first = super::run_delay().expect("schedstat has a run delay");
+            let later = super::run_delay().expect("schedstat has a run delay");
+            assert!(later >= first, "a thread's wait only grows");
+        }
+    }
+}

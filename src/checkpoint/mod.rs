@@ -113,6 +113,8 @@ pub struct Job {
     /// How long the processor stopped to cut the checkpoint: closing what the watermark
     /// allows and taking the changes (for the log; a committer that is behind stops it longer).
     pub pause: std::time::Duration,
+    /// Of `pause`, how long the processor was runnable but waited for a CPU (Linux only).
+    pub pause_waited: Option<std::time::Duration>,
     /// When the processor took the barrier.
     pub taken: std::time::Instant,
 }
@@ -147,6 +149,7 @@ impl<S: StateStore + Send + 'static, K: Sink + Send + 'static> Committer<S, K> {
                     open_customers = job.customers.0,
                     cached_customers = job.customers.1,
                     pause_us = job.pause.as_micros() as u64,
+                    pause_waited_us = job.pause_waited.map(|d| d.as_micros() as u64),
                     rows = job.out.len(),
                     dead_letters = job.out.dead.len(),
                     took_ms = job.taken.elapsed().as_millis() as u64,
