@@ -1,6 +1,7 @@
 //! Logging: to stderr, human-readable on a terminal, JSON lines otherwise (for log collectors).
 //! The level comes from `RUST_LOG` (default `info`). While a progress bar is shown, log lines
-//! are printed above it instead of through it.
+//! are printed above it instead of through it. Also the metrics recorder, and what the process
+//! measures of its own scheduling.
 
 use indicatif::ProgressBar;
 use std::io::{self, IsTerminal, Write};
