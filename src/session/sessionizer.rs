@@ -396,7 +396,7 @@ impl Sessionizer {
         self.batch = batch;
         let mut touched = std::mem::take(&mut self.touched);
         touched.sort_unstable(); // in cache order (see `close_where`); sorted but for a few
-        touched.dedup();
+        debug_assert!(touched.windows(2).all(|w| w[0] < w[1]), "each changed customer once");
         // Sized up front: grown by doubling, these were copied into freshly zeroed pages.
         let mut ch =
             SessionChanges { upserts: Vec::with_capacity(touched.len()), ..Default::default() };

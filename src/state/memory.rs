@@ -69,8 +69,9 @@ impl StateStore for MemoryStore {
         }
         for (k, v) in &b.sessions.upserts {
             if let Some(first) = v.first() {
-                s.sessions.insert(Box::from(&**k), Vec::clone(v));
-                s.closing.insert((first.end, Box::from(&**k)));
+                let k: Box<str> = Box::from(&**k);
+                s.closing.insert((first.end, k.clone()));
+                s.sessions.insert(k, Vec::clone(v));
             } else {
                 s.sessions.remove(&**k);
             }
