@@ -288,6 +288,11 @@ impl Sessionizer {
         if lo >= hi {
             let mut new = Session::new(time, set);
             new.observe(time, kind, attrs, set);
+            // One more slot, not the doubling's four: most customers hold one session, and a
+            // new customer's room was counted against the budget only at the next checkpoint,
+            // so the cache held more than it said (measured, 5 M events / 10 M customers: peak
+            // RSS 830 MB with the four, 745 MB with one).
+            s.reserve_exact(1);
             s.insert(lo, new);
         } else {
             // In place (no copy per event): the earlier sessions first, the event last, so ties
