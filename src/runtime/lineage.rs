@@ -154,8 +154,7 @@ pub fn cut(parents: Vec<Contents>, range: (u128, u128)) -> CheckpointBatch {
         }
         batch.dedup.inserts.extend(p.ids.into_iter().map(|(id, t)| (id.as_ref().into(), t)));
     }
-    batch.sessions.upserts =
-        sessions.into_iter().map(|(k, v)| (Arc::from(k), Arc::new(v))).collect();
+    batch.sessions.upserts = sessions.into_iter().map(|(k, v)| (k.into(), Arc::new(v))).collect();
     let open: u64 = batch.sessions.upserts.iter().map(|(_, s)| s.len() as u64).sum();
     batch.meta = Some(Meta {
         version: STATE_VERSION,

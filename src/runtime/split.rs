@@ -259,7 +259,7 @@ struct Pipeline<P: Position> {
     range: Option<(u128, u128)>,
     /// Customers seen here whose key is another split's (the producer did not key by
     /// customer): their sessions are cut in two at a reshard.
-    strays: std::collections::HashSet<std::sync::Arc<str>>,
+    strays: std::collections::HashSet<crate::session::Key>,
     /// Why the pipeline cannot go on (state could not be read).
     failed: Option<String>,
 }
@@ -465,7 +465,7 @@ impl<P: Position> Pipeline<P> {
     fn count_strays(
         &mut self,
         range: (u128, u128),
-        touched: &[(std::sync::Arc<str>, std::sync::Arc<Vec<crate::session::Session>>)],
+        touched: &[(crate::session::Key, std::sync::Arc<Vec<crate::session::Session>>)],
     ) {
         /// Enough to show the problem; a badly keyed stream must not grow this without bound.
         const MAX_STRAYS: usize = 100_000;
@@ -473,7 +473,7 @@ impl<P: Position> Pipeline<P> {
         for (customer, _) in touched {
             let key = crate::source::kinesis::kpl::hash_key_of(customer.as_bytes());
             if !(range.0..=range.1).contains(&key) && self.strays.len() < MAX_STRAYS {
-                self.strays.insert(std::sync::Arc::clone(customer));
+                self.strays.insert(customer.clone());
             }
         }
         if self.strays.len() > before {

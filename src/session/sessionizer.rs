@@ -13,7 +13,7 @@
 //! a new session never ends before the watermark, so each scan starts where the last one
 //! stopped. Without a backing everything stays in memory and a close looks at every customer.
 
-use super::{Backing, EventAttr, Observed, Session};
+use super::{Backing, EventAttr, Key, Observed, Session};
 use crate::extract::catalog::Aggregate;
 use indexmap::IndexMap;
 use rustc_hash::{FxBuildHasher, FxHashSet};
@@ -54,11 +54,14 @@ impl Customer {
         // The map's entry and index slot with the map's spare room (~2×: it doubles), the key's
         // allocation, and each session the vector has room for, with a share for attributes
         // (measured: 950k cached customers held ~1 GB while estimated at 100 MB before).
-        2 * (std::mem::size_of::<(u64, Arc<str>, Customer)>() + 16)
-            + (16 + key.len()).next_multiple_of(16)
-            + sessions.capacity() * (std::mem::size_of::<Session>() + 32)
+        2 * (std::mem::size_of::<(u64, Key, Customer)>() + 16)
+            + if key.len() > 24 { key.len().next_multiple_of(16) } else { 0 }
+            + sessions.capacity() * SESSION_BYTES
     }
 }
+
+/// Bytes of a session's slot in its customer's vector, with a share for attributes.
+const SESSION_BYTES: usize = std::mem::size_of::<Session>() + 32;
 
 /// [`Customer::touched_at`] of an entry not changed since the last batch.
 const CLEAN: usize = usize::MAX;
@@ -77,7 +80,7 @@ struct Pending {
     batch: u64,
     /// Its customers with open sessions, with their first session's end (as the batch writes
     /// it; a customer changed since is in `touched`); sorted by it once `sorted`.
-    by_end: Vec<(i64, Arc<str>)>,
+    by_end: Vec<(i64, Key)>,
     /// Sorted by the first close that needs it, between checkpoints, not in the pause that
     /// takes the batch.
     sorted: bool,
@@ -109,7 +112,7 @@ pub struct Sessionizer {
     gap: i64,
     lateness: i64,
     max_time: Option<i64>,
-    customers: IndexMap<Arc<str>, Customer, FxBuildHasher>,
+    customers: IndexMap<Key, Customer, FxBuildHasher>,
     /// Cache indexes of the customers changed since the last checkpoint (each once). An index
     /// and not the key: the checkpoint visits each of them twice (close, take), and a key is a
     /// hash, a probe and a compare each time (measured: most of a checkpoint's pause at 100k
@@ -135,7 +138,7 @@ pub struct Sessionizer {
     /// customers evicted since whose entry a later batch carried (the snapshot's copy of them
     /// is stale: they are read again, not taken from the scan).
     scan_from: Option<u64>,
-    evicted_since_scan: FxHashSet<Arc<str>>,
+    evicted_since_scan: FxHashSet<Key>,
     open_sessions: u64,
     open_customers: u64,
     /// Index of the schema set extracting the events observed now.
@@ -159,12 +162,12 @@ impl std::fmt::Debug for Sessionizer {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct SessionChanges {
     /// Customers whose open sessions changed, with their sessions now.
-    pub upserts: Vec<(Arc<str>, Arc<Vec<Session>>)>,
+    pub upserts: Vec<(Key, Arc<Vec<Session>>)>,
     /// Customers with no open session any more.
-    pub deletes: Vec<Arc<str>>,
+    pub deletes: Vec<Key>,
     /// Index entries (customer, first session's end) that no longer hold; the store indexes
     /// each upsert under its first session's end.
-    pub unindex: Vec<(Arc<str>, i64)>,
+    pub unindex: Vec<(Key, i64)>,
 }
 
 impl Sessionizer {
@@ -256,6 +259,12 @@ impl Sessionizer {
         self.customers.len()
     }
 
+    /// Bytes the cache counts itself to hold now.
+    #[cfg(test)]
+    pub(crate) fn held_bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Adds one event of kind number `kind` (`None`: unclassified) with its attribute values.
     ///
     /// # Panics
@@ -282,16 +291,16 @@ impl Sessionizer {
         }
         let s = Arc::make_mut(&mut c.sessions);
         let before = s.len();
+        let room = s.capacity();
         // Sessions this event touches form a contiguous run [lo, hi).
         let lo = s.partition_point(|x| x.end.saturating_add(gap) < time);
         let hi = s.partition_point(|x| x.start.saturating_sub(gap) <= time);
         if lo >= hi {
             let mut new = Session::new(time, set);
             new.observe(time, kind, attrs, set);
-            // One more slot, not the doubling's four: most customers hold one session, and a
-            // new customer's room was counted against the budget only at the next checkpoint,
-            // so the cache held more than it said (measured, 5 M events / 10 M customers: peak
-            // RSS 830 MB with the four, 745 MB with one).
+            // One more slot, not the doubling's four: most customers hold one session
+            // (measured, 5 M events / 10 M customers: peak RSS 830 MB with four, 745 MB with
+            // one, when the room was counted only at the next checkpoint).
             s.reserve_exact(1);
             s.insert(lo, new);
         } else {
@@ -307,6 +316,11 @@ impl Sessionizer {
             s[lo].observe(time, kind, attrs, set);
         }
         let after = s.len();
+        // Counted now, not at the next checkpoint: a new customer's first session is most of
+        // its bytes.
+        let grown = s.capacity().saturating_sub(room) * SESSION_BYTES;
+        c.cost += grown;
+        self.bytes += grown;
         c.first = s.first().map(|x| x.end);
         self.open_sessions = self.open_sessions + after as u64 - before as u64;
         if before == 0 {
@@ -382,7 +396,7 @@ impl Sessionizer {
                 freed += c.cost;
                 self.bytes -= c.cost;
                 if self.scan_from.is_some_and(|from| c.batch > from) {
-                    let key = self.customers.get_index(self.hand).map(|(k, _)| Arc::clone(k));
+                    let key = self.customers.get_index(self.hand).map(|(k, _)| k.clone());
                     self.evicted_since_scan.extend(key);
                 }
                 // The last entry moves into the hole, which the hand looks at next.
@@ -412,19 +426,19 @@ impl Sessionizer {
             c.batch = batch;
             let first = c.first;
             if first.is_none() {
-                ch.deletes.push(Arc::clone(key));
+                ch.deletes.push(key.clone());
             } else {
-                ch.upserts.push((Arc::clone(key), Arc::clone(&c.sessions)));
+                ch.upserts.push((key.clone(), Arc::clone(&c.sessions)));
             }
             if let Some(was) = c.indexed.filter(|&e| Some(e) != first) {
-                ch.unindex.push((Arc::clone(key), was));
+                ch.unindex.push((key.clone(), was));
             }
             c.indexed = first;
             let cost = Customer::cost_of(key, &c.sessions);
             self.bytes = self.bytes - c.cost + cost;
             c.cost = cost;
             if let Some(end) = first {
-                by_end.push((end, Arc::clone(key)));
+                by_end.push((end, key.clone()));
             }
         }
         match &self.backing {

@@ -107,7 +107,7 @@ fn changes_track_upserts_and_deletes() {
     let mut out = Vec::new();
     s.close_expired(&mut out);
     let ch = s.take_changes(3);
-    assert_eq!(ch.deletes, vec![std::sync::Arc::<str>::from("a")]);
+    assert_eq!(ch.deletes, vec![crate::session::Key::from("a")]);
     assert_eq!(ch.upserts.iter().map(|u| &*u.0).collect::<Vec<_>>(), vec!["b"]);
     assert_eq!(ch.upserts[0].1.len(), 1);
 }
@@ -232,6 +232,20 @@ proptest! {
         prop_assert_eq!(got, want);
         prop_assert_eq!(got_counts, want_counts);
     }
+}
+
+#[test]
+fn a_new_customer_is_counted_whole_when_it_arrives_not_at_the_next_checkpoint() {
+    use crate::state::StateStore;
+    let store = crate::state::memory::MemoryStore::default();
+    let mut s = Sessionizer::new(GAP, GAP);
+    s.restore(None, (0, 0), store.backing(), usize::MAX);
+    s.observe("a", 0, None, &[]);
+    s.observe("b", 0, None, &[]);
+    s.observe("b", 3 * GAP, None, &[]); // a second session
+    let held = s.held_bytes();
+    let _ = s.take_changes(1);
+    assert_eq!(s.held_bytes(), held, "taking the changes found bytes the cache had not counted");
 }
 
 #[test]

@@ -4,7 +4,7 @@
 
 use super::Sessionizer;
 use crate::session::backing::Stored;
-use crate::session::{Backing, ClosedSession};
+use crate::session::{Backing, ClosedSession, Key};
 use std::sync::Arc;
 
 impl Sessionizer {
@@ -78,7 +78,7 @@ impl Sessionizer {
         most: usize,
     ) -> bool {
         let Some(backing) = self.backing.clone() else {
-            let keys: Vec<Arc<str>> = self.customers.keys().cloned().collect();
+            let keys: Vec<Key> = self.customers.keys().cloned().collect();
             for key in &keys {
                 self.close_one(key, out, &done, None);
             }
@@ -198,7 +198,7 @@ impl Sessionizer {
         out.extend(
             Arc::make_mut(&mut c.sessions)
                 .drain(..n)
-                .map(|session| ClosedSession { customer_id: Arc::clone(key), session }),
+                .map(|session| ClosedSession { customer_id: key.clone(), session }),
         );
         self.open_sessions -= n as u64;
         c.first = c.sessions.first().map(|s| s.end);

@@ -24,7 +24,7 @@ pub use tune::MemoryBudget;
 use super::{CheckpointBatch, Contents, Meta, STATE_VERSION, StateError, StateStore, format};
 use crate::session::backing::Stored;
 use crate::session::dedup::HOUR_MS;
-use crate::session::{Backing, Session};
+use crate::session::{Backing, Key, Session};
 use rocksdb::{DB, IteratorMode, ReadOptions, WriteBatch, WriteOptions};
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -270,7 +270,7 @@ impl StateStore for RocksDbStore {
         for k in &unindex {
             wb.delete_cf(closing_cf, k);
         }
-        let mut upserts: Vec<&(Arc<str>, Arc<Vec<Session>>)> = b.sessions.upserts.iter().collect();
+        let mut upserts: Vec<&(Key, Arc<Vec<Session>>)> = b.sessions.upserts.iter().collect();
         upserts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
         for (k, v) in upserts {
             if let Some(first) = v.first() {
