@@ -207,6 +207,8 @@ fn run_bounded(
         s.close_expired(&mut out);
         batch += 1;
         let sessions = s.take_changes(batch);
+        let (held, afresh) = s.held_bytes();
+        assert_eq!(held, afresh, "the cache's count of its bytes is off");
         counts.push((s.open_sessions(), s.open_customers()));
         if let Some(st) = &mut store {
             if let Some(b) = waiting.take() {
@@ -235,17 +237,28 @@ proptest! {
 }
 
 #[test]
-fn a_new_customer_is_counted_whole_when_it_arrives_not_at_the_next_checkpoint() {
+fn the_cache_counts_its_bytes_where_sessions_change_not_at_the_next_checkpoint() {
     use crate::state::StateStore;
     let store = crate::state::memory::MemoryStore::default();
     let mut s = Sessionizer::new(GAP, GAP);
     s.restore(None, (0, 0), store.backing(), usize::MAX);
+    let counted = |s: &Sessionizer| {
+        let (held, afresh) = s.held_bytes();
+        assert_eq!(held, afresh, "the cache's count of its bytes is off");
+    };
     s.observe("a", 0, None, &[]);
     s.observe("b", 0, None, &[]);
+    counted(&s);
     s.observe("b", 3 * GAP, None, &[]); // a second session
-    let held = s.held_bytes();
+    counted(&s);
     let _ = s.take_changes(1);
-    assert_eq!(s.held_bytes(), held, "taking the changes found bytes the cache had not counted");
+    counted(&s);
+    // Closing changes them too: a's session and b's first close, b keeps one.
+    s.observe("c", 5 * GAP, None, &[]);
+    let mut out = Vec::new();
+    s.close_expired(&mut out);
+    assert_eq!(out.len(), 2);
+    counted(&s);
 }
 
 #[test]

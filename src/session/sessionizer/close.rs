@@ -206,6 +206,7 @@ impl Sessionizer {
             self.open_customers -= 1;
             c.sessions = Arc::default(); // its room is not needed any more
         }
+        super::recount(&mut self.bytes, key, c);
         if !c.dirty() {
             c.touched_at = self.touched.len();
             self.touched.push(i);
