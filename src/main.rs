@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 
 // The system allocator, not mimalloc: mimalloc kept what a burst of closing freed for a while
 // before returning it, and the process's peak grew by that (measured, 30 M events / 10 M
-// customers: peak RSS 1,014-1,025 MB with it, 854 MB without, at 5 % fewer lines/s on two
-// cores and the same on one). The memory bound is what a container is sized by.
+// customers: peak RSS 997-1,025 MiB with it, 827-854 MiB without, at 0-10 % fewer lines/s in
+// interleaved runs). The memory bound is what a container is sized by.
 
 /// Exit code after a signal stopped a run at a checkpoint (as shells report SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;

@@ -16,8 +16,8 @@ mod sessionizer;
 pub use backing::Backing;
 pub use sessionizer::{SessionChanges, Sessionizer};
 
-/// A customer id as the session cache keys it: inline up to 24 bytes (customer ids are
-/// shorter), so comparing or copying one reads no other allocation. (Shared `Arc<str>` keys
+/// A customer id as the session cache keys it: inline up to 24 bytes (customer ids usually
+/// are shorter), so comparing or copying one reads no other allocation. (Shared `Arc<str>` keys
 /// cost a cache miss at every lookup that found its customer and every clone in the pause.)
 pub type Key = compact_str::CompactString;
 

@@ -52,7 +52,8 @@ impl Customer {
 
     fn cost_of(key: &str, sessions: &Vec<Session>) -> usize {
         // The map's entry and index slot with the map's spare room (~2×: it doubles), the key's
-        // allocation, and each session the vector has room for, with a share for attributes
+        // allocation (past 24 bytes; shorter keys are inline), and each session the vector has
+        // room for, with a share for attributes
         // (measured: 950k cached customers held ~1 GB while estimated at 100 MB before).
         2 * (std::mem::size_of::<(u64, Key, Customer)>() + 16)
             + if key.len() > 24 { key.len().next_multiple_of(16) } else { 0 }
@@ -62,8 +63,8 @@ impl Customer {
 
 /// Counts `c`'s bytes again after its sessions changed, into the cache's `bytes`: where they
 /// change, so that the cache's count is right at once (a new customer's first session is most
-/// of its bytes) and taking the changes in the pause reads no session vector (measured: half
-/// of that loop's time, a cache miss per customer).
+/// of its bytes) and taking the changes in the pause reads no session vector (a cache miss per
+/// customer there; measured: running pause p50 25-27 -> 22-23 ms at 1 M customers).
 fn recount(bytes: &mut usize, key: &str, c: &mut Customer) {
     let cost = Customer::cost_of(key, &c.sessions);
     *bytes = *bytes - c.cost + cost;
