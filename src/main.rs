@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 // The system allocator, not mimalloc: mimalloc kept what a burst of closing freed for a while
 // before returning it, and the process's peak grew by that (measured, 30 M events / 10 M
-// customers: peak RSS 997-1,025 MiB with it, 827-854 MiB without, at 0-10 % fewer lines/s in
+// customers: peak RSS 990-1,002 MiB with it, 827-834 MiB without, at 0-10 % fewer lines/s in
 // interleaved runs). The memory bound is what a container is sized by.
 
 /// Exit code after a signal stopped a run at a checkpoint (as shells report SIGINT).
