@@ -4,6 +4,10 @@
 //! With `horizon ≥ allowed lateness`, forgetting loses nothing: any later copy of a forgotten
 //! id is older than the watermark and would be refused as late anyway.
 
+mod ids;
+
+pub use ids::Ids;
+
 use super::Backing;
 use compact_str::CompactString;
 use rustc_hash::FxHashMap;
@@ -29,7 +33,7 @@ pub struct Dedup {
     /// id → (event time, the batch that carries it). Ids up to 24 bytes are stored inline.
     ids: FxHashMap<CompactString, (i64, u64)>,
     /// Ids accepted since the last batch was taken, for the next one (no scan of the table).
-    fresh: Vec<(CompactString, i64)>,
+    fresh: Ids,
     /// The number the next batch will have.
     next_batch: u64,
     /// Hours before this one are forgotten.
@@ -78,7 +82,7 @@ impl std::fmt::Debug for Dedup {
 pub struct DedupChanges {
     /// New ids with their event times. (The hours forgotten travel in the checkpoint record,
     /// `Meta::forgotten_before`, the one copy stores and restarts read.)
-    pub inserts: Vec<(CompactString, i64)>,
+    pub inserts: Ids,
 }
 
 impl Dedup {
@@ -125,9 +129,8 @@ impl Dedup {
 
     /// Remembers an accepted id.
     pub fn insert(&mut self, id: &str, time: i64) {
-        let id = CompactString::from(id);
-        self.fresh.push((id.clone(), time));
-        if let Some((was, _)) = self.ids.insert(id, (time, self.next_batch.max(1))) {
+        self.fresh.push(id, time);
+        if let Some((was, _)) = self.ids.insert(id.into(), (time, self.next_batch.max(1))) {
             // A copy of a forgotten hour that memory still held.
             tally(&mut self.fresh_hours, was.div_euclid(HOUR_MS), -1);
         }
@@ -176,15 +179,19 @@ impl Dedup {
         let cut = self.forgotten_before.unwrap_or(i64::MIN);
         // The next interval's room, sized as this one: growing by doubling from nothing copied
         // the ids a dozen times into fresh pages.
-        let room = self.fresh.len();
-        let mut inserts = std::mem::replace(&mut self.fresh, Vec::with_capacity(room));
+        let room = Ids::with_capacity(self.fresh.len(), self.fresh.bytes());
+        let mut inserts = std::mem::replace(&mut self.fresh, room);
         // Counted here, in the pass the batch makes anyway, not per event.
         let mut hours = std::mem::take(&mut self.fresh_hours);
-        inserts.retain(|(_, t)| {
+        let mut forgotten = false;
+        for (_, t) in inserts.iter() {
             let hour = t.div_euclid(HOUR_MS);
             tally(&mut hours, hour, 1);
-            hour >= cut
-        });
+            forgotten |= hour < cut;
+        }
+        if forgotten {
+            inserts.retain(|_, t| t.div_euclid(HOUR_MS) >= cut);
+        }
         debug_assert!(self.next_batch.max(1) == batch, "batches are numbered in order");
         self.next_batch = batch + 1;
         for &(h, n) in &hours {
@@ -293,7 +300,8 @@ mod tests {
         let mut d = Dedup::new(10);
         d.insert("a", 0);
         d.insert("b", 2 * HOUR_MS);
-        let mut ins = d.take_changes(1).inserts;
+        let ch = d.take_changes(1).inserts;
+        let mut ins: Vec<(CompactString, i64)> = ch.iter().map(|(id, t)| (id.into(), t)).collect();
         ins.sort();
         assert_eq!(ins, vec![("a".into(), 0), ("b".into(), 2 * HOUR_MS)]);
         d.insert("c", 5);

@@ -76,8 +76,8 @@ impl StateStore for MemoryStore {
                 s.sessions.remove(&**k);
             }
         }
-        for (k, t) in &b.dedup.inserts {
-            s.ids.insert(Box::from(&**k), *t);
+        for (k, t) in b.dedup.inserts.iter() {
+            s.ids.insert(Box::from(k), t);
         }
         if let Some(m) = &b.meta {
             s.meta = Some(m.clone());

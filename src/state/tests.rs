@@ -94,10 +94,9 @@ proptest! {
                 Op::Batch(upserts, deletes, inserts, forget, m) => {
                     let forget = forget.map(|f| f.max(cut));
                     cut = forget.unwrap_or(cut);
-                    let inserts: Vec<_> = inserts
+                    let inserts = inserts
                         .into_iter()
                         .filter(|(k, t)| t.div_euclid(HOUR_MS) >= cut && used.insert(k.clone()))
-                        .map(|(k, t)| (compact_str::CompactString::from(&*k), t))
                         .collect();
                     let b = CheckpointBatch {
                         seq: 0,

@@ -248,7 +248,7 @@ impl StateStore for RocksDbStore {
             (self.cf(CF_META)?, self.cf(CF_SESSIONS)?, self.cf(CF_CLOSING)?, self.cf(CF_IDS)?);
         // Sized up front: a batch of a million ids otherwise grows its buffer by doubling, each
         // step a copy into freshly faulted pages (measured: most page faults of a replay).
-        let ids_bytes: usize = b.dedup.inserts.iter().map(|(id, _)| id.len() + 8 + 8 + 8).sum();
+        let ids_bytes = b.dedup.inserts.bytes() + b.dedup.inserts.len() * (8 + 8 + 8);
         let sessions_bytes: usize =
             b.sessions.upserts.iter().map(|(k, v)| 2 * (k.len() + 16 + 128 * v.len())).sum();
         let mut wb = WriteBatch::with_capacity_bytes(ids_bytes + sessions_bytes + 4096);
@@ -290,11 +290,11 @@ impl StateStore for RocksDbStore {
         order.clear();
         order.extend(inserts.iter().enumerate().map(|(i, (id, _))| (id_hash(id), i)));
         order.sort_unstable_by(|x, y| {
-            x.0.cmp(&y.0).then_with(|| inserts[x.1].0.as_bytes().cmp(inserts[y.1].0.as_bytes()))
+            x.0.cmp(&y.0).then_with(|| inserts.get(x.1).0.cmp(inserts.get(y.1).0))
         });
         let mut key = smallvec::SmallVec::<[u8; 64]>::new();
         for &(h, i) in &order {
-            let (id, t) = &inserts[i];
+            let (id, t) = inserts.get(i);
             key.clear();
             key.extend_from_slice(&h.to_be_bytes());
             key.extend_from_slice(id.as_bytes());

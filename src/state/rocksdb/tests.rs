@@ -93,7 +93,7 @@ fn forgotten_ids_leave_at_compaction_and_are_never_read_before() {
     let dir = tempfile::tempdir().unwrap();
     let mut store = RocksDbStore::open(dir.path()).unwrap();
     let mut batch = CheckpointBatch { seq: 1, ..CheckpointBatch::default() };
-    batch.dedup.inserts = vec![("old".into(), 10), ("new".into(), 3 * HOUR_MS)];
+    batch.dedup.inserts = [("old", 10), ("new", 3 * HOUR_MS)].into_iter().collect();
     store.write_batch(&batch).unwrap();
     let mut meta = crate::state::tests::meta(1);
     meta.forgotten_before = Some(1);
@@ -183,7 +183,7 @@ fn the_filters_of_every_store_sharing_a_budget_are_taken_from_its_block_cache() 
     let quarter = 16 << 20;
     let with_ids = |dir: &Path| {
         let mut store = RocksDbStore::open_with(dir, &budget).unwrap();
-        let inserts = (0..100_000).map(|i| (format!("message-{i}").into(), 0)).collect();
+        let inserts = (0..100_000).map(|i| (format!("message-{i}"), 0)).collect();
         let b = CheckpointBatch {
             seq: 1,
             dedup: crate::session::dedup::DedupChanges { inserts },
