@@ -152,9 +152,7 @@ pub fn cut(parents: Vec<Contents>, range: (u128, u128)) -> CheckpointBatch {
             entry.extend(open);
             entry.sort_by_key(|s| s.start);
         }
-        for (id, t) in &p.ids {
-            batch.dedup.inserts.push(id, *t);
-        }
+        batch.dedup.inserts.extend(p.ids.iter().map(|(id, t)| (id, *t)));
     }
     batch.sessions.upserts = sessions.into_iter().map(|(k, v)| (k.into(), Arc::new(v))).collect();
     let open: u64 = batch.sessions.upserts.iter().map(|(_, s)| s.len() as u64).sum();

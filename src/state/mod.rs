@@ -166,7 +166,7 @@ impl CheckpointBatch {
         self.sessions.unindex.sort();
         self.sessions.unindex.dedup();
         self.seq = self.seq.max(newer.seq);
-        self.dedup.inserts.append(&newer.dedup.inserts);
+        self.dedup.inserts.extend(newer.dedup.inserts.iter());
         if newer.meta.is_some() {
             self.meta = newer.meta;
         }

@@ -61,18 +61,15 @@ impl Ids {
     /// Keeps the ids for which `keep(id, time)` holds, in order.
     pub fn retain(&mut self, mut keep: impl FnMut(&str, i64) -> bool) {
         let mut kept = Ids::with_capacity(self.len(), self.bytes.len());
-        for (id, t) in self.iter() {
-            if keep(id, t) {
-                kept.push(id, t);
-            }
-        }
+        kept.extend(self.iter().filter(|&(id, t)| keep(id, t)));
         *self = kept;
     }
+}
 
-    /// Appends every id of `other`.
-    pub fn append(&mut self, other: &Ids) {
-        for (id, t) in other.iter() {
-            self.push(id, t);
+impl<S: AsRef<str>> Extend<(S, i64)> for Ids {
+    fn extend<I: IntoIterator<Item = (S, i64)>>(&mut self, iter: I) {
+        for (id, t) in iter {
+            self.push(id.as_ref(), t);
         }
     }
 }
@@ -80,9 +77,7 @@ impl Ids {
 impl<S: AsRef<str>> FromIterator<(S, i64)> for Ids {
     fn from_iter<I: IntoIterator<Item = (S, i64)>>(iter: I) -> Self {
         let mut ids = Ids::default();
-        for (id, t) in iter {
-            ids.push(id.as_ref(), t);
-        }
+        ids.extend(iter);
         ids
     }
 }
@@ -104,7 +99,7 @@ mod tests {
         );
         let mut more = Ids::default();
         more.push("z", 9);
-        ids.append(&more);
+        ids.extend(more.iter());
         assert_eq!(ids.get(2), ("z", 9));
         assert_eq!(ids.bytes(), 31);
     }
