@@ -293,12 +293,20 @@ impl StateStore for RocksDbStore {
             x.0.cmp(&y.0).then_with(|| inserts.get(x.1).0.cmp(inserts.get(y.1).0))
         });
         let mut key = smallvec::SmallVec::<[u8; 64]>::new();
-        for &(h, i) in &order {
-            let (id, t) = inserts.get(i);
-            key.clear();
-            key.extend_from_slice(&h.to_be_bytes());
-            key.extend_from_slice(id.as_bytes());
-            wb.put_cf(ids_cf, &key, t.to_le_bytes());
+        // In hash order the ids are read from all over their buffer, a cache miss or two each:
+        // a chunk's ids are loaded first, independently, so that the misses overlap instead of
+        // each waiting behind the last one's memtable insert (perf, one core: reading the ids
+        // was 6 % of a replay's samples this way round).
+        for chunk in order.chunks(16) {
+            let warm = chunk.iter().map(|&(_, i)| inserts.get(i).0.bytes().next_back());
+            std::hint::black_box(warm.fold(0u8, |x, b| x ^ b.unwrap_or(0)));
+            for &(h, i) in chunk {
+                let (id, t) = inserts.get(i);
+                key.clear();
+                key.extend_from_slice(&h.to_be_bytes());
+                key.extend_from_slice(id.as_bytes());
+                wb.put_cf(ids_cf, &key, t.to_le_bytes());
+            }
         }
         if order.capacity() > 4 * order.len().max(1 << 16) {
             order = Vec::new(); // a burst's room is not kept for good
