@@ -300,6 +300,9 @@ fn replay_into<K: Sink + Send + 'static>(
     }
     let counters = processor.counters().clone();
     coord.sink().write_success(&summary_json(&counters))?;
+    // The store closes when the coordinator and the processor let it go: the coordinator first.
+    drop(coord);
+    processor.release();
     let secs = started.elapsed().as_secs_f64().max(f64::EPSILON);
     info!(lines = counters.lines, secs = %format!("{secs:.2}"), lines_per_sec = (counters.lines as f64 / secs) as u64, workers, "Replay complete.");
     Ok(Outcome::Completed(counters))

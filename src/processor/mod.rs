@@ -272,6 +272,20 @@ impl Processor {
         }
     }
 
+    /// Ends a processor whose last checkpoint is committed: lets go of the state store first,
+    /// then frees its caches on a thread of their own. The caches are hundreds of MiB in
+    /// millions of allocations that the process's exit makes pointless; freed in line, with
+    /// the store closing after them, they were ~5 % of a one-core replay of 1 M lines (perf:
+    /// the table frees, then the allocator consolidating what they freed when the store's
+    /// close allocated). The store closes here, in line: not on a thread that the exit might
+    /// overtake.
+    pub fn release(mut self) {
+        self.backing = None;
+        self.sessions.detach();
+        self.dedup.detach();
+        let _ = std::thread::Builder::new().name("free-caches".into()).spawn(move || drop(self));
+    }
+
     /// Counts a line the source could not hold, as too large.
     pub fn process_oversized(&mut self, o: &Oversized) -> SourcePosition {
         self.counters.lines += 1;

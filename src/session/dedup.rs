@@ -204,6 +204,11 @@ impl Dedup {
         self.forgotten_before = Some(before);
     }
 
+    /// Lets go of the store (see [`crate::session::Sessionizer::detach`]).
+    pub fn detach(&mut self) {
+        self.backing = None;
+    }
+
     /// Takes what changed since the last call, for the checkpoint batch number `batch`; with a
     /// backing, ids of durable batches leave memory.
     pub fn take_changes(&mut self, batch: u64) -> DedupChanges {

@@ -414,6 +414,12 @@ impl Sessionizer {
         }
     }
 
+    /// Lets go of the store, so that it can close while the cache is still held (see
+    /// [`crate::processor::Processor::release`]); nothing is read from it after.
+    pub fn detach(&mut self) {
+        self.backing = None;
+    }
+
     /// Takes what changed since the last call, for the checkpoint batch number `batch`.
     pub fn take_changes(&mut self, batch: u64) -> SessionChanges {
         self.batch = batch;
