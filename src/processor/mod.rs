@@ -183,6 +183,14 @@ impl Processor {
         self.end_step = most.max(1);
     }
 
+    /// Whether the next end-of-input step closes every session left: fewer are open than a
+    /// step holds. Such a step need not start from durable state (see `app::drive`): nothing
+    /// is left whose step could depend on the commit timing, and its rows are sorted.
+    #[must_use]
+    pub fn one_step_left(&self) -> bool {
+        self.sessions.open_sessions() < self.end_step as u64
+    }
+
     /// Swaps in another schema set: the lines processed from now on use it.
     pub fn set_extractor(&mut self, x: Arc<Extractor>) {
         let id = x.versions();
