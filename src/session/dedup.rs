@@ -498,4 +498,102 @@ mod tests {
         assert!(!again.contains("old"), "a forgotten hour does not count, stored or not");
         assert!(again.contains("new"));
     }
+
+    /// One step of a run: an event (an id from a small set, so that copies come, and an
+    /// offset of its time from the run's clock), a checkpoint, or a restart.
+    #[derive(Debug, Clone)]
+    enum Step {
+        Event(u16, i64),
+        Checkpoint { durable_now: bool },
+        Restart,
+    }
+
+    fn steps() -> impl proptest::strategy::Strategy<Value = Vec<Step>> {
+        use proptest::prelude::*;
+        let step = prop_oneof![
+            20 => (0u16..400, -2 * HOUR_MS..HOUR_MS / 2).prop_map(|(id, dt)| Step::Event(id, dt)),
+            2 => any::<bool>().prop_map(|durable_now| Step::Checkpoint { durable_now }),
+            1 => Just(Step::Restart),
+        ];
+        proptest::collection::vec(step, 1..600)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+        /// A cache over a store, as small as a shard table gets, shrinking, restarted, its
+        /// batches written late, answers every lookup as memory alone does.
+        #[test]
+        fn a_bounded_cache_over_a_store_answers_as_memory_alone(
+            run in steps(),
+            slots in proptest::sample::select(vec![0usize, 16 * 16, 16 * 64]),
+        ) {
+            use crate::state::{CheckpointBatch, StateStore};
+            const HORIZON: i64 = 3 * HOUR_MS;
+            let mut store = crate::state::memory::MemoryStore::default();
+            let budget = slots * SLOT_BYTES;
+            let mut model = Dedup::new(HORIZON);
+            let mut d = Dedup::new(HORIZON);
+            d.restore(None, None, store.backing(), budget);
+            let (mut clock, mut max_time, mut batch) = (10 * HOUR_MS, None::<i64>, 0u64);
+            let mut unwritten: Vec<CheckpointBatch> = Vec::new();
+            for step in run {
+                match step {
+                    Step::Event(id, dt) => {
+                        clock += 60_000;
+                        let (id, t) = (format!("m-{id}"), clock + dt);
+                        let seen = model.contains(&id);
+                        proptest::prop_assert_eq!(d.contains(&id), seen, "{}", id);
+                        if !seen {
+                            model.insert(&id, t);
+                            d.insert(&id, t);
+                            max_time = max_time.max(Some(t));
+                        }
+                    }
+                    Step::Checkpoint { durable_now } => {
+                        let watermark = max_time.map(|t| t - HOUR_MS);
+                        model.expire(watermark);
+                        d.expire(watermark);
+                        batch += 1;
+                        let _ = model.take_changes(batch);
+                        let dedup = d.take_changes(batch);
+                        unwritten.push(CheckpointBatch { seq: batch, dedup, ..Default::default() });
+                        if durable_now {
+                            for b in unwritten.drain(..) {
+                                store.write_batch(&b).unwrap();
+                            }
+                        }
+                    }
+                    Step::Restart => {
+                        // From the last checkpoint, made durable first: the ids accepted since
+                        // are gone with the process (their events come again).
+                        let watermark = max_time.map(|t| t - HOUR_MS);
+                        model.expire(watermark);
+                        d.expire(watermark);
+                        batch += 1;
+                        let _ = model.take_changes(batch);
+                        let dedup = d.take_changes(batch);
+                        unwritten.push(CheckpointBatch { seq: batch, dedup, ..Default::default() });
+                        for b in unwritten.drain(..) {
+                            store.write_batch(&b).unwrap();
+                        }
+                        let forgotten = d.forgotten_before();
+                        // A new process numbers its batches from 1 again: its store handle
+                        // starts with none durable.
+                        let ids = store.read_all().unwrap().ids.into_iter().collect::<Ids>();
+                        store = crate::state::memory::MemoryStore::default();
+                        let all = CheckpointBatch { dedup: DedupChanges { inserts: ids }, ..Default::default() };
+                        store.write_batch(&all).unwrap();
+                        d = Dedup::new(HORIZON);
+                        d.restore(forgotten, max_time, store.backing(), budget);
+                        batch = 0;
+                        model.next_batch = 0;
+                    }
+                }
+            }
+            for id in 0..400 {
+                let id = format!("m-{id}");
+                proptest::prop_assert_eq!(d.contains(&id), model.contains(&id), "{}", id);
+            }
+        }
+    }
 }
