@@ -186,23 +186,34 @@ fn a_reload_that_adds_a_kind_counts_it_from_then_on_and_old_rows_lack_the_column
 /// Every customer's events through a processor over a store, then the end of input: in
 /// steps of `step` sessions (each step's batch durable before the next, as `replay` does),
 /// the rows of each checkpoint.
-fn close_in_steps(step: Option<usize>, cache: usize) -> Vec<Vec<String>> {
-    use crate::state::{StateStore, memory::MemoryStore};
-    use std::fmt::Write;
+/// A processor over an empty store whose session and id caches hold `cache` bytes.
+fn over_a_store(cache: usize) -> (Processor, crate::state::memory::MemoryStore) {
+    use crate::state::StateStore;
     let rules = Rules { gap_ms: 60_000, lateness_ms: 3_600_000, dedup_horizon_ms: 3_600_000 };
     let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
-    let mut store = MemoryStore::default();
+    let store = crate::state::memory::MemoryStore::default();
     p.restore(None, store.backing(), cache);
-    if let Some(n) = step {
-        p.set_end_step(n);
-    }
+    (p, store)
+}
+
+/// 3,000 events of 700 customers, some with two sessions open at the end.
+fn open_at_the_end() -> Vec<u8> {
+    use std::fmt::Write;
     let mut text = String::new();
     for i in 0..3_000u64 {
-        // 700 customers, some with two sessions open at the end.
         let (c, t) = ((i * 7_919) % 700, 1_709_510_400 + i + (i % 3) * 200);
         writeln!(text, "{{\"id\":{i},\"c\":\"c{c}\",\"t\":{t}}}").unwrap();
     }
-    let data = text.into_bytes();
+    text.into_bytes()
+}
+
+fn close_in_steps(step: Option<usize>, cache: usize) -> Vec<Vec<String>> {
+    use crate::state::StateStore;
+    let (mut p, mut store) = over_a_store(cache);
+    if let Some(n) = step {
+        p.set_end_step(n);
+    }
+    let data = open_at_the_end();
     let base = MetaBase { inputs: vec![], settings: String::new() };
     let mut outs = Vec::new();
     // The last interval touches few customers: those close first, the others by the index.
@@ -251,19 +262,10 @@ fn the_end_of_input_closes_in_steps_the_rows_one_close_gives() {
 /// written first or not (still being committed): whether one step was left, whether it
 /// finished, and its rows.
 fn last_step(durable_before: bool, step: usize) -> (bool, bool, Vec<String>) {
-    use crate::state::{StateStore, memory::MemoryStore};
-    use std::fmt::Write;
-    let rules = Rules { gap_ms: 60_000, lateness_ms: 3_600_000, dedup_horizon_ms: 3_600_000 };
-    let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
-    let mut store = MemoryStore::default();
-    p.restore(None, store.backing(), 64 << 20);
+    use crate::state::StateStore;
+    let (mut p, mut store) = over_a_store(64 << 20);
     p.set_end_step(step);
-    let mut text = String::new();
-    for i in 0..3_000u64 {
-        let (c, t) = ((i * 7_919) % 700, 1_709_510_400 + i + (i % 3) * 200);
-        writeln!(text, "{{\"id\":{i},\"c\":\"c{c}\",\"t\":{t}}}").unwrap();
-    }
-    let data = text.into_bytes();
+    let data = open_at_the_end();
     let base = MetaBase { inputs: vec![], settings: String::new() };
     let pos = feed(&mut p, &data, (0, data.len()), 0);
     let (_, batch) = p.checkpoint(pos, false, base.clone()).unwrap();

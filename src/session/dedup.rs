@@ -54,10 +54,9 @@ fn shard_of(hash: u64) -> usize {
 /// (whose bloom filters answer "never seen" — almost every id — without reading a block).
 /// After a restart, memory starts empty and the backing answers until the hours of before the
 /// restart are forgotten. Exact either way: memory and filters only ever save a read.
-#[derive(Default)]
 pub struct Dedup {
     horizon: i64,
-    /// The cache, by [`shard_of`] the id's hash (empty until the first insert or restore).
+    /// The cache, by [`shard_of`] the id's hash.
     shards: Vec<Shard>,
     /// Ids accepted since the last batch was taken, for the next one (no scan of the table).
     fresh: Ids,
@@ -102,7 +101,16 @@ impl Dedup {
     /// Remembers ids for at least `horizon` milliseconds of event time past the watermark.
     #[must_use]
     pub fn new(horizon: i64) -> Self {
-        Dedup { horizon, ..Dedup::default() }
+        Dedup {
+            horizon,
+            shards: std::iter::repeat_with(Shard::default).take(SHARDS).collect(),
+            fresh: Ids::default(),
+            next_batch: 0,
+            forgotten_before: None,
+            backing: None,
+            turn: 0,
+            limit: 0,
+        }
     }
 
     /// Continues from durable state: `backing` holds the ids, `forgotten_before` is the last
@@ -122,7 +130,6 @@ impl Dedup {
         let slots = budget / SLOT_BYTES / SHARDS;
         self.limit = if slots < 16 { 0 } else { (1usize << slots.ilog2()) / 8 * 7 };
         let below = max_time.map_or(i64::MIN, |t| t.div_euclid(HOUR_MS) + 1);
-        self.shards.resize_with(SHARDS, Shard::default);
         for shard in &mut self.shards {
             shard.disk_only_below = below;
             shard.ids.reserve(self.limit, |s| hash(&s.0));
@@ -149,9 +156,6 @@ impl Dedup {
     /// Remembers an accepted id.
     pub fn insert(&mut self, id: &str, time: i64) {
         self.fresh.push(id, time);
-        if self.shards.is_empty() {
-            self.shards.resize_with(SHARDS, Shard::default);
-        }
         let h = hash(id);
         let batch = self.next_batch.max(1);
         let Some(shard) = self.shards.get_mut(shard_of(h)) else { return };
@@ -241,7 +245,6 @@ impl Dedup {
             let room = shard.ids.capacity() - shard.ids.len();
             if shard.ids.len() > limit / 8 * 7 || room < limit / 8 {
                 shard.shrink(durable, cut, limit);
-                shard.rehash(limit);
             }
         }
         let mut left = SHRINKS_AHEAD;
@@ -250,7 +253,6 @@ impl Dedup {
             let Some(shard) = self.shards.get_mut(k) else { break };
             if shard.ids.len() > limit / 2 {
                 shard.shrink(durable, cut, limit);
-                shard.rehash(limit);
                 self.turn = k + 1;
                 left -= 1;
                 if left == 0 {
@@ -266,8 +268,15 @@ impl Shard {
     /// `limit` (ids not durable stay whatever their hour); it then holds every id of its range
     /// only from the first hour kept. Down to three eighths, so that this pass runs now and
     /// then, not at every checkpoint once the shard is full, and so that the table can be
-    /// rehashed in place. Two passes over this shard: one counts what may go by hour.
+    /// rehashed in place (which follows). Two passes over this shard: one counts what may go
+    /// by hour.
     fn shrink(&mut self, durable: u64, cut: i64, limit: usize) {
+        self.drop_oldest(durable, cut, limit);
+        self.rehash(limit);
+    }
+
+    /// The first half of [`Shard::shrink`]: the oldest durable hours leave.
+    fn drop_oldest(&mut self, durable: u64, cut: i64, limit: usize) {
         let over = self.ids.len().saturating_sub(limit / 8 * 3);
         if over == 0 {
             return; // only the removed ids' tombstones were in the way: `rehash` is enough
@@ -406,17 +415,19 @@ mod tests {
         assert!(replaced > 0, "no forgotten id came again");
     }
 
-    #[test]
-    fn a_full_cache_shrinks_within_its_tables_and_never_doubles_them() {
+    /// Fills `d` (over `store`) with `per` ids a batch, four batches an hour, each batch
+    /// durable at once; after each, calls `check` with the batch and the shards' sizes before
+    /// it.
+    fn fill(
+        d: &mut Dedup,
+        store: &mut crate::state::memory::MemoryStore,
+        (batches, per): (u64, i64),
+        mut check: impl FnMut(u64, &Dedup, &[usize]),
+    ) {
         use crate::state::{CheckpointBatch, StateStore};
-        let mut store = crate::state::memory::MemoryStore::default();
-        let mut d = Dedup::new(100 * HOUR_MS);
-        d.restore(None, None, store.backing(), 40_000 * SLOT_BYTES);
-        let room: Vec<usize> = d.shards.iter().map(|s| s.ids.capacity()).collect();
-        let mut shrinks = 0;
-        for batch in 1..=200u64 {
+        for batch in 1..=batches {
             let hour = i64::try_from(batch).unwrap() / 4 * HOUR_MS;
-            for i in 0..2_000i64 {
+            for i in 0..per {
                 d.insert(&format!("{batch}-{i}"), hour + i);
             }
             let before: Vec<usize> = d.shards.iter().map(|s| s.ids.len()).collect();
@@ -424,6 +435,19 @@ mod tests {
             store
                 .write_batch(&CheckpointBatch { seq: batch, dedup: ch, ..Default::default() })
                 .unwrap();
+            check(batch, d, &before);
+        }
+    }
+
+    #[test]
+    fn a_full_cache_shrinks_within_its_tables_and_never_doubles_them() {
+        use crate::state::StateStore;
+        let mut store = crate::state::memory::MemoryStore::default();
+        let mut d = Dedup::new(100 * HOUR_MS);
+        d.restore(None, None, store.backing(), 40_000 * SLOT_BYTES);
+        let room: Vec<usize> = d.shards.iter().map(|s| s.ids.capacity()).collect();
+        let mut shrinks = 0;
+        fill(&mut d, &mut store, (200, 2_000), |batch, d, before| {
             // Hashbrown leaves tombstones where a shrink removed ids (its capacity counts them
             // out); a table filled past half with ids grows (doubles) instead of rehashing in
             // place once they use up its room.
@@ -436,31 +460,22 @@ mod tests {
                     room[k]
                 );
             }
-        }
+        });
         assert!(shrinks > 3 * SHARDS, "the shards shrank {shrinks} times: the test shows nothing");
     }
 
     #[test]
     fn shards_shrink_at_different_checkpoints() {
-        use crate::state::{CheckpointBatch, StateStore};
+        use crate::state::StateStore;
         let mut store = crate::state::memory::MemoryStore::default();
         let mut d = Dedup::new(100 * HOUR_MS);
         d.restore(None, None, store.backing(), 64_000 * SLOT_BYTES);
         let (mut most, mut shrinks) = (0, 0);
-        for batch in 1..=300u64 {
-            let hour = i64::try_from(batch).unwrap() / 4 * HOUR_MS;
-            for i in 0..1_000i64 {
-                d.insert(&format!("{batch}-{i}"), hour + i);
-            }
-            let before: Vec<usize> = d.shards.iter().map(|s| s.ids.len()).collect();
-            let ch = d.take_changes(batch);
-            store
-                .write_batch(&CheckpointBatch { seq: batch, dedup: ch, ..Default::default() })
-                .unwrap();
-            let now = d.shards.iter().zip(&before).filter(|(s, b)| s.ids.len() < **b).count();
+        fill(&mut d, &mut store, (300, 1_000), |_, d, before| {
+            let now = d.shards.iter().zip(before).filter(|(s, b)| s.ids.len() < **b).count();
             most = most.max(now);
             shrinks += now;
-        }
+        });
         assert!(shrinks > 3 * SHARDS, "the shards shrank {shrinks} times: the test shows nothing");
         // One pass over the whole cache in a checkpoint was the pause's worst case: the shards
         // take their turns instead (two in turn, and those whose removed ids' tombstones used
@@ -518,6 +533,25 @@ mod tests {
         proptest::collection::vec(step, 1..600)
     }
 
+    /// A checkpoint of both caches, as the processor takes it: forget by the watermark, then
+    /// take the changes. Returns the cache's batch (the model's has nothing to write).
+    fn checkpoint(
+        model: &mut Dedup,
+        d: &mut Dedup,
+        batch: u64,
+        max_time: Option<i64>,
+    ) -> crate::state::CheckpointBatch {
+        let watermark = max_time.map(|t| t - HOUR_MS);
+        model.expire(watermark);
+        d.expire(watermark);
+        let _ = model.take_changes(batch);
+        crate::state::CheckpointBatch {
+            seq: batch,
+            dedup: d.take_changes(batch),
+            ..Default::default()
+        }
+    }
+
     proptest::proptest! {
         #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
         /// A cache over a store, as small as a shard table gets, shrinking, restarted, its
@@ -550,13 +584,8 @@ mod tests {
                         }
                     }
                     Step::Checkpoint { durable_now } => {
-                        let watermark = max_time.map(|t| t - HOUR_MS);
-                        model.expire(watermark);
-                        d.expire(watermark);
                         batch += 1;
-                        let _ = model.take_changes(batch);
-                        let dedup = d.take_changes(batch);
-                        unwritten.push(CheckpointBatch { seq: batch, dedup, ..Default::default() });
+                        unwritten.push(checkpoint(&mut model, &mut d, batch, max_time));
                         if durable_now {
                             for b in unwritten.drain(..) {
                                 store.write_batch(&b).unwrap();
@@ -566,13 +595,8 @@ mod tests {
                     Step::Restart => {
                         // From the last checkpoint, made durable first: the ids accepted since
                         // are gone with the process (their events come again).
-                        let watermark = max_time.map(|t| t - HOUR_MS);
-                        model.expire(watermark);
-                        d.expire(watermark);
                         batch += 1;
-                        let _ = model.take_changes(batch);
-                        let dedup = d.take_changes(batch);
-                        unwritten.push(CheckpointBatch { seq: batch, dedup, ..Default::default() });
+                        unwritten.push(checkpoint(&mut model, &mut d, batch, max_time));
                         for b in unwritten.drain(..) {
                             store.write_batch(&b).unwrap();
                         }
