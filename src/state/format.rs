@@ -29,7 +29,16 @@ const SESSION_MARK: [u8; 2] = [0, 3];
 /// # Errors
 /// Never for these types; postcard's error is passed on.
 pub fn encode_sessions(s: &[Session]) -> Result<Vec<u8>, postcard::Error> {
-    postcard::to_extend(s, SESSION_MARK.to_vec())
+    encode_sessions_into(s, Vec::new())
+}
+
+/// Appends the encoding of one customer's open sessions to `out`.
+///
+/// # Errors
+/// Never for these types; postcard's error is passed on.
+pub fn encode_sessions_into(s: &[Session], mut out: Vec<u8>) -> Result<Vec<u8>, postcard::Error> {
+    out.extend_from_slice(&SESSION_MARK);
+    postcard::to_extend(s, out)
 }
 
 /// Decodes one customer's open sessions, of this version or the previous one.

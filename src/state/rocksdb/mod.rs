@@ -168,9 +168,14 @@ fn decode_meta(path: &str, v: &[u8]) -> Result<Meta, StateError> {
 /// Index key: the end (sign bit flipped, so negative times order first) then the customer.
 fn closing_key(end: i64, customer: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + customer.len());
-    k.extend_from_slice(&((end as u64) ^ (1 << 63)).to_be_bytes());
+    k.extend_from_slice(&closing_order(end).to_be_bytes());
     k.extend_from_slice(customer.as_bytes());
     k
+}
+
+/// An end as the unsigned number a [`closing_key`] starts with (big-endian): in key order.
+fn closing_order(end: i64) -> u64 {
+    (end as u64) ^ (1 << 63)
 }
 
 /// The end a [`closing_key`] starts with.
@@ -246,17 +251,48 @@ impl StateStore for RocksDbStore {
         let mut order = std::mem::take(&mut self.id_order);
         let (meta_cf, sess_cf, closing_cf, ids_cf) =
             (self.cf(CF_META)?, self.cf(CF_SESSIONS)?, self.cf(CF_CLOSING)?, self.cf(CF_IDS)?);
-        // Sized up front: a batch of a million ids otherwise grows its buffer by doubling, each
-        // step a copy into freshly faulted pages (measured: most page faults of a replay).
-        let ids_bytes = b.dedup.inserts.bytes() + b.dedup.inserts.len() * (8 + 8 + 8);
-        let sessions_bytes: usize =
-            b.sessions.upserts.iter().map(|(k, v)| 2 * (k.len() + 16 + 128 * v.len())).sum();
-        let mut wb = WriteBatch::with_capacity_bytes(ids_bytes + sessions_bytes + 4096);
+        // Every session record is encoded first, into one buffer (one allocation, not one per
+        // customer), so that the batch is sized exactly: a batch of a million ids otherwise
+        // grows its buffer by doubling, each step a copy into freshly faulted pages (measured:
+        // most page faults of a replay).
         let enc = |e: postcard::Error| StateError::Corrupt {
             path: self.shared.path.clone(),
             what: "encoded",
             source: e,
         };
+        let mut upserts: Vec<&(Key, Arc<Vec<Session>>)> = b.sessions.upserts.iter().collect();
+        upserts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+        let mut values = Vec::with_capacity(upserts.iter().map(|(_, v)| 2 + 64 * v.len()).sum());
+        // The index is keyed by end first: in customer order its keys would land all over its
+        // skip list, so they go in a pass of their own, in their own order.
+        let mut index: Vec<(u64, &str, std::ops::Range<usize>)> = Vec::with_capacity(upserts.len());
+        let mut put: Vec<Option<std::ops::Range<usize>>> = Vec::with_capacity(upserts.len());
+        for (k, v) in &upserts {
+            put.push(match v.first() {
+                Some(first) => {
+                    let at = values.len();
+                    values = format::encode_sessions_into(v, values).map_err(enc)?;
+                    index.push((closing_order(first.end), k, at..values.len()));
+                    Some(at..values.len())
+                }
+                None => None,
+            });
+        }
+        index.sort_unstable_by(|x, y| (x.0, x.1).cmp(&(y.0, y.1)));
+        // Per entry: a tag, a family number and two lengths, a closing key's end.
+        let per_entry = 1 + 5 + 5 + 5 + 8;
+        let entries = b.dedup.inserts.len()
+            + b.sessions.deletes.len()
+            + b.sessions.unindex.len()
+            + 2 * upserts.len()
+            + 1;
+        let keys: usize = upserts.iter().map(|(k, _)| 2 * k.len()).sum::<usize>()
+            + b.sessions.unindex.iter().map(|(k, _)| k.len()).sum::<usize>()
+            + b.sessions.deletes.iter().map(|k| k.len()).sum::<usize>();
+        let ids_bytes = b.dedup.inserts.bytes() + b.dedup.inserts.len() * (8 + 8);
+        let mut wb = WriteBatch::with_capacity_bytes(
+            entries * per_entry + keys + 2 * values.len() + ids_bytes + 4096,
+        );
         // Each family in key order (see the ids below); every key is in one list only, so the
         // order across lists does not matter.
         let mut deletes: Vec<&str> = b.sessions.deletes.iter().map(|k| &**k).collect();
@@ -270,16 +306,18 @@ impl StateStore for RocksDbStore {
         for k in &unindex {
             wb.delete_cf(closing_cf, k);
         }
-        let mut upserts: Vec<&(Key, Arc<Vec<Session>>)> = b.sessions.upserts.iter().collect();
-        upserts.sort_unstable_by(|x, y| x.0.cmp(&y.0));
-        for (k, v) in upserts {
-            if let Some(first) = v.first() {
-                let v = format::encode_sessions(v).map_err(enc)?;
-                wb.put_cf(closing_cf, closing_key(first.end, k), &v);
-                wb.put_cf(sess_cf, k.as_bytes(), v);
-            } else {
-                wb.delete_cf(sess_cf, k.as_bytes());
+        for ((k, _), at) in upserts.iter().zip(put) {
+            match at {
+                Some(at) => wb.put_cf(sess_cf, k.as_bytes(), &values[at]),
+                None => wb.delete_cf(sess_cf, k.as_bytes()),
             }
+        }
+        let mut key = smallvec::SmallVec::<[u8; 64]>::new();
+        for (end, customer, at) in index {
+            key.clear();
+            key.extend_from_slice(&end.to_be_bytes());
+            key.extend_from_slice(customer.as_bytes());
+            wb.put_cf(closing_cf, &key, &values[at]);
         }
         // In key order: the memtable's skip list then inserts each key next to the last one
         // instead of searching from its head (a third of a checkpoint's cost, unsorted). Sorted
@@ -292,7 +330,6 @@ impl StateStore for RocksDbStore {
         order.sort_unstable_by(|x, y| {
             x.0.cmp(&y.0).then_with(|| inserts.get(x.1).0.cmp(inserts.get(y.1).0))
         });
-        let mut key = smallvec::SmallVec::<[u8; 64]>::new();
         // In hash order the ids are read from all over their buffer, a cache miss or two each:
         // a chunk's ids are loaded first, independently, so that the misses overlap instead of
         // each waiting behind the last one's memtable insert (perf, one core: reading the ids
