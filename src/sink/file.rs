@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 
 const SESSIONS: &str = "sessions";
 const DEAD_LETTER: &str = "dead-letter";
+const DAY_MS: i64 = 86_400_000;
+/// About what a session row takes as a JSON line.
+const ROW_BYTES: usize = 256;
 /// Written last, with the summary, when a replay completes (as Hadoop's `_SUCCESS`).
 pub const SUCCESS: &str = "_SUCCESS";
 
@@ -100,14 +103,21 @@ impl super::Sink for FileSink {
         rows: &[SessionRow],
         dead: &[DeadLetter],
     ) -> Result<(), SinkError> {
-        let mut by_date: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+        // By day number, not by its text: a date string per row was an allocation each.
+        let mut by_day: BTreeMap<i64, Vec<u8>> = BTreeMap::new();
         for r in rows {
-            let buf = by_date.entry(r.date()).or_default();
+            let room = if by_day.is_empty() { rows.len() * ROW_BYTES } else { 0 };
+            // Room for the whole epoch in the first day's buffer (an epoch mostly falls on
+            // one day): no regrowth copying megabytes.
+            let buf = by_day
+                .entry(r.session_start.div_euclid(DAY_MS))
+                .or_insert_with(|| Vec::with_capacity(room));
             // Serializing plain strings and integers to memory cannot fail.
             let _ = serde_json::to_writer(&mut *buf, r);
             buf.push(b'\n');
         }
-        for (date, buf) in by_date {
+        for (day, buf) in by_day {
+            let date = crate::aggregate::utc_date(day * DAY_MS);
             let dir = self.root.join(SESSIONS).join(format!("dt={date}"));
             if !dir.is_dir() {
                 fs::create_dir_all(&dir).map_err(io("create directory", &dir))?;
