@@ -61,8 +61,9 @@ impl EpochOutput {
         if self.closed.is_empty() {
             return;
         }
-        let (sets, layout) = (&self.sets, &self.layout);
-        self.rows.extend(self.closed.drain(..).map(|c| SessionRow::fold(c, sets, layout)));
+        let sets: Vec<Arc<str>> = self.sets.iter().map(|s| Arc::from(s.as_str())).collect();
+        let layout = &self.layout;
+        self.rows.extend(self.closed.drain(..).map(|c| SessionRow::fold(c, &sets, layout)));
         // Unstable: no two rows have the same customer and start (a session closes once).
         self.rows.sort_unstable_by(|a, b| {
             (&a.customer_id, a.session_start).cmp(&(&b.customer_id, b.session_start))

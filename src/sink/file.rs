@@ -112,9 +112,7 @@ impl super::Sink for FileSink {
             let buf = by_day
                 .entry(r.session_start.div_euclid(DAY_MS))
                 .or_insert_with(|| Vec::with_capacity(room));
-            // Serializing plain strings and integers to memory cannot fail.
-            let _ = serde_json::to_writer(&mut *buf, r);
-            buf.push(b'\n');
+            r.write_json_line(buf);
         }
         for (day, buf) in by_day {
             let date = crate::aggregate::utc_date(day * DAY_MS);
@@ -209,7 +207,7 @@ mod tests {
             counts: [0; 4].into(),
             attrs: Vec::new(),
             layout: std::sync::Arc::new(crate::aggregate::RowLayout::classic()),
-            schema_sets: vec!["web@1".into()],
+            schema_sets: [std::sync::Arc::from("web@1")].into_iter().collect(),
         }
     }
 

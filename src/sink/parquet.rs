@@ -224,7 +224,7 @@ mod tests {
             counts: [2, 1, 0, 0].into(),
             attrs: Vec::new(),
             layout: Arc::new(RowLayout::classic()),
-            schema_sets: sets.iter().map(|s| (*s).to_owned()).collect(),
+            schema_sets: sets.iter().map(|s| Arc::from(*s)).collect(),
         };
         let bytes = encode(&[row("a", &["web@1"]), row("b", &["web@1", "web@2"])]).unwrap();
         let mut f = tempfile::tempfile().unwrap();

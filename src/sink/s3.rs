@@ -145,9 +145,7 @@ pub fn encode(
         } else {
             let mut buf = Vec::new();
             for r in part {
-                // Serializing plain strings and integers to memory cannot fail.
-                let _ = serde_json::to_writer(&mut buf, r);
-                buf.push(b'\n');
+                r.write_json_line(&mut buf);
             }
             out.push((format!("{dir}/{name}"), gzip(&buf)));
         }
