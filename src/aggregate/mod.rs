@@ -111,12 +111,6 @@ impl SessionRow {
         let i = self.layout.kinds.iter().position(|(c, _)| &**c == column)?;
         self.counts.get(i).copied()
     }
-
-    /// The UTC date of the session start, `YYYY-MM-DD`: the output partition.
-    #[must_use]
-    pub fn date(&self) -> String {
-        utc_date(self.session_start)
-    }
 }
 
 impl SessionRow {

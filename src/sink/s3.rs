@@ -119,7 +119,7 @@ impl S3Sink {
 }
 
 /// The objects of checkpoint `id` of `stream`: rows by session start hour (gzip JSON Lines or
-/// Parquet), and dead letters; (key under the prefix, body) each, in key order.
+/// Parquet) in the order of their hours, then dead letters; (key under the prefix, body) each.
 ///
 /// # Errors
 /// Parquet encoding failed.
@@ -130,14 +130,15 @@ pub fn encode(
     dead: &[DeadLetter],
     parquet: bool,
 ) -> Result<Vec<(String, Vec<u8>)>, SinkError> {
-    let mut by_hour: BTreeMap<(String, i64), Vec<&SessionRow>> = BTreeMap::new();
+    // By hour since the epoch: no date string per row.
+    let mut by_hour: BTreeMap<i64, Vec<&SessionRow>> = BTreeMap::new();
     for r in rows {
-        let hour = r.session_start.div_euclid(3_600_000).rem_euclid(24);
-        by_hour.entry((r.date(), hour)).or_default().push(r);
+        by_hour.entry(r.session_start.div_euclid(3_600_000)).or_default().push(r);
     }
     let name = format!("{stream}-{id:010}.jsonl.gz");
     let mut out = Vec::new();
-    for ((date, hour), part) in by_hour {
+    for (hours, part) in by_hour {
+        let (date, hour) = (crate::aggregate::utc_date(hours * 3_600_000), hours.rem_euclid(24));
         let dir = format!("sessions/dt={date}/hour={hour:02}");
         if parquet {
             let owned: Vec<SessionRow> = part.into_iter().cloned().collect();

@@ -288,7 +288,7 @@ impl StateStore for RocksDbStore {
             + 1;
         let keys: usize = upserts.iter().map(|(k, _)| 2 * k.len()).sum::<usize>()
             + b.sessions.unindex.iter().map(|(k, _)| k.len()).sum::<usize>()
-            + b.sessions.deletes.iter().map(|k| k.len()).sum::<usize>();
+            + b.sessions.deletes.iter().map(compact_str::CompactString::len).sum::<usize>();
         let ids_bytes = b.dedup.inserts.bytes() + b.dedup.inserts.len() * (8 + 8);
         let mut wb = WriteBatch::with_capacity_bytes(
             entries * per_entry + keys + 2 * values.len() + ids_bytes + 4096,
