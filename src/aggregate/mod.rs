@@ -111,9 +111,7 @@ impl SessionRow {
         let i = self.layout.kinds.iter().position(|(c, _)| &**c == column)?;
         self.counts.get(i).copied()
     }
-}
 
-impl SessionRow {
     /// Appends the row as one JSON line: the same bytes as its [`Serialize`] form through
     /// `serde_json`, written directly (a generic map serializer escaped every key of every
     /// row; measured at 10 M customers, a row each 1.5 events: 4 % of a replay's samples).

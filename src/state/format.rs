@@ -24,15 +24,8 @@ pub const OLDEST_READABLE: u32 = 2;
 
 const SESSION_MARK: [u8; 2] = [0, 3];
 
-/// Encodes one customer's open sessions.
-///
-/// # Errors
-/// Never for these types; postcard's error is passed on.
-pub fn encode_sessions(s: &[Session]) -> Result<Vec<u8>, postcard::Error> {
-    encode_sessions_into(s, Vec::new())
-}
-
-/// Appends the encoding of one customer's open sessions to `out`.
+/// Appends the encoding of one customer's open sessions to `out` (a checkpoint encodes all of
+/// its records into one buffer).
 ///
 /// # Errors
 /// Never for these types; postcard's error is passed on.
@@ -267,7 +260,7 @@ mod tests {
             schema_sets: (0, 0),
             attrs: vec![AttrState::Unset, AttrState::At(1, Value::Str("ios".into()))],
         }];
-        let bytes = encode_sessions(&s).unwrap();
+        let bytes = encode_sessions_into(&s, Vec::new()).unwrap();
         assert_eq!(bytes[0], 0);
         assert_eq!(decode_sessions(&bytes).unwrap(), s);
         assert!(decode_sessions(&[0, 9, 1]).is_err());
