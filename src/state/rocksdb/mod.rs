@@ -168,9 +168,14 @@ fn decode_meta(path: &str, v: &[u8]) -> Result<Meta, StateError> {
 /// Index key: the end (sign bit flipped, so negative times order first) then the customer.
 fn closing_key(end: i64, customer: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(8 + customer.len());
-    k.extend_from_slice(&closing_order(end).to_be_bytes());
-    k.extend_from_slice(customer.as_bytes());
+    closing_key_into(&mut k, closing_order(end), customer);
     k
+}
+
+/// Appends the [`closing_key`] of an end given as [`closing_order`] to `k`.
+fn closing_key_into(k: &mut impl Extend<u8>, order: u64, customer: &str) {
+    k.extend(order.to_be_bytes());
+    k.extend(customer.bytes());
 }
 
 /// An end as the unsigned number a [`closing_key`] starts with (big-endian): in key order.
@@ -300,11 +305,14 @@ impl StateStore for RocksDbStore {
         for k in deletes {
             wb.delete_cf(sess_cf, k.as_bytes());
         }
-        let mut unindex: Vec<Vec<u8>> =
-            b.sessions.unindex.iter().map(|(k, end)| closing_key(*end, k)).collect();
+        let mut key = smallvec::SmallVec::<[u8; 64]>::new();
+        let mut unindex: Vec<(u64, &str)> =
+            b.sessions.unindex.iter().map(|(k, end)| (closing_order(*end), &**k)).collect();
         unindex.sort_unstable();
-        for k in &unindex {
-            wb.delete_cf(closing_cf, k);
+        for (end, customer) in unindex {
+            key.clear();
+            closing_key_into(&mut key, end, customer);
+            wb.delete_cf(closing_cf, &key);
         }
         for ((k, _), at) in upserts.iter().zip(put) {
             match at {
@@ -312,11 +320,9 @@ impl StateStore for RocksDbStore {
                 None => wb.delete_cf(sess_cf, k.as_bytes()),
             }
         }
-        let mut key = smallvec::SmallVec::<[u8; 64]>::new();
         for (end, customer, at) in index {
             key.clear();
-            key.extend_from_slice(&end.to_be_bytes());
-            key.extend_from_slice(customer.as_bytes());
+            closing_key_into(&mut key, end, customer);
             wb.put_cf(closing_cf, &key, &values[at]);
         }
         // In key order: the memtable's skip list then inserts each key next to the last one
