@@ -444,6 +444,7 @@ fn drive<S: StateStore + Send + 'static, K: Sink + Send + 'static>(
         };
         match msg {
             Message::Lines(chunk) => {
+                processor.set_now(crate::runtime::record::now_ms() as i64);
                 last_pos = processor.process_chunk(&chunk);
                 let _ = pool.send(chunk.data);
             }

@@ -288,6 +288,9 @@ pub struct SessionConfig {
     /// How long message ids are remembered.
     #[serde(with = "humantime_serde")]
     pub dedup_horizon: Duration,
+    /// How far ahead of the wall clock an event time may be ("0s": no bound).
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
 }
 
 /// `[checkpoint]`.

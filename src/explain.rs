@@ -135,7 +135,12 @@ mod tests {
             r#"{"id":1,"c":"x","t":1709510400}"#,
             "\n"
         );
-        let rules = Rules { gap_ms: 1_800_000, lateness_ms: 0, dedup_horizon_ms: 3_600_000 };
+        let rules = Rules {
+            gap_ms: 1_800_000,
+            lateness_ms: 0,
+            dedup_horizon_ms: 3_600_000,
+            max_future_ms: 0,
+        };
         let e = explain(&x, rules, sample.as_bytes(), 1).unwrap();
         assert_eq!(e.pipeline, "joined a session");
         let s = e.session.unwrap();

@@ -121,6 +121,10 @@ struct ReplayArgs {
     /// How long message ids are remembered for dedup [default: 24h, at least the lateness].
     #[arg(long, value_name = "DURATION", value_parser = app::parse_duration)]
     dedup_horizon: Option<Duration>,
+    /// Dead-letter events stamped more than this far ahead of the wall clock as
+    /// `future_timestamp` [default: 1d; 0s: no bound].
+    #[arg(long, value_name = "DURATION", value_parser = app::parse_duration)]
+    max_future: Option<Duration>,
     /// Lines between checkpoints [default: 100000].
     #[arg(long, value_name = "N")]
     checkpoint_every: Option<u64>,
@@ -297,6 +301,7 @@ fn rules(c: &RawConfig) -> Rules {
         gap_ms: ms(c.session.gap),
         lateness_ms: ms(c.session.allowed_lateness),
         dedup_horizon_ms: ms(c.session.dedup_horizon),
+        max_future_ms: ms(c.session.max_future),
     }
 }
 
@@ -327,6 +332,9 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
     }
     if let Some(h) = a.dedup_horizon {
         c.session.dedup_horizon = h;
+    }
+    if let Some(f) = a.max_future {
+        c.session.max_future = f;
     }
     if let Some(n) = a.memory_budget {
         c.state.memory_budget = n;

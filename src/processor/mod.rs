@@ -30,6 +30,9 @@ pub struct Rules {
     pub lateness_ms: i64,
     /// Dedup horizon, ms.
     pub dedup_horizon_ms: i64,
+    /// How far ahead of the wall clock an event time may be, ms (0: no bound); see
+    /// [`Processor::set_now`].
+    pub max_future_ms: i64,
 }
 
 /// Pipeline state between checkpoints.
@@ -41,6 +44,10 @@ pub struct Processor {
     inputs: Vec<Arc<str>>,
     dead: Vec<DeadLetter>,
     late: Arc<str>,
+    future: Arc<str>,
+    /// `Rules::max_future_ms`, and the newest event time accepted now ([`Processor::set_now`]).
+    max_future_ms: i64,
+    future_limit: i64,
     /// Schema sets seen by this state, by index; the last one is in force.
     schema_sets: Vec<String>,
     schema_set: Arc<str>,
@@ -95,6 +102,9 @@ impl Processor {
             inputs,
             dead: Vec::new(),
             late: Arc::from("late"),
+            future: Arc::from("future_timestamp"),
+            max_future_ms: rules.max_future_ms,
+            future_limit: i64::MAX,
             schema_set: Arc::from(set.as_str()),
             schema_sets: vec![set],
             kinds: Vec::new(),
@@ -326,6 +336,19 @@ impl Processor {
         }
     }
 
+    /// Bounds event times by the wall clock: from now on an event stamped more than
+    /// `Rules::max_future_ms` after `now_ms` is dead-lettered as `future_timestamp` and moves
+    /// nothing. Without it one event from a device whose clock says 2099 would carry the
+    /// watermark there, and every later real event would be late, across restarts (the
+    /// watermark is kept in the state). The edge that reads the clock calls this; without a
+    /// call (samples, tests) there is no bound. A replay stays deterministic: recorded events
+    /// lie in the past of any later clock.
+    pub fn set_now(&mut self, now_ms: i64) {
+        if self.max_future_ms > 0 {
+            self.future_limit = now_ms.saturating_add(self.max_future_ms);
+        }
+    }
+
     /// Closes, between checkpoints, sessions the watermark already lets close (the ones whose
     /// stored state is exact), so that a checkpoint's pause does not grow with them.
     pub fn close_ahead(&mut self) {
@@ -355,6 +378,14 @@ impl Processor {
         if self.dedup.contains(&ev.message_id) {
             self.counters.duplicates += 1;
             return;
+        }
+        if ev.event_time > self.future_limit {
+            let ahead = self.future_limit.saturating_sub(self.max_future_ms);
+            let detail = format!(
+                "event time {} is more than {} ms ahead of the wall clock at processing ({ahead})",
+                ev.event_time, self.max_future_ms
+            );
+            return self.dead_letter(Arc::clone(&self.future), detail, pos, line);
         }
         let kind = self.kind_ids.get(ev.kind.0 as usize).copied();
         let attrs: Vec<EventAttr<'_>> = if ev.attrs.is_empty() {

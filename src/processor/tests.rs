@@ -25,7 +25,7 @@ fn line(p: &mut Processor, n: u64, text: &str) {
 
 #[test]
 fn rows_and_dead_letters_name_the_sets_that_read_them() {
-    let rules = Rules { gap_ms: 1_000_000, lateness_ms: 0, dedup_horizon_ms: 0 };
+    let rules = Rules { gap_ms: 1_000_000, lateness_ms: 0, dedup_horizon_ms: 0, max_future_ms: 0 };
     let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
     line(&mut p, 1, r#"{"id":1,"c":"x","t":1709510400,"e":"v"}"#);
     line(&mut p, 2, r#"{"id":2,"c":"y","t":1709510401,"e":"v"}"#);
@@ -105,7 +105,8 @@ type Epoch = (Vec<String>, Vec<DeadLetter>);
 /// Every chunk of `data` (cut at `cuts`) through a processor with `workers`, a checkpoint
 /// after each: the rows (as written) and dead letters of each, and the totals.
 fn replay(data: &[u8], cuts: &[usize], workers: usize) -> (Vec<Epoch>, Counters) {
-    let rules = Rules { gap_ms: 10_000, lateness_ms: 120_000, dedup_horizon_ms: 600_000 };
+    let rules =
+        Rules { gap_ms: 10_000, lateness_ms: 120_000, dedup_horizon_ms: 600_000, max_future_ms: 0 };
     let mut p = Processor::new(with_kinds(1, true), rules, vec![Arc::from("in")]);
     p.set_workers(workers);
     let mut outs = Vec::new();
@@ -155,7 +156,7 @@ fn with_kinds(version: u32, extra_kind: bool) -> Arc<Extractor> {
 
 #[test]
 fn a_reload_that_adds_a_kind_counts_it_from_then_on_and_old_rows_lack_the_column() {
-    let rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0 };
+    let rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0, max_future_ms: 0 };
     let mut p = Processor::new(with_kinds(1, false), rules, vec![Arc::from("in")]);
     let base = || MetaBase { inputs: vec![], settings: String::new() };
     line(&mut p, 1, r#"{"id":1,"c":"early","t":1709510400,"e":"p","os":"linux"}"#);
@@ -192,7 +193,12 @@ fn a_reload_that_adds_a_kind_counts_it_from_then_on_and_old_rows_lack_the_column
 /// A processor over an empty store whose session and id caches hold `cache` bytes.
 fn over_a_store(cache: usize) -> (Processor, crate::state::memory::MemoryStore) {
     use crate::state::StateStore;
-    let rules = Rules { gap_ms: 60_000, lateness_ms: 3_600_000, dedup_horizon_ms: 3_600_000 };
+    let rules = Rules {
+        gap_ms: 60_000,
+        lateness_ms: 3_600_000,
+        dedup_horizon_ms: 3_600_000,
+        max_future_ms: 0,
+    };
     let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
     let store = crate::state::memory::MemoryStore::default();
     p.restore(None, store.backing(), cache);
@@ -290,4 +296,47 @@ fn a_last_step_that_closes_everything_gives_the_same_rows_without_waiting() {
     assert_eq!(last_step(false, 10_000), (true, true, after_commit));
     // More sessions open than a step holds: the steps wait, as where they stop depends on it.
     assert!(!last_step(true, 50).0);
+}
+
+#[test]
+fn an_event_from_far_ahead_of_the_clock_is_dead_lettered_and_moves_nothing() {
+    let day = 86_400_000;
+    // A day of lateness: the event an hour fast (line 3) leaves lines 4 and 5 in time.
+    let rules =
+        Rules { gap_ms: 1_000, lateness_ms: day, dedup_horizon_ms: day, max_future_ms: day };
+    let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
+    // The clock of the processing: 2024-03-04T06:00Z; the events are of that morning, one
+    // of 2099.
+    p.set_now(1_709_532_000_000);
+    line(&mut p, 1, r#"{"id":1,"c":"x","t":1709510400}"#);
+    line(&mut p, 2, r#"{"id":2,"c":"broken-clock","t":4070908800}"#);
+    // Within the margin of the clock: a device an hour fast still counts.
+    line(&mut p, 3, r#"{"id":3,"c":"y","t":1709535600}"#);
+    // Later real events are not late: the 2099 event moved no watermark.
+    line(&mut p, 4, r#"{"id":4,"c":"x","t":1709510460}"#);
+    // Nor was its id remembered: the same message with a sane clock counts.
+    line(&mut p, 5, r#"{"id":2,"c":"broken-clock","t":1709510401}"#);
+    let c = p.counters().clone();
+    assert_eq!(c.accepted, 4, "{c:?}");
+    assert_eq!(c.dead_lettered.get("future_timestamp"), Some(&1), "{c:?}");
+    assert_eq!(c.dead_lettered.get("late"), None, "{c:?}");
+    let base = MetaBase { inputs: vec![], settings: String::new() };
+    let (out, _) = p.checkpoint(SourcePosition::default(), true, base).unwrap();
+    assert_eq!(out.dead.len(), 1);
+    assert_eq!(&*out.dead[0].reason, "future_timestamp");
+    assert_eq!(out.dead[0].position.line, 2);
+    assert!(out.dead[0].detail.contains("ahead of the wall clock"), "{}", out.dead[0].detail);
+}
+
+#[test]
+fn without_a_clock_or_with_the_bound_off_far_future_events_count() {
+    for (max_future_ms, clock) in [(86_400_000, None), (0, Some(1_709_596_800_000))] {
+        let rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0, max_future_ms };
+        let mut p = Processor::new(set(1, false), rules, vec![Arc::from("in")]);
+        if let Some(now) = clock {
+            p.set_now(now);
+        }
+        line(&mut p, 1, r#"{"id":2,"c":"z","t":4070908800}"#);
+        assert_eq!(p.counters().accepted, 1);
+    }
 }

@@ -347,6 +347,7 @@ impl<P: Position> Pipeline<P> {
                     if self.next.as_ref().is_some_and(|n| r.end <= *n) {
                         continue; // a redelivery: already in the state
                     }
+                    self.processor.set_now(super::record::now_ms() as i64);
                     self.processor.process_record(r.payload, r.line);
                     self.bytes += r.payload.len() as u64;
                     self.next = Some(r.end);

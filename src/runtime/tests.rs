@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-pub(super) const RULES: Rules = Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0 };
+pub(super) const RULES: Rules =
+    Rules { gap_ms: 1_000, lateness_ms: 0, dedup_horizon_ms: 0, max_future_ms: 0 };
 
 pub(super) fn extractor() -> Arc<Extractor> {
     let text = "name = \"t\"\nversion = 1\n[fields]\nmessage_id = ['$.id']\ncustomer_id = ['$.c']\nevent_time = [{ path = '$.t', format = \"epoch_millis\" }]\n";

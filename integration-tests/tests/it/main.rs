@@ -5,6 +5,7 @@ mod broker;
 mod cli;
 mod conformance;
 mod fenced;
+mod future;
 mod golden;
 mod kafka;
 mod kinds;
