@@ -34,7 +34,7 @@ use time::{TimeSpec, TimeValue};
 use walk::{Slot, Trie};
 
 /// Reasons the pipeline itself gives (schema reject rules add their own).
-pub const BUILTIN_REASONS: [&str; 14] = [
+pub const BUILTIN_REASONS: [&str; 16] = [
     "empty_line",
     "too_large",
     "invalid_utf8",
@@ -48,6 +48,8 @@ pub const BUILTIN_REASONS: [&str; 14] = [
     "missing_timestamp",
     "bad_timestamp",
     "late",
+    "path_budget",
+    "future_timestamp",
     "duplicate",
 ];
 
@@ -69,6 +71,10 @@ pub enum ExtractError {
         /// The schema that holds the rule.
         schema: Arc<str>,
     },
+    /// The set's general queries ran out of their node budget on this event. The language bound
+    /// checked when the set compiles keeps this from happening; the budget is a second line.
+    #[error("the schema set's general JSONPath queries ran out of their node budget")]
+    PathBudget,
     /// No message id path is present.
     #[error("no message id at any of {0}")]
     MissingMessageId(Arc<str>),
@@ -102,6 +108,7 @@ impl ExtractError {
             ExtractError::InvalidJson(_) => "invalid_json",
             ExtractError::NotObject => "not_object",
             ExtractError::Rejected { reason, .. } => reason,
+            ExtractError::PathBudget => "path_budget",
             ExtractError::MissingMessageId(_) => "missing_message_id",
             ExtractError::BadMessageId(_) => "bad_message_id",
             ExtractError::MissingCustomerId(_) => "missing_customer_id",
@@ -304,13 +311,8 @@ impl Extractor {
         }
         if !self.queries.is_empty() {
             // General queries need the whole document; parse it again only for them.
-            if let Ok(value) = serde_json::from_str::<serde_json::Value>(text) {
-                for (q, slot) in &self.queries {
-                    if let Some(v) = q.first_match(&value) {
-                        slots[*slot] = Slot::from_value(v);
-                    }
-                }
-            }
+            path::run_queries(&self.queries, text, slots)
+                .map_err(|path::eval::OverBudget| ExtractError::PathBudget)?;
         }
         let slots = &mut slots[..];
         for r in &self.rejects {

@@ -1,10 +1,18 @@
-//! `JsonPath`: our one handle on jsonpath-rust, so a change of its API touches this file only.
+//! `JsonPath`: our one handle on jsonpath-rust, so a change of its API touches this module only.
 //!
 //! Paths in the common subset (member names, bracketed names, non-negative array indexes) are
 //! lowered to [`Step`]s that the single-pass extractor follows while parsing. Anything else
-//! (wildcards, filters, slices, descendants) is kept as a parsed query and evaluated with
-//! jsonpath-rust on a `serde_json::Value`: correct, but it costs a full parse per event.
+//! (wildcards, filters, slices, descendants) must stay within a bound that keeps its work linear
+//! in the event's size ([`bound`]), and is evaluated on a `serde_json::Value` by [`eval`], which
+//! counts the nodes it visits against a budget per event: correct, but it costs a full parse
+//! per event.
 
+pub mod bound;
+pub mod eval;
+
+use super::walk::Slot;
+use bound::Cost;
+use eval::{Budget, OverBudget};
 use jsonpath_rust::parser::model::{JpQuery, Segment, Selector};
 use serde_json::Value;
 use std::fmt;
@@ -12,9 +20,9 @@ use std::fmt;
 /// Longest path text accepted, which bounds the work one path can cost per event.
 pub const MAX_PATH_LEN: usize = 256;
 /// Most general (non-simple) queries a schema set may hold. Each is evaluated on a parsed copy
-/// of every event that reaches it, in time linear in the event's size (≤ 1 MiB, depth ≤ 64)
-/// times the path's length: this keeps the work per event bounded by a constant factor of the
-/// simple single-pass read.
+/// of every event that reaches it, visiting at most [`bound::MAX_VISITS_PER_NODE`] times each
+/// of its nodes: this keeps the work per event bounded by a constant factor of the simple
+/// single-pass read.
 pub const MAX_GENERAL_QUERIES: usize = 16;
 
 /// One step of a simple path.
@@ -36,7 +44,7 @@ pub struct JsonPath {
 #[derive(Debug, Clone)]
 enum PathKind {
     Simple(Vec<Step>),
-    Query(JpQuery),
+    Query(Vec<eval::Hop>, Cost),
 }
 
 impl JsonPath {
@@ -53,9 +61,11 @@ impl JsonPath {
         }
         let query = jsonpath_rust::parser::parse_json_path(text)
             .map_err(|e| syntax_error(text, &e.to_string()))?;
-        let kind = match simple_steps(&query) {
-            Some(steps) => PathKind::Simple(steps),
-            None => PathKind::Query(query),
+        let kind = if let Some(steps) = simple_steps(&query) {
+            PathKind::Simple(steps)
+        } else {
+            let cost = bound::check(text, &query)?;
+            PathKind::Query(eval::plan(&query), cost)
         };
         Ok(JsonPath { text: text.to_owned(), kind })
     }
@@ -65,7 +75,16 @@ impl JsonPath {
     pub fn steps(&self) -> Option<&[Step]> {
         match &self.kind {
             PathKind::Simple(s) => Some(s),
-            PathKind::Query(_) => None,
+            PathKind::Query(..) => None,
+        }
+    }
+
+    /// The most nodes evaluating this path visits on an event of `n` nodes.
+    #[must_use]
+    pub fn cost(&self) -> Cost {
+        match &self.kind {
+            PathKind::Simple(steps) => Cost { per_node: 0, fixed: steps.len() as u64 },
+            PathKind::Query(_, cost) => *cost,
         }
     }
 
@@ -75,27 +94,57 @@ impl JsonPath {
         &self.text
     }
 
-    /// Evaluates a general query; returns the first non-null match.
-    #[must_use]
-    pub fn first_match<'v>(&self, value: &'v Value) -> Option<&'v Value> {
+    /// Evaluates the path; returns the first non-null match.
+    ///
+    /// # Errors
+    /// [`OverBudget`] when the evaluation would visit more nodes than `budget` has left.
+    pub fn first_match<'v>(
+        &self,
+        value: &'v Value,
+        budget: &mut Budget,
+    ) -> Result<Option<&'v Value>, OverBudget> {
         match &self.kind {
             PathKind::Simple(steps) => {
                 let mut v = value;
                 for s in steps {
-                    v = match s {
-                        Step::Key(k) => v.as_object()?.get(k)?,
-                        Step::Index(i) => v.as_array()?.get(*i)?,
+                    let next = match s {
+                        Step::Key(k) => v.as_object().and_then(|o| o.get(k)),
+                        Step::Index(i) => v.as_array().and_then(|a| a.get(*i)),
                     };
+                    let Some(next) = next else { return Ok(None) };
+                    v = next;
                 }
-                Some(v)
+                Ok(Some(v))
             }
-            PathKind::Query(q) => jsonpath_rust::query::js_path_process(q, value)
-                .ok()?
-                .into_iter()
-                .map(jsonpath_rust::query::QueryRef::val)
-                .find(|v| !v.is_null()),
+            PathKind::Query(hops, _) => {
+                Ok(eval::select(hops, value, budget)?.into_iter().find(|v| !v.is_null()))
+            }
         }
     }
+}
+
+/// Fills the slots of a set's general queries from one event, within one budget for them all:
+/// the sum of their bounds on an event of `text`'s size (a JSON node takes at least one byte).
+/// The language bound makes running out impossible; the budget is the second line of defence,
+/// should the argument in [`bound`] or the evaluator ever be wrong.
+///
+/// # Errors
+/// [`OverBudget`]: the event must be dead-lettered.
+pub fn run_queries(
+    queries: &[(JsonPath, usize)],
+    text: &str,
+    slots: &mut [Slot<'_>],
+) -> Result<(), OverBudget> {
+    let Ok(value) = serde_json::from_str::<Value>(text) else { return Ok(()) };
+    let nodes = text.len() as u64;
+    let mut budget =
+        Budget::new(queries.iter().fold(0u64, |b, (q, _)| b.saturating_add(q.cost().at(nodes))));
+    for (q, slot) in queries {
+        if let Some(v) = q.first_match(&value, &mut budget)? {
+            slots[*slot] = Slot::from_value(v);
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Display for JsonPath {
@@ -185,6 +234,7 @@ mod tests {
     fn general_query_evaluates() {
         let v: Value = serde_json::json!({"items": [{"id": null}, {"id": "b"}]});
         let p = JsonPath::parse("$.items[*].id").unwrap();
-        assert_eq!(p.first_match(&v), Some(&Value::String("b".into())));
+        let mut budget = Budget::new(100);
+        assert_eq!(p.first_match(&v, &mut budget), Ok(Some(&Value::String("b".into()))));
     }
 }

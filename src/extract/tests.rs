@@ -465,3 +465,5 @@ fn a_schema_places_its_path_before_another_schemas_whatever_the_priorities() {
         "{e}"
     );
 }
+
+mod path_bound;
