@@ -13,6 +13,11 @@ use crate::state::{StateError, StateStore};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use thiserror::Error;
+use tracing::warn;
+
+mod local;
+pub use local::check_name;
+use local::{Scratch, parent_of, sync_dir, write_synced};
 
 /// A snapshot could not be written or read.
 #[derive(Debug, Error)]
@@ -49,6 +54,17 @@ pub enum SnapshotError {
         /// Why.
         message: String,
     },
+    /// A file name the snapshot lists is not a plain file name (it could name a path outside
+    /// the state directory): nothing of the snapshot is written.
+    #[error(
+        "snapshot file name {name:?} is refused: {why}. A snapshot only holds RocksDB checkpoint files, so its file list in the bucket was not written by clickstream. Reset the split (`clickstream state reset`)."
+    )]
+    BadName {
+        /// The name, as listed.
+        name: String,
+        /// What is wrong with it.
+        why: &'static str,
+    },
 }
 
 /// A local file error, named by operation and path.
@@ -74,10 +90,9 @@ pub fn publish(
     uploaded: &mut BTreeMap<String, String>,
     tmp: &Path,
 ) -> Result<SnapshotRef, SnapshotError> {
-    if tmp.exists() {
-        std::fs::remove_dir_all(tmp).map_err(io("remove", tmp))?;
-    }
-    store.snapshot_into(tmp)?;
+    // Removed on every way out: it holds hard links to table files RocksDB has since deleted.
+    let scratch = Scratch::claim(tmp.to_path_buf())?;
+    store.snapshot_into(scratch.path())?;
     let meta = [(super::record::META_EPOCH, format!("{epoch}"))];
     let meta: Vec<(&str, &str)> = meta.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut files = BTreeMap::new();
@@ -113,7 +128,7 @@ pub fn publish(
         source: std::io::Error::other("an upload thread panicked"),
     })?;
     uploaded.extend(new.into_iter().filter(|(_, _, t)| *t).map(|(f, k, _)| (f, k)));
-    std::fs::remove_dir_all(tmp).map_err(io("remove", tmp))?;
+    drop(scratch);
     // Only files of this snapshot stay known: RocksDB never brings a deleted table back.
     uploaded.retain(|name, _| files.contains_key(name));
     Ok(SnapshotRef { checkpoint: n, lineage: lineage(epoch), files })
@@ -125,38 +140,61 @@ pub fn lineage(epoch: u64) -> String {
     format!("e{epoch}")
 }
 
-/// Replaces `dir` with the snapshot (through a temporary directory beside it).
+/// Replaces `dir` with the snapshot, through a scratch directory beside it that is renamed
+/// into place once complete: `dir` is never a partial download, and the rename is the mark
+/// that the download completed.
 ///
 /// # Errors
-/// A file is missing in S3, or a local write failed.
+/// A file name is not a plain file name (nothing is written then), a file is missing in S3,
+/// or a local write failed; the scratch directory is removed in every case.
 pub fn restore(
     objects: &dyn ObjectStore,
     snap: &SnapshotRef,
     dir: &Path,
 ) -> Result<(), SnapshotError> {
-    let tmp = dir.with_extension("restoring");
-    if tmp.exists() {
-        std::fs::remove_dir_all(&tmp).map_err(io("remove", &tmp))?;
+    // Every name before any write: a refused snapshot leaves the disk as it was.
+    for name in snap.files.keys() {
+        check_name(name)?;
     }
-    std::fs::create_dir_all(&tmp).map_err(io("create", &tmp))?;
+    let tmp = Scratch::claim(dir.with_extension("restoring"))?;
+    std::fs::create_dir_all(tmp.path()).map_err(io("create", tmp.path()))?;
     for (name, key) in &snap.files {
         let o = objects.get(key)?.ok_or_else(|| SnapshotError::Missing { key: key.clone() })?;
-        let path = tmp.join(name);
-        std::fs::write(&path, &o.body).map_err(io("write", &path))?;
+        write_synced(&tmp.path().join(name), &o.body)?;
     }
-    if dir.exists() {
-        std::fs::remove_dir_all(dir).map_err(io("remove", dir))?;
+    // The rename must not reach the disk before what it publishes. File systems order neither
+    // by themselves (ext4 and XFS allocate data late): after a power loss, the directory could
+    // be in place with empty or short files, and be taken for a complete restore. So: each
+    // file is synced as written (above), then the directory's entries, then the rename, then
+    // the parent's entries (which make the rename itself durable).
+    sync_dir(tmp.path())?;
+    // The old state leaves in one rename rather than file by file: a store partly removed by a
+    // crash could still open, with tables missing.
+    let old = Scratch::claim(dir.with_extension("replaced"))?;
+    if std::fs::symlink_metadata(dir).is_ok() {
+        std::fs::rename(dir, old.path()).map_err(io("rename", dir))?;
     }
-    std::fs::rename(&tmp, dir).map_err(io("rename", dir))?;
+    std::fs::rename(tmp.path(), dir).map_err(io("rename", dir))?;
+    tmp.keep();
+    sync_dir(parent_of(dir))?;
+    drop(old);
     Ok(())
 }
 
-/// The snapshot identity (checkpoint, lineage) of local state in `dir`, if it has any.
+/// The snapshot identity (checkpoint, lineage) of local state in `dir`, if it has any. Torn
+/// state (an empty or missing `CURRENT` or `MANIFEST`, or something other than a directory)
+/// has none, so that start-up downloads the snapshot again instead of failing on it.
 ///
 /// # Errors
 /// The directory holds a store that cannot be opened.
 pub fn local_identity(dir: &Path) -> Result<Option<(u64, String)>, StateError> {
-    if !dir.join("CURRENT").exists() {
+    let empty = std::fs::read_dir(dir).map_or(true, |mut d| d.next().is_none());
+    if empty {
+        return Ok(None);
+    }
+    if let Some(why) = local::torn(dir) {
+        // Not an error: the committed snapshot is the truth, and it is downloaded instead.
+        warn!(path = %dir.display(), why, "Local state is torn; it is replaced by the snapshot.");
         return Ok(None);
     }
     let store = RocksDbStore::open(dir)?;
@@ -169,7 +207,7 @@ pub fn local_identity(dir: &Path) -> Result<Option<(u64, String)>, StateError> {
 /// Fills in the file list of an earlier version's snapshot (its `files.json`).
 ///
 /// # Errors
-/// The list is missing or does not decode.
+/// The list is missing, does not decode, or names a file that is not a plain file name.
 pub fn legacy_files(
     objects: &dyn ObjectStore,
     layout: &Layout,
@@ -180,6 +218,10 @@ pub fn legacy_files(
     let o = objects.get(&key)?.ok_or_else(|| SnapshotError::Missing { key: key.clone() })?;
     let files: BTreeMap<String, String> = serde_json::from_slice(&o.body)
         .map_err(|e| SnapshotError::Corrupt { key: key.clone(), message: e.to_string() })?;
+    // Refused here, before the claim copies the list into the new commit record.
+    for name in files.keys() {
+        check_name(name)?;
+    }
     // Earlier versions stored full keys (with the sink prefix).
     snap.files = files
         .into_iter()
@@ -227,40 +269,4 @@ pub fn garbage(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snap(n: u64, files: &[(&str, &str)]) -> SnapshotRef {
-        SnapshotRef {
-            checkpoint: n,
-            lineage: "e1".into(),
-            files: files.iter().map(|(a, b)| ((*a).to_owned(), (*b).to_owned())).collect(),
-        }
-    }
-
-    #[test]
-    fn only_files_no_kept_snapshot_needs_are_unreferenced() {
-        let old = snap(1, &[("1.sst", "a/1.sst"), ("2.sst", "a/2.sst"), ("MANIFEST-1", "c1/M")]);
-        let new = snap(2, &[("2.sst", "a/2.sst"), ("3.sst", "b/3.sst"), ("MANIFEST-1", "c2/M")]);
-        assert_eq!(unreferenced(&[old], &[&new]), ["a/1.sst", "c1/M"]);
-    }
-
-    #[test]
-    fn garbage_is_older_epochs_unreferenced() {
-        let l = Layout::new("p0000");
-        let keys = vec![
-            l.sst(1, "1.sst"),
-            l.sst(1, "2.sst"),
-            l.bundle(2, 5),
-            l.sst(3, "9.sst"),
-            l.latest(),
-            "_state/p0000/sst/old-1.sst".to_owned(),
-        ];
-        let keep = l.sst(1, "2.sst");
-        let referenced: BTreeSet<&str> = [keep.as_str()].into();
-        assert_eq!(
-            garbage(&keys, &l, 3, &referenced),
-            [l.sst(1, "1.sst"), l.bundle(2, 5), "_state/p0000/sst/old-1.sst".to_owned()]
-        );
-    }
-}
+mod tests;
