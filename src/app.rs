@@ -13,7 +13,7 @@ use crate::sink::Sink;
 use crate::sink::file::FileSink;
 use crate::sink::s3::S3Sink;
 use crate::source::Message;
-use crate::source::replay::{BarrierPolicy, Input, ReplaySource};
+use crate::source::replay::{self, BarrierPolicy, Input, Recognised, ReplaySource};
 use crate::state::rocksdb::MemoryBudget;
 use crate::state::rocksdb::RocksDbStore;
 use crate::state::{Counters, Meta, StateStore};
@@ -45,6 +45,8 @@ pub struct ReplaySettings {
     pub barriers: BarrierPolicy,
     /// Keep reading the last input as it grows.
     pub follow: bool,
+    /// Names the stream on stdin, so a replay of it can be resumed (`--stdin-id`).
+    pub stdin_id: Option<String>,
     /// Session rows as Parquet (S3 output only).
     pub parquet: bool,
     /// Bytes state may hold in memory (`state.memory_budget`).
@@ -115,10 +117,21 @@ enum Resume {
     Done(Counters),
 }
 
-/// Where a replay starts, given what its state holds; refuses state of another replay.
-fn resume_point(meta: Option<&Meta>, base: &MetaBase, state: &std::path::Path) -> Result<Resume> {
+/// Where a replay starts, given what its state holds; refuses state of another replay, and
+/// stdin that cannot be recognised.
+fn resume_point(
+    meta: Option<&Meta>,
+    base: &MetaBase,
+    inputs: &[Input],
+    state: &std::path::Path,
+) -> Result<Resume> {
     let Some(m) = meta else { return Ok(Resume::Fresh) };
-    if m.inputs != base.inputs {
+    let recognised = replay::recognise(&m.inputs, inputs, &base.inputs)
+        .with_context(|| format!("state {} holds a checkpoint", state.display()))?;
+    if let Recognised::Unfingerprinted(names) = &recognised {
+        warn!(inputs = %names.join(", "), state = %state.display(), "The checkpoint predates content fingerprints: these inputs are recognised by name and size only.");
+    }
+    if recognised == Recognised::Other {
         bail!(
             "state {} belongs to a replay of [{}], not of [{}]: give another --state (or remove it) to start over",
             state.display(),
@@ -159,7 +172,14 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     if s.inputs.iter().filter(|i| *i == "-").count() > 1 {
         bail!("stdin (-) can be read only once");
     }
-    let inputs: Vec<Input> = s.inputs.iter().map(|i| Input::new(i)).collect::<Result<_, _>>()?;
+    if s.stdin_id.is_some() && !s.inputs.iter().any(|i| i == "-") {
+        bail!("--stdin-id names the stream on stdin, but no input is - (stdin)");
+    }
+    let inputs: Vec<Input> = s
+        .inputs
+        .iter()
+        .map(|i| Ok(Input::new(i)?.with_stdin_id(s.stdin_id.as_deref())))
+        .collect::<Result<_>>()?;
     if s.follow && inputs.last().is_some_and(Input::is_gzip) {
         bail!("--follow reads a growing file: the last input cannot be gzip-compressed");
     }
@@ -207,14 +227,11 @@ fn replay_into<K: Sink + Send + 'static>(
     info!(state = %s.state.display(), ms = opened.elapsed().as_millis() as u64, open_sessions = meta.as_ref().map_or(0, |m| m.open.0), "State opened (read on demand, not loaded).");
 
     let base = MetaBase {
-        // A followed input grows: its size is no identity.
-        inputs: inputs
-            .iter()
-            .map(|i| if s.follow { i.name.to_string() } else { i.fingerprint() })
-            .collect(),
+        // A followed input grows: its size and content are no identity.
+        inputs: inputs.iter().map(|i| i.identity(s.follow)).collect::<Result<_, _>>()?,
         settings: settings_fingerprint(&s.rules, (!with_registry).then_some(&*extractor)),
     };
-    let (start, last) = match resume_point(meta.as_ref(), &base, &s.state)? {
+    let (start, last) = match resume_point(meta.as_ref(), &base, &inputs, &s.state)? {
         Resume::Fresh => (SourcePosition::default(), 0),
         Resume::From(pos, last) => (pos, last),
         Resume::Done(counters) => {

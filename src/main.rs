@@ -100,9 +100,16 @@ struct ReplayArgs {
     /// new ones while running.
     #[arg(long, value_name = "LOCATION")]
     registry: Option<String>,
-    /// Keep reading the last input as it grows, until SIGINT or SIGTERM.
+    /// Keep reading the last input as it grows, until SIGINT or SIGTERM. A file truncated or
+    /// replaced (rotated) at its path is followed anew from its start; `-` (stdin) ends when
+    /// its writer closes the pipe.
     #[arg(long)]
     follow: bool,
+    /// Names the stream on stdin (-) so that a replay of it can be resumed: on a resume under
+    /// the same name, stdin is taken to be the same stream fed again from its start, and the
+    /// bytes the checkpoint had read are skipped. Without it a replay of stdin cannot resume.
+    #[arg(long, value_name = "NAME")]
+    stdin_id: Option<String>,
     /// Serve the admin API (schemas, /healthz, /metrics) on this address, e.g. 127.0.0.1:8081.
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
@@ -384,6 +391,7 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
             interval: (!c.checkpoint.interval.is_zero()).then_some(c.checkpoint.interval),
         },
         follow: a.follow,
+        stdin_id: a.stdin_id,
         parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
         workers: c.replay.workers,
         state,

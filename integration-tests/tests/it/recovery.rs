@@ -99,7 +99,8 @@ fn sigint_on_a_silent_pipe_checkpoints_then_the_rerun_completes() {
     let half = data[..data.len() / 2].iter().rposition(|&b| b == b'\n').unwrap() + 1;
     let schemas = integration_tests::root().join("schemas").to_string_lossy().to_string();
     let out = dir.path().join("out").to_string_lossy().to_string();
-    let a = ["replay", "--schemas", &schemas, "--output", &out, "-"];
+    // The re-run feeds the same stream again from its start: it names it to resume it.
+    let a = ["replay", "--schemas", &schemas, "--output", &out, "--stdin-id", "feed", "-"];
 
     // Half the input, then the pipe stays open and silent: SIGINT must not wait for more.
     let mut child = Command::new(bin())
