@@ -340,6 +340,8 @@ pub struct ServiceSettings {
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Admin API token.
     pub admin_token: Option<String>,
+    /// Admin API body, sample and concurrency limits.
+    pub admin_limits: admin::Limits,
     /// Sessionization rules (for explanations of sample lines).
     pub rules: Rules,
 }
@@ -386,6 +388,7 @@ pub fn start_schemas(
             ready,
             rules: s.rules,
             schemas: Some(s.schemas.clone()),
+            limits: s.admin_limits,
         };
         rt.block_on(admin::serve(admin, addr, services.clone()))?;
     }

@@ -261,8 +261,39 @@ pub struct S3Config {
 pub struct AdminConfig {
     /// Listen address; empty: off.
     pub listen: String,
-    /// Bearer token for the schema routes; empty: none.
+    /// Bearer token for the schema routes; empty: none. At least 32 bytes when given.
     pub token: String,
+    /// Largest body of a route without a sample, and of each multipart field but `sample`.
+    #[serde(deserialize_with = "bytes")]
+    pub max_body: u64,
+    /// Largest `sample` of `/schemas/test`, `/schemas/explain` and `/schemas/register`.
+    #[serde(deserialize_with = "bytes")]
+    pub max_sample_bytes: u64,
+    /// Most lines in such a `sample`.
+    pub max_sample_lines: u64,
+    /// Schema requests served at once; more are answered 503.
+    pub max_concurrency: usize,
+}
+
+impl AdminConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if !self.listen.is_empty() && self.listen.parse::<std::net::SocketAddr>().is_err() {
+            return Err(ConfigError::Invalid(format!(
+                "admin.listen = {:?} is not an address like 127.0.0.1:8081",
+                self.listen
+            )));
+        }
+        if self.max_body == 0
+            || self.max_sample_bytes == 0
+            || self.max_sample_lines == 0
+            || self.max_concurrency == 0
+        {
+            return Err(ConfigError::Invalid(
+                "admin.max_body, admin.max_sample_bytes, admin.max_sample_lines and admin.max_concurrency must be above zero".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl std::fmt::Debug for AdminConfig {
@@ -271,6 +302,10 @@ impl std::fmt::Debug for AdminConfig {
         f.debug_struct("AdminConfig")
             .field("listen", &self.listen)
             .field("token", &if self.token.is_empty() { "" } else { "<redacted>" })
+            .field("max_body", &self.max_body)
+            .field("max_sample_bytes", &self.max_sample_bytes)
+            .field("max_sample_lines", &self.max_sample_lines)
+            .field("max_concurrency", &self.max_concurrency)
             .finish()
     }
 }
@@ -366,14 +401,7 @@ impl RawConfig {
         if self.registry.poll_interval.is_zero() {
             return Err(ConfigError::Invalid("registry.poll_interval must be above zero".into()));
         }
-        if !self.admin.listen.is_empty()
-            && self.admin.listen.parse::<std::net::SocketAddr>().is_err()
-        {
-            return Err(ConfigError::Invalid(format!(
-                "admin.listen = {:?} is not an address like 127.0.0.1:8081",
-                self.admin.listen
-            )));
-        }
+        self.admin.validate()?;
         let r = &self.run;
         if r.keep_snapshots == 0 {
             return Err(ConfigError::Invalid(
@@ -473,6 +501,15 @@ mod tests {
         let mut c = RawConfig::load(None).unwrap();
         c.admin.token = "s3cret".into();
         assert!(!format!("{c:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn admin_limits_have_defaults_and_zero_is_refused() {
+        let mut c = RawConfig::load(None).unwrap();
+        assert_eq!(c.admin.max_sample_bytes, 64 << 20);
+        assert_eq!((c.admin.max_body, c.admin.max_concurrency), (1 << 20, 4));
+        c.admin.max_concurrency = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("admin.max_concurrency"));
     }
 
     #[test]

@@ -321,6 +321,7 @@ fn service_settings(c: &RawConfig) -> app::ServiceSettings {
         force_path_style: c.s3.force_path_style,
         admin_listen: c.admin.listen.parse().ok(),
         admin_token: (!c.admin.token.is_empty()).then(|| c.admin.token.clone()),
+        admin_limits: clickstream::admin::Limits::from_config(&c.admin),
         rules: rules(c),
     }
 }

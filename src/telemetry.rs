@@ -82,6 +82,12 @@ pub fn metrics() -> Option<metrics_exporter_prometheus::PrometheusHandle> {
         .clone()
 }
 
+/// Counts a request the admin API refused for a `missing` or `wrong` token, as
+/// `clickstream_admin_auth_failures_total{reason}`: a steady rise is someone guessing.
+pub fn admin_auth_failed(reason: &'static str) {
+    metrics::counter!("clickstream_admin_auth_failures_total", "reason" => reason).increment(1);
+}
+
 /// How long the calling thread has waited, runnable, for a CPU since it started (Linux's
 /// `/proc/thread-self/schedstat`; `None` elsewhere). A pause measured in wall time includes
 /// this wait: on two cores shared with the committer and `RocksDB`'s compactions, the

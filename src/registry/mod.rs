@@ -100,6 +100,11 @@ pub enum RegistryError {
         "{0} was registered by someone else meanwhile: look at it, then register the next version"
     )]
     Raced(String),
+    /// A name that [`valid_name`] refuses (it would escape the registry's directory or prefix).
+    #[error(
+        "{0:?} is not a schema name: 1 to 64 letters, digits, `_` and `-`, not starting with `-`"
+    )]
+    BadName(String),
 }
 
 fn list(findings: &[Finding]) -> String {
@@ -157,15 +162,39 @@ impl VersionRecord {
     }
 }
 
+/// Longest schema name, in bytes.
+pub const MAX_NAME: usize = 64;
+
+/// Whether `name` may name a schema: `[A-Za-z0-9_][A-Za-z0-9_-]{0,63}`, the one rule for every
+/// way a name arrives (a schema file, the CLI, an HTTP path) and for the directory names and
+/// S3 keys made from it. No `.`, `/` or `%`, so a name can never climb out of the registry
+/// (`..`, an encoded slash); no leading `-`, so a name never reads as a command-line option.
+#[must_use]
+pub fn valid_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    let part = |c: &u8| c.is_ascii_alphanumeric() || *c == b'_' || *c == b'-';
+    !b.is_empty() && b.len() <= MAX_NAME && b[0] != b'-' && b.iter().all(part)
+}
+
+/// `Ok` for a name that [`valid_name`] accepts.
+///
+/// # Errors
+/// [`RegistryError::BadName`] otherwise.
+pub fn check_name(name: &str) -> Result<(), RegistryError> {
+    if valid_name(name) { Ok(()) } else { Err(RegistryError::BadName(name.to_owned())) }
+}
+
 fn key(name: &str, version: u32) -> String {
+    debug_assert!(valid_name(name), "unchecked schema name {name:?}");
     format!("{name}/v{version:06}.json")
 }
 
-/// `NAME/vNNNNNN.json` → (name, version).
+/// `NAME/vNNNNNN.json` → (name, version); `None` for anything else, including a directory or
+/// key whose name [`valid_name`] refuses (so it is never read back as a schema).
 fn parse_key(key: &str) -> Option<(&str, u32)> {
     let (name, file) = key.split_once('/')?;
     let v = file.strip_prefix('v')?.strip_suffix(".json")?;
-    if name.is_empty() || v.len() != 6 || !v.bytes().all(|b| b.is_ascii_digit()) {
+    if !valid_name(name) || v.len() != 6 || !v.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
     Some((name, v.parse().ok()?))
@@ -174,14 +203,19 @@ fn parse_key(key: &str) -> Option<(&str, u32)> {
 /// `NAME` or `NAME@VERSION`.
 ///
 /// # Errors
-/// A version that is not a number.
+/// A version that is not a number, or a name that [`valid_name`] refuses.
 pub fn parse_ref(s: &str) -> Result<(String, Option<u32>), RegistryError> {
-    match s.split_once('@') {
-        None => Ok((s.to_owned(), None)),
-        Some((n, v)) => v.parse().map(|v| (n.to_owned(), Some(v))).map_err(|_| {
-            RegistryError::Location(format!("`{s}`: write NAME or NAME@VERSION, e.g. web@2"))
-        }),
-    }
+    let (name, version) = match s.split_once('@') {
+        None => (s, None),
+        Some((n, v)) => (
+            n,
+            Some(v.parse().map_err(|_| {
+                RegistryError::Location(format!("`{s}`: write NAME or NAME@VERSION, e.g. web@2"))
+            })?),
+        ),
+    };
+    check_name(name)?;
+    Ok((name.to_owned(), version))
 }
 
 /// Where versions are stored.
@@ -464,6 +498,7 @@ impl Registry {
         name: &str,
         version: Option<u32>,
     ) -> Result<VersionRecord, RegistryError> {
+        check_name(name)?;
         let v = match version {
             Some(v) => v,
             None => *self
@@ -658,6 +693,10 @@ pub fn plan_many(
         return Err(SchemaErrors(errs).into());
     }
     let names: Vec<String> = parsed.iter().map(|l| l.schema.name.get_ref().clone()).collect();
+    // The name becomes a directory name or an S3 key segment.
+    if let Some(bad) = names.iter().find(|n| !valid_name(n)) {
+        return Err(RegistryError::BadName(bad.clone()));
+    }
     let labels: Vec<String> = cs.iter().map(|c| c.label.display().to_string()).collect();
     for (i, n) in names.iter().enumerate() {
         if let Some(j) = names[..i].iter().position(|m| m == n) {

@@ -54,6 +54,40 @@ fn keys_round_trip_and_reject_strangers() {
 }
 
 #[test]
+fn one_name_rule_for_files_references_and_keys() {
+    let long = "a".repeat(MAX_NAME);
+    for ok in ["web", "page_view", "a-tie", "Web2", "_x", "0", long.as_str()] {
+        assert!(valid_name(ok), "{ok}");
+    }
+    let too_long = "a".repeat(MAX_NAME + 1);
+    for bad in ["", "..", ".", "../web", "web/x", "web%2Fx", "-x", "a b", "wéb", too_long.as_str()]
+    {
+        assert!(!valid_name(bad), "{bad}");
+        assert!(matches!(parse_ref(bad), Err(RegistryError::BadName(_))), "{bad}");
+        assert!(matches!(parse_ref(&format!("{bad}@1")), Err(RegistryError::BadName(_))), "{bad}");
+    }
+    // A directory named like a key but not like a schema is not one.
+    assert_eq!(parse_key("../v000001.json"), None);
+    assert_eq!(parse_key("-x/v000001.json"), None);
+    let e = plan(&[], candidate(&V1.replace("\"app\"", &format!("\"{too_long}\""))), "now");
+    assert!(matches!(e, Err(RegistryError::BadName(ref n)) if *n == too_long), "{e:?}");
+}
+
+#[tokio::test]
+async fn get_refuses_a_name_that_climbs_out_of_the_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().join("reg").to_str().unwrap(), false).await.unwrap();
+    // A record outside the registry, named as a climbing path would name it.
+    let outside = dir.path().join("leak");
+    std::fs::create_dir_all(&outside).unwrap();
+    let rec = serde_json::json!({ "name": "../leak", "version": 1, "registered_at": "now",
+        "forced": false, "source": "secret" });
+    std::fs::write(outside.join("v000001.json"), rec.to_string()).unwrap();
+    let e = reg.get("../leak", Some(1)).await.unwrap_err();
+    assert!(matches!(e, RegistryError::BadName(_)), "{e}");
+}
+
+#[test]
 fn first_version_must_be_one_and_versions_are_consecutive() {
     let e = plan(&[], candidate(&V1.replace("version = 1", "version = 2")), "now").unwrap_err();
     assert!(e.to_string().contains("next version is 1"), "{e}");

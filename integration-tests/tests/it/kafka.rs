@@ -527,7 +527,7 @@ fn the_image_layout_runs_as_uid_10001_outside_docker() {
             ("CLICKSTREAM__RUN__CHECKPOINT_INTERVAL", "500ms".to_owned()),
             ("CLICKSTREAM__RUN__IDLE_TIMEOUT", "1s".to_owned()),
             ("CLICKSTREAM__ADMIN__LISTEN", "0.0.0.0:0".to_owned()),
-            ("CLICKSTREAM__ADMIN__TOKEN", "image-token".to_owned()),
+            ("CLICKSTREAM__ADMIN__TOKEN", "image-token-0123456789abcdef01234567".to_owned()),
             ("HOME", var.to_str().unwrap().to_owned()),
         ]
         .map(|(k, v)| (k.to_owned(), v)),

@@ -1,6 +1,7 @@
 //! System tests of the `clickstream` binary. One test binary (ripgrep's layout).
 #![allow(clippy::unwrap_used, missing_docs)]
 
+mod admin_limits;
 mod broker;
 mod cli;
 mod conformance;
