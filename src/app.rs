@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 /// Everything `clickstream replay` needs, resolved from config and flags.
 #[derive(Debug, Clone)]
@@ -362,14 +362,25 @@ pub fn start_schemas(
         Some(location) => {
             let reg = rt.block_on(Registry::open(location, s.force_path_style))?;
             let seen = rt.block_on(reg.fingerprint())?;
-            let (x, _) = rt.block_on(reg.load_set())?;
-            (x, Some((reg, seen)))
+            let loaded = rt.block_on(reg.load_set_or_last_good())?;
+            (loaded.extractor, Some((reg, seen, loaded.refused)))
         }
         None => (Extractor::load(&s.schemas)?, None),
     };
     let extractor = Arc::new(extractor);
     info!(schemas = %extractor.versions(), "Loaded schemas.");
     let board = Arc::new(Switchboard::new(&extractor));
+    if let Some(why) = registry.as_ref().and_then(|r| r.2.clone()) {
+        // Crash-looping on it would stop every instance; the set that ran before keeps going
+        // until a registration mends the registry (the watcher then loads it).
+        error!(error = %why, schemas = %extractor.versions(), "The registry's latest schema set does not compile; running the last good set.");
+        metrics::counter!("clickstream_schema_reloads_total", "result" => "refused").increment(1);
+        board.refuse(why);
+    }
+    if let Some(h) = &ready {
+        h.watch_schemas(Arc::clone(&board));
+    }
+    let registry = registry.map(|(reg, seen, _)| (reg, seen));
     if let Some((reg, seen)) = &registry {
         rt.spawn(watch::watch(
             reg.clone(),

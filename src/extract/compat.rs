@@ -126,6 +126,64 @@ fn effective(t: &TimeField) -> [String; 6] {
     ]
 }
 
+/// A new schema `name` joining the set of `others` (their ids) without a sample to judge it on.
+#[must_use]
+pub fn joining_finding(name: &str, priority: i64, others: &[String]) -> Finding {
+    Finding::breaking(
+        "name",
+        format!(
+            "adds schema {name} (priority {priority}) to the set in force ({}): its reject and classify rules apply to every event, and its paths for ids and time are merged with theirs by priority; without a sample there is no telling which events it moves: give --sample EVENTS to check it on real events",
+            others.join(", ")
+        ),
+    )
+}
+
+/// A change that may move an event's id, customer or time to another path: judged on the
+/// sample when there is one (its diff shows the events that moved), refused without one.
+fn precedence_finding(field: &str, what: &str, has_sample: bool) -> Finding {
+    if has_sample {
+        Finding::info(field, format!("{what} (judged on the sample)"))
+    } else {
+        Finding::breaking(
+            field,
+            format!(
+                "{what}; without a sample there is no telling which events: give --sample EVENTS to check it on real events"
+            ),
+        )
+    }
+}
+
+/// Paths added to a field's candidates: one appended after the old ones only fills events
+/// that had none of them (dead-lettered before), but one put ahead of an old path takes the
+/// value of every event that carries both.
+fn path_added_findings(
+    key: &str,
+    op: &[&str],
+    np: &[&str],
+    has_sample: bool,
+    out: &mut Vec<Finding>,
+) {
+    let last_old = np.iter().rposition(|p| op.contains(p));
+    for (i, p) in np.iter().enumerate().filter(|(_, p)| !op.contains(p)) {
+        match last_old {
+            Some(last) if i < last => out.push(precedence_finding(
+                key,
+                &format!(
+                    "adds path {p} ahead of {}: events that carry both take their value from it",
+                    np[last]
+                ),
+                has_sample,
+            )),
+            _ => out.push(Finding::info(key, format!("adds path {p}"))),
+        }
+    }
+}
+
+/// A schema's event-time candidate paths, in order.
+fn time_paths(s: &super::schema::SchemaFile) -> Vec<&str> {
+    s.fields.event_time.iter().map(|t| t.path.get_ref().as_str()).collect()
+}
+
 const ID_FIELDS: [(&str, &str); 2] = [
     ("message_id", "duplicates are recognised by it"),
     ("customer_id", "sessions are kept per customer"),
@@ -171,9 +229,6 @@ fn time_findings(
                 Some(_) => {}
             }
         }
-        for p in nt.keys().filter(|p| !ot.contains_key(*p)) {
-            out.push(Finding::info("fields.event_time", format!("adds path {p}")));
-        }
     }
 }
 
@@ -199,21 +254,39 @@ pub fn static_findings(old: &LoadedSchema, new: &LoadedSchema, has_sample: bool)
             out.push(Finding::breaking(
                 &key,
                 format!(
-                    "drops path {p} without keeping it as an alias: events that still send it would be dead-lettered; a rename keeps the old path as a fallback, e.g. {field} = ['$.new', '{p}']"
+                    "drops path {p} without keeping it as an alias: events that still send it would be dead-lettered; a rename keeps the old path as a fallback, e.g. {field} = ['$.new', '{p}'] (judged on a sample: --sample EVENTS), or {field} = ['{p}', '$.new'] (no sample needed)"
                 ),
             ));
         }
         if op.iter().all(|p| np.contains(p)) && np.iter().filter(|p| op.contains(p)).ne(op.iter()) {
-            out.push(Finding::info(
+            out.push(precedence_finding(
                 &key,
-                "changes the order of the candidate paths: an event carrying several of them takes its value from another path".into(),
+                "changes the order of the candidate paths: an event carrying several of them takes its value from another path",
+                has_sample,
             ));
         }
-        for p in np.iter().filter(|p| !op.contains(p)) {
-            out.push(Finding::info(&key, format!("adds path {p}")));
-        }
+        path_added_findings(&key, &op, &np, has_sample, &mut out);
     }
     time_findings(o, n, &mut out);
+    let (ot, nt) = (time_paths(o), time_paths(n));
+    if ot.iter().all(|p| nt.contains(p)) && nt.iter().filter(|p| ot.contains(p)).ne(ot.iter()) {
+        out.push(precedence_finding(
+            "fields.event_time",
+            "changes the order of the candidate paths: an event carrying several of them takes its time from another path",
+            has_sample,
+        ));
+    }
+    path_added_findings("fields.event_time", &ot, &nt, has_sample, &mut out);
+    if o.priority != n.priority {
+        out.push(precedence_finding(
+            "priority",
+            &format!(
+                "changes the priority from {} to {}: the set's candidate paths for ids and time are merged by priority, so events may take their ids or time from another schema's paths",
+                o.priority, n.priority
+            ),
+            has_sample,
+        ));
+    }
     // Rule changes move events between kinds or into the dead letters; only a sample shows
     // which. With one, `sample_findings` judges them.
     let rules_changed = [

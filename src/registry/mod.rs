@@ -7,7 +7,11 @@
 //! temporary file, which fails if the name exists; S3: a conditional put), so a reader sees a
 //! version whole or not at all. The set in force is the latest version of every name.
 
+mod claim;
+mod history;
 pub mod watch;
+
+pub use history::Loaded;
 
 use crate::extract::Extractor;
 use crate::extract::compat::{self, Finding, SampleDiff};
@@ -70,7 +74,7 @@ pub enum RegistryError {
         expected: u32,
     },
     /// The change is incompatible and was not forced.
-    #[error("{name}@{version} is incompatible with {name}@{previous}:{}\nfix the schema, or register anyway with --force --reason \"…\"", list(.findings))]
+    #[error("{name}@{version} is incompatible with {}:{}\nfix the schema, or register anyway with --force --reason \"…\"", against(.name, *.previous), list(.findings))]
     Incompatible {
         /// Schema name.
         name: String,
@@ -241,7 +245,7 @@ pub enum Registered {
 }
 
 /// A schema offered for registration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Candidate {
     /// The schema text.
     pub text: Vec<u8>,
@@ -573,20 +577,7 @@ impl Registry {
         &self,
         cs: Vec<Candidate>,
     ) -> Result<Vec<(Registered, Vec<Finding>)>, RegistryError> {
-        let current = self.current().await?;
-        let planned = plan_many(&current, cs, &crate::aggregate::utc_datetime(now_ms()))?;
-        for (outcome, _) in &planned {
-            if let Registered::New(rec) = outcome {
-                let bytes = serde_json::to_vec_pretty(rec).map_err(|e| RegistryError::Corrupt {
-                    key: key(&rec.name, rec.version),
-                    message: e.to_string(),
-                })?;
-                if !self.create(&key(&rec.name, rec.version), bytes).await? {
-                    return Err(RegistryError::Raced(rec.id()));
-                }
-            }
-        }
-        Ok(planned)
+        self.register_claimed(cs, &crate::aggregate::utc_datetime(now_ms())).await
     }
 }
 
@@ -594,6 +585,12 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// What a refused version was judged against: its previous version, or for a first version
+/// (a new name joining a set in force) the set.
+fn against(name: &str, previous: u32) -> String {
+    if previous == 0 { "the set in force".to_owned() } else { format!("{name}@{previous}") }
 }
 
 /// Compiles a set of records, with `replace` standing in for the record of its name.
@@ -729,7 +726,7 @@ pub fn plan_many(
             .collect();
         set.extend(provisional.iter().enumerate().filter(|&(j, _)| j != i).map(|(_, r)| r.clone()));
         let lost = directory_finding(current, &names, &labels, c.directory.as_ref());
-        out.push(plan_one(&set, c, new, lost, now)?);
+        out.push(plan_one(&set, c, new, lost, now, current.is_empty())?);
     }
     Ok(out)
 }
@@ -740,6 +737,7 @@ fn plan_one(
     new: LoadedSchema,
     warning: Option<Finding>,
     now: &str,
+    seeding: bool,
 ) -> Result<(Registered, Vec<Finding>), RegistryError> {
     let reason = c.reason.map(|r| r.trim().to_owned()).filter(|r| !r.is_empty());
     if c.force && reason.is_none() {
@@ -762,6 +760,15 @@ fn plan_one(
         let old = p.parse().map_err(|e| SchemaErrors(vec![e]))?;
         findings.extend(compat::static_findings(&old, &new, c.sample.is_some()));
     }
+    // A new name joining a set in force is a rule change like any other: its reject and
+    // classify rules see every event, and by its priority its paths may come first for ids
+    // and time. Seeding an empty registry (each schema judged within the others) has no set
+    // in force to compare against.
+    let joins = prev.is_none() && !seeding && !current.is_empty();
+    if joins && c.sample.is_none() {
+        let others: Vec<String> = current.iter().map(VersionRecord::id).collect();
+        findings.push(compat::joining_finding(&name, new.schema.priority, &others));
+    }
     // Kept to judge the new version's own events once the set is compiled.
     let own = c
         .sample
@@ -769,7 +776,7 @@ fn plan_one(
         .and_then(|_| schema::parse_bytes(&c.label, source.clone().into_bytes()).ok());
     let new_set = compile_set(current, Some(new))?;
     if let Some(sample) = &c.sample {
-        if prev.is_some() {
+        if prev.is_some() || joins {
             let old_set = compile_set(current, None)?;
             let mut diff = SampleDiff::default();
             for (i, line) in sample.split(|&b| b == b'\n').enumerate() {

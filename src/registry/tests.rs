@@ -109,8 +109,19 @@ fn a_rename_without_alias_is_refused_and_with_alias_accepted() {
     assert!(f.iter().any(|f| f.severity == Severity::Breaking
         && f.field == "fields.customer_id"
         && f.message.contains("$.userId")));
+    // The old path kept after the new one: events that carry both now take the new one, which
+    // only a sample can judge.
+    let leading = v2("'$.userId'", "'$.user_id', '$.userId'");
+    let f = refused(&cur, candidate(&leading));
+    assert!(f.iter().any(|f| f.message.contains("adds path $.user_id ahead of $.userId")), "{f:?}");
+    let mut c = candidate(&leading);
+    c.sample = Some(b"{\"id\":1,\"userId\":\"u\",\"ts\":1709510400}\n".to_vec());
+    let (r, findings) = plan(&cur, c, "now").unwrap();
+    assert!(matches!(r, Registered::New(ref rec) if rec.version == 2 && !rec.forced));
+    assert!(findings.iter().all(|f| f.severity == Severity::Info), "{findings:?}");
+    // Appended after the old path, it only fills events that had none: no sample needed.
     let (r, findings) =
-        plan(&cur, candidate(&v2("'$.userId'", "'$.user_id', '$.userId'")), "now").unwrap();
+        plan(&cur, candidate(&v2("'$.userId'", "'$.userId', '$.user_id'")), "now").unwrap();
     assert!(matches!(r, Registered::New(ref rec) if rec.version == 2 && !rec.forced));
     assert!(findings.iter().all(|f| f.severity == Severity::Info), "{findings:?}");
 }
@@ -195,7 +206,7 @@ async fn a_directory_registry_stores_immutable_versions() {
     let (r, _) = reg.register(candidate(V1)).await.unwrap();
     assert!(matches!(r, Registered::New(_)));
     let (r, _) =
-        reg.register(candidate(&v2("'$.userId'", "'$.user_id', '$.userId'"))).await.unwrap();
+        reg.register(candidate(&v2("'$.userId'", "'$.userId', '$.user_id'"))).await.unwrap();
     assert!(matches!(r, Registered::New(ref rec) if rec.version == 2));
     assert_eq!(reg.versions().await.unwrap()["app"], vec![1, 2]);
     assert_eq!(reg.get("app", Some(1)).await.unwrap().source, V1);
@@ -262,7 +273,7 @@ fn an_empty_registry_does_not_silently_lose_the_schemas_directory() {
     }
     // A registry that holds something already is not seeded by this call.
     let cur = registered(V1);
-    assert!(plan(&cur, with_dir(&v2("'$.userId'", "'$.user_id', '$.userId'"), "x"), "now").is_ok());
+    assert!(plan(&cur, with_dir(&v2("'$.userId'", "'$.userId', '$.user_id'"), "x"), "now").is_ok());
 }
 
 #[test]
@@ -288,7 +299,8 @@ fn a_version_whose_own_sample_events_are_mostly_dead_lettered_needs_force() {
     let mut c = candidate(V1);
     c.sample = Some(sample.clone());
     let (r, f) = plan(&other, c, "now").unwrap();
-    assert!(matches!(r, Registered::New(_)) && f.is_empty(), "{f:?}");
+    assert!(matches!(r, Registered::New(_)), "{f:?}");
+    assert!(f.iter().all(|f| f.severity == Severity::Info), "{f:?}");
     // A reject rule of its own that dead-letters most of its events counts too.
     let rejecting = V1.to_owned()
         + "[[reject]]\nreason = \"test_event\"\nwhen = [{ path = '$.ts', exists = true }]\n";
@@ -301,4 +313,47 @@ fn a_version_whose_own_sample_events_are_mostly_dead_lettered_needs_force() {
     c.force = true;
     c.reason = Some("user_id ships tomorrow".into());
     assert!(matches!(plan(&other, c, "now").unwrap().0, Registered::New(rec) if rec.forced));
+}
+
+#[test]
+fn a_new_name_joining_a_set_in_force_is_judged_on_a_sample_or_refused() {
+    let cur = registered(OTHER);
+    // Its reject rule would dead-letter every event of `other` too.
+    let greedy =
+        V1.to_owned() + "[[reject]]\nreason = \"bot\"\nwhen = [{ path = '$.t', exists = true }]\n";
+    let f = refused(&cur, candidate(&greedy));
+    assert!(f.iter().any(|f| f.field == "name" && f.message.contains("adds schema app")), "{f:?}");
+    // The sample shows what it does to the set's events.
+    let mut c = candidate(&greedy);
+    c.sample = Some(b"{\"mid\":4,\"cid\":\"c\",\"t\":1709510403}\n".to_vec());
+    let f = refused(&cur, c);
+    assert!(f.iter().any(|f| f.field == "sample" && f.message.contains("bot")), "{f:?}");
+    // A harmless one passes on a sample, and --force --reason overrides without one.
+    let mut c = candidate(V1);
+    c.sample = Some(b"{\"mid\":4,\"cid\":\"c\",\"t\":1709510403}\n".to_vec());
+    assert!(matches!(plan(&cur, c, "now").unwrap().0, Registered::New(ref r) if !r.forced));
+    let mut c = candidate(V1);
+    (c.force, c.reason) = (true, Some("a new producer, checked by hand".into()));
+    assert!(matches!(plan(&cur, c, "now").unwrap().0, Registered::New(ref r) if r.forced));
+}
+
+#[test]
+fn a_priority_change_or_reordered_times_need_a_sample() {
+    let cur = registered(V1);
+    let f = refused(&cur, candidate(&V1.replace("version = 1", "version = 2\npriority = 5")));
+    assert!(f.iter().any(|f| f.field == "priority"), "{f:?}");
+    let two_times = V1.replace(
+        "event_time = [{ path = '$.ts', format = \"epoch\" }]",
+        "event_time = [{ path = '$.ts', format = \"epoch\" }, { path = '$.at', format = \"epoch\" }]",
+    );
+    let cur = registered(&two_times);
+    let swapped = two_times.replace("version = 1", "version = 2").replace(
+        "[{ path = '$.ts', format = \"epoch\" }, { path = '$.at', format = \"epoch\" }]",
+        "[{ path = '$.at', format = \"epoch\" }, { path = '$.ts', format = \"epoch\" }]",
+    );
+    let f = refused(&cur, candidate(&swapped));
+    assert!(
+        f.iter().any(|f| f.field == "fields.event_time" && f.message.contains("order")),
+        "{f:?}"
+    );
 }

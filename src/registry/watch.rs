@@ -24,6 +24,9 @@ pub struct Status {
     pub refused: u64,
     /// Why the last refused set was refused.
     pub last_error: Option<String>,
+    /// The registry's latest set is refused and an earlier one stays in force: why. Cleared
+    /// when a later set is loaded.
+    pub trouble: Option<String>,
 }
 
 /// Where the watcher leaves a new set and the processor picks it up.
@@ -50,6 +53,7 @@ impl Switchboard {
         self.with_status(|s| {
             s.pending = Some(id);
             s.reloads += 1;
+            s.trouble = None;
         });
         self.ready.store(true, Ordering::Release);
     }
@@ -71,6 +75,8 @@ impl Switchboard {
     pub fn refuse(&self, why: String) {
         self.with_status(|s| {
             s.refused += 1;
+            s.trouble =
+                Some(format!("running {}: the registry's latest set is refused: {why}", s.active));
             s.last_error = Some(why);
         });
     }

@@ -33,6 +33,8 @@ pub struct Health {
     pub state: AtomicBool,
     /// A schema set is loaded.
     pub schemas: AtomicBool,
+    /// Where a refused schema set is reported (the `schemas` check's detail).
+    board: Mutex<Option<Arc<crate::registry::watch::Switchboard>>>,
     source: Mutex<SourceStatus>,
     splits: Mutex<BTreeMap<String, String>>,
 }
@@ -96,6 +98,11 @@ impl Health {
         metrics::gauge!("clickstream_splits_not_running").set(m.len() as f64);
     }
 
+    /// Reports the schema switchboard's trouble (a refused latest set) in `/readyz`.
+    pub fn watch_schemas(&self, board: Arc<crate::registry::watch::Switchboard>) {
+        *lock(&self.board) = Some(board);
+    }
+
     /// Every check of `/readyz`.
     #[must_use]
     pub fn checks(&self) -> Vec<Check> {
@@ -106,7 +113,12 @@ impl Health {
         vec![
             Check { name: "source", ok: src.ready && src.stuck.is_none(), detail: source_detail },
             Check { name: "state", ok: self.state.load(Ordering::Relaxed), detail: None },
-            Check { name: "schemas", ok: self.schemas.load(Ordering::Relaxed), detail: None },
+            Check {
+                name: "schemas",
+                ok: self.schemas.load(Ordering::Relaxed),
+                // Still ready: the set in force keeps processing; the detail says what is wrong.
+                detail: lock(&self.board).as_ref().and_then(|b| b.status().trouble),
+            },
             Check {
                 name: "sink",
                 ok: sink.is_none(),

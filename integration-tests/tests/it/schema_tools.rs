@@ -96,8 +96,23 @@ fn register_into_an_empty_registry_does_not_lose_the_schemas_directory() {
     for s in ["segment", "web", "ivr", "legacy"] {
         assert!(out.contains(&format!("registered {s}@1 in reg\n")), "{out}");
     }
-    // Then one more producer joins a registry that is not empty: no warning either.
-    let out = ok(&run_in(w, &["schema", "register", "app.toml", "--registry", "reg"]));
+    // Then one more producer joins a registry that is not empty: its rules would see every
+    // event, so it is judged on a sample (refused without one), with no warning.
+    let err = refused(&run_in(w, &["schema", "register", "app.toml", "--registry", "reg"]));
+    assert!(err.contains("app@1 is incompatible with the set in force"), "{err}");
+    let sample = root().join("integration-tests/fixtures/sample/clicks-2k.jsonl.gz");
+    let out = ok(&run_in(
+        w,
+        &[
+            "schema",
+            "register",
+            "app.toml",
+            "--registry",
+            "reg",
+            "--sample",
+            sample.to_str().unwrap(),
+        ],
+    ));
     assert!(out.contains("registered app@1"), "{out}");
 
     // Forced with a reason: registered, the reason stored with the version.
