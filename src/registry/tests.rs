@@ -1,5 +1,5 @@
 use super::*;
-use crate::extract::compat::Severity;
+use crate::extract::compat::{self, Severity};
 
 const V1: &str = r#"name = "app"
 version = 1
