@@ -466,4 +466,5 @@ fn a_schema_places_its_path_before_another_schemas_whatever_the_priorities() {
     );
 }
 
+mod hostile;
 mod path_bound;

@@ -274,11 +274,40 @@ impl Trie {
         slots: &mut [Slot<'a>],
         exact: bool,
     ) -> Result<bool, serde_json::Error> {
+        // Exact mode reads keys as unvalidated bytes, which lets a raw control character in a
+        // key through: refuse those first, with serde's own message.
+        if exact
+            && raw_control_in_string(text)
+            && let Err(e) = serde_json::from_str::<IgnoredAny>(text)
+        {
+            return Err(e);
+        }
         let mut de = serde_json::Deserializer::from_str(text);
         let is_object = de.deserialize_any(Interior { trie: self, node, slots, exact })?;
         de.end()?;
         Ok(is_object)
     }
+}
+
+/// Whether a string literal of `text` holds a raw U+0000..=U+001F, which JSON forbids.
+fn raw_control_in_string(text: &str) -> bool {
+    let (mut in_str, mut esc) = (false, false);
+    for &b in text.as_bytes() {
+        if in_str {
+            if esc {
+                esc = false;
+            } else if b == b'\\' {
+                esc = true;
+            } else if b == b'"' {
+                in_str = false;
+            } else if b < 0x20 {
+                return true;
+            }
+        } else if b == b'"' {
+            in_str = true;
+        }
+    }
+    false
 }
 
 impl Node {
