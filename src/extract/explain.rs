@@ -55,7 +55,7 @@ fn show(v: &Slot<'_>) -> String {
         }
         Slot::Object => "an object".into(),
         Slot::Array => "an array".into(),
-        Slot::Invalid => "a string with invalid escapes".into(),
+        Slot::Lone(_) => "a string with a lone surrogate escape".into(),
     }
 }
 

@@ -14,6 +14,7 @@ pub mod coerce;
 pub mod compat;
 mod compile;
 pub mod explain;
+pub mod lone;
 pub mod order;
 pub mod path;
 pub mod sample;
@@ -396,7 +397,8 @@ impl Extractor {
         };
         // Cloned, not taken: a borrowed slot costs nothing, and `explain` reads the slots after.
         let id = match slots[slot].clone() {
-            Slot::Str(s) if !s.is_empty() => Some(s),
+            Slot::Str(s) if !s.is_empty() => Some(lone::escape_valid(s)),
+            Slot::Lone(s) if !s.is_empty() => Some(Cow::Owned(s)),
             Slot::Num(n) => match n {
                 Cow::Borrowed(t) => coerce::id_from_number(t),
                 Cow::Owned(t) => coerce::id_from_number(&t).map(|c| Cow::Owned(c.into_owned())),
@@ -420,7 +422,7 @@ impl Extractor {
             Slot::Bool(_) => TimeValue::Other("a boolean"),
             Slot::Object => TimeValue::Other("an object"),
             Slot::Array => TimeValue::Other("an array"),
-            Slot::Invalid => TimeValue::Other("a string with a lone surrogate escape"),
+            Slot::Lone(_) => TimeValue::Other("a string with a lone surrogate escape"),
             Slot::Absent | Slot::Null => TimeValue::Other("null"),
         };
         spec.read(value).map_err(|f| ExtractError::BadTimestamp {

@@ -365,6 +365,39 @@ fn valid_json_that_serde_would_convert_badly_is_still_valid() {
     assert_eq!(ok(&x, l).1, "2");
 }
 
+#[test]
+fn ids_with_lone_surrogates_are_accepted_and_kept_apart_as_the_reference_does() {
+    let x = shipped();
+    let line = |mid: &str, cid: &str| {
+        format!(
+            r#"{{"messageId":"{mid}","userId":"{cid}","type":"track","event":"e","timestamp":"2024-03-05T10:15:30Z"}}"#
+        )
+    };
+    let ids: Vec<(String, String)> =
+        [r"\ud800", r"\ud801", r"\udc00", r"a\udc00b", r"\ufffd", r"\\ud800", r"\ud800\ud800"]
+            .iter()
+            .map(|id| {
+                let (m, c, _, _) = ok(&x, &line(id, id));
+                (m, c)
+            })
+            .collect();
+    for (i, a) in ids.iter().enumerate() {
+        assert_eq!(a.0, a.1);
+        for b in &ids[i + 1..] {
+            assert_ne!(a.0, b.0, "two different ids held equal");
+        }
+    }
+    assert_eq!(ok(&x, &line(r"\ud800", "1")).0, ok(&x, &line(r"\uD800", "1")).0);
+    // A lone surrogate where a rule compares, or in a timestamp, is read as the reference reads it.
+    let l = r#"{"messageId":"m","userId":"1","type":"track","event":"\ud800","timestamp":"2024-03-05T10:15:30Z"}"#;
+    assert_eq!(ok(&x, l).3, "other");
+    let l = r#"{"messageId":"m","userId":"1","type":"track","event":"e","timestamp":"\ud800"}"#;
+    assert_eq!(reason(&x, l), "bad_timestamp");
+    // A stringified `props` with a lone surrogate inside one of its strings still parses.
+    let l = r#"{"id":"m","uid":"1","ts":1709633730,"evt":"contact_support","props":"{\"channel\":\"phone\",\"x\":\"\ud800\"}"}"#;
+    assert_eq!(ok(&x, l).3, "support_call");
+}
+
 mod never_panics {
     use super::*;
     use proptest::prelude::*;

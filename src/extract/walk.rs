@@ -33,8 +33,9 @@ pub enum Slot<'a> {
     Object,
     /// An array.
     Array,
-    /// A string whose escapes do not form valid Unicode (a lone surrogate).
-    Invalid,
+    /// A string whose escapes do not form valid Unicode (a lone surrogate), held escaped as
+    /// `lone` says: an id reads it, a comparison with a rule's value never matches it.
+    Lone(String),
 }
 
 impl<'a> Slot<'a> {
@@ -53,7 +54,7 @@ impl<'a> Slot<'a> {
             Slot::Str(s) => Slot::Str(Cow::Owned(s.into_owned())),
             Slot::Object => Slot::Object,
             Slot::Array => Slot::Array,
-            Slot::Invalid => Slot::Invalid,
+            Slot::Lone(s) => Slot::Lone(s),
         }
     }
 
@@ -62,8 +63,10 @@ impl<'a> Slot<'a> {
         match text.as_bytes().first() {
             Some(b'"') => {
                 if text.contains('\\') {
-                    serde_json::from_str::<String>(text)
-                        .map_or(Slot::Invalid, |s| Slot::Str(Cow::Owned(s)))
+                    serde_json::from_str::<String>(text).map_or_else(
+                        |_| Slot::Lone(super::lone::decode(text).unwrap_or_default()),
+                        |s| Slot::Str(Cow::Owned(s)),
+                    )
                 } else {
                     Slot::Str(Cow::Borrowed(&text[1..text.len() - 1]))
                 }
@@ -249,7 +252,7 @@ impl<'de> DeserializeSeed<'de> for NodeSeed<'_, '_, 'de> {
                 (Slot::Str(Cow::Borrowed(s)), true) => {
                     let _ = self.trie.walk_nested(self.node, s, self.slots, true);
                 }
-                (Slot::Str(Cow::Owned(s)), true) => {
+                (Slot::Str(Cow::Owned(s)) | Slot::Lone(s), true) => {
                     let mut tmp = vec![Slot::Absent; self.slots.len()];
                     if self.trie.walk_nested(self.node, s, &mut tmp, true).is_ok() {
                         for i in node.subtree.clone() {

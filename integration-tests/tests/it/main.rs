@@ -8,6 +8,7 @@ mod conformance;
 mod fenced;
 mod future;
 mod golden;
+mod json_suite;
 mod kafka;
 mod kinds;
 mod kinesis;
