@@ -86,6 +86,46 @@ pub fn escape_valid(s: Cow<'_, str>) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// Writes `s`, held as this module says, as a JSON string literal with the reference's
+/// meaning: each lone half as its `\uXXXX` escape, a doubled [`MARK`] as one, everything else
+/// escaped as `serde_json` escapes it. (A Rust string cannot hold the half itself, but JSON
+/// text can: parsed, the literal is the string the reference read.)
+pub fn write_json(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    let mut run = String::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c != MARK {
+            run.push(c);
+            continue;
+        }
+        match chars.next() {
+            // A doubled MARK stands for one; a MARK at the end was not written by `decode`.
+            Some(MARK) | None => run.push(MARK),
+            Some(p) if (PRIVATE..PRIVATE + 0x800).contains(&u32::from(p)) => {
+                escape_into(out, &run);
+                run.clear();
+                let unit = 0xD800 + u32::from(p) - PRIVATE;
+                out.extend_from_slice(format!("\\u{unit:04x}").as_bytes());
+            }
+            // Not written by `decode`: kept as it is.
+            Some(other) => {
+                run.push(MARK);
+                run.push(other);
+            }
+        }
+    }
+    escape_into(out, &run);
+    out.push(b'"');
+}
+
+/// `run` escaped as `serde_json` writes a string, without the quotes.
+fn escape_into(out: &mut Vec<u8>, run: &str) {
+    let quoted = serde_json::to_string(run).unwrap_or_default();
+    let inner = quoted.strip_prefix('"').and_then(|q| q.strip_suffix('"')).unwrap_or_default();
+    out.extend_from_slice(inner.as_bytes());
+}
+
 fn push(out: &mut String, c: char) {
     if c == MARK {
         out.push(MARK);
@@ -110,6 +150,21 @@ fn lone(out: &mut String, unit: u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn held_strings_are_written_back_as_the_json_the_reference_read() {
+        let w = |held: &str| {
+            let mut out = Vec::new();
+            write_json(&mut out, held);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(w(&d(r#""a\ud800b""#)), r#""a\ud800b""#);
+        assert_eq!(w(&d(r#""\udc00\ud83d\ude00\ud800""#)), "\"\\udc00\u{1F600}\\ud800\"");
+        assert_eq!(w(&d(r#""q\"\n\ud801""#)), r#""q\"\n\ud801""#);
+        // A MARK that was in the id comes back single; text without one as serde writes it.
+        assert_eq!(w(&escape_valid(Cow::Borrowed("x\u{fdd0}y"))), "\"x\u{fdd0}y\"");
+        assert_eq!(w("plain \"id\""), serde_json::to_string("plain \"id\"").unwrap());
+    }
 
     fn d(s: &str) -> String {
         decode(s).unwrap()

@@ -4,6 +4,7 @@
 
 use integration_tests::{python, replay, root, shared_data};
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::process::Command;
 
@@ -149,4 +150,39 @@ fn lone_surrogates_in_ids_get_the_oracles_verdict() {
     }
     let counts = compare("lone", &input, &names);
     assert_eq!(counts.get("duplicate"), Some(&2), "{counts:?}");
+}
+
+/// The rows of customers whose ids hold lone surrogates are the oracle's rows: the id is
+/// written back as the `\udXXX` text it was read from, not as the form it is held in.
+#[test]
+fn rows_of_customers_with_lone_surrogates_equal_the_oracles() {
+    let ids = [r"a\ud800b", r"\udc00x", "x\u{fdd0}y", r"\ud83d\ude00", r"\ud800\ud800", "plain"];
+    let mut input = String::new();
+    for (i, id) in ids.iter().enumerate() {
+        let _ = writeln!(
+            input,
+            "{{\"type\":\"track\",\"event\":\"Subscribe Button Hovered\",\"messageId\":\"m{i}\",\"userId\":\"{id}\",\"timestamp\":\"2024-03-05T10:15:{i:02}Z\"}}"
+        );
+    }
+    let work = tempfile::tempdir().unwrap();
+    let path = work.path().join("lone.jsonl");
+    std::fs::write(&path, input).unwrap();
+    let expected = work.path().join("expected.jsonl");
+    let o = std::process::Command::new(integration_tests::python())
+        .arg(integration_tests::shared_data().join("oracle.py"))
+        .args(["--out", expected.to_str().unwrap(), path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "oracle: {}", String::from_utf8_lossy(&o.stderr));
+    let out = work.path().join("out");
+    let run = replay(&out, &[path.to_str().unwrap()]);
+    assert!(run.status.success(), "replay: {}", String::from_utf8_lossy(&run.stderr));
+    let actual = work.path().join("actual.jsonl");
+    std::fs::write(&actual, integration_tests::rows(&out, "sessions/").join("\n") + "\n").unwrap();
+    let c = std::process::Command::new(integration_tests::python())
+        .arg(integration_tests::shared_data().join("compare.py"))
+        .args([expected.to_str().unwrap(), actual.to_str().unwrap(), "5"])
+        .output()
+        .unwrap();
+    assert!(c.status.success(), "{}", String::from_utf8_lossy(&c.stdout));
 }
