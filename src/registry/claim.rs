@@ -20,6 +20,11 @@ const LOOKBACK: u64 = 64;
 /// Attempts before giving up when registrations keep landing first.
 const ATTEMPTS: usize = 8;
 
+/// Number of version records in a listing: the point of history it shows.
+fn count(versions: &std::collections::BTreeMap<String, Vec<u32>>) -> u64 {
+    versions.values().map(|v| v.len() as u64).sum()
+}
+
 fn claim_key(at: u64) -> String {
     format!("_sets/c{at:010}.json")
 }
@@ -52,13 +57,14 @@ impl Registry {
     /// Plans `cs` against the set at the current point of history, after finishing the
     /// newest claim if its registrant stopped short.
     pub(super) async fn judge(&self, cs: &[Candidate], now: &str) -> Result<Judged, RegistryError> {
-        let mut at = self.count().await?;
-        if self.finish_newest_claim(at).await? {
-            at = self.count().await?;
+        let mut versions = self.versions().await?;
+        if self.finish_newest_claim(count(&versions)).await? {
+            versions = self.versions().await?;
         }
-        let current = self.current().await?;
+        // The set and the point of history from one listing.
+        let current = self.latest_of(&versions).await?;
         let planned = super::plan_many(&current, cs.to_vec(), now)?;
-        Ok(Judged { at, planned })
+        Ok(Judged { at: count(&versions), planned })
     }
 
     /// Claims `j.at` and writes its records: `Ok(false)` if another registration claimed it
@@ -83,11 +89,6 @@ impl Registry {
             self.create_record(rec).await?;
         }
         Ok(true)
-    }
-
-    /// Number of version records.
-    async fn count(&self) -> Result<u64, RegistryError> {
-        Ok(self.versions().await?.values().map(|v| v.len() as u64).sum())
     }
 
     /// Finishes the newest claim at or below `at` (looking [`LOOKBACK`] back); whether it

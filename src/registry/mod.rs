@@ -533,10 +533,18 @@ impl Registry {
     /// # Errors
     /// Unreadable or corrupt.
     pub async fn current(&self) -> Result<Vec<VersionRecord>, RegistryError> {
+        self.latest_of(&self.versions().await?).await
+    }
+
+    /// The latest record of every name in `versions` (a listing).
+    async fn latest_of(
+        &self,
+        versions: &BTreeMap<String, Vec<u32>>,
+    ) -> Result<Vec<VersionRecord>, RegistryError> {
         let mut out = Vec::new();
-        for (name, versions) in self.versions().await? {
+        for (name, versions) in versions {
             if let Some(&v) = versions.last() {
-                out.push(self.get(&name, Some(v)).await?);
+                out.push(self.get(name, Some(v)).await?);
             }
         }
         Ok(out)

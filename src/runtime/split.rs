@@ -316,12 +316,16 @@ impl<P: Position> Pipeline<P> {
     ) -> Stop {
         let mut last_check = Instant::now();
         let mut seen = false;
+        // The wall clock that bounds event times, read at each check (every 20 ms): a day's
+        // margin does not need it fresher, and a second clock read per record would be waste.
+        self.processor.set_now(super::record::now_ms() as i64);
         loop {
             // One clock read per record (tens of nanoseconds): checkpoints stay on time however
             // slowly or quickly records arrive.
             let now = Instant::now();
             if now.duration_since(last_check) >= CHECK_PERIOD {
                 last_check = now;
+                self.processor.set_now(super::record::now_ms() as i64);
                 if std::mem::take(&mut seen) {
                     self.last_input = now;
                     metrics::counter!("clickstream_records_read", "partition" => self.split.clone())
@@ -347,7 +351,6 @@ impl<P: Position> Pipeline<P> {
                     if self.next.as_ref().is_some_and(|n| r.end <= *n) {
                         continue; // a redelivery: already in the state
                     }
-                    self.processor.set_now(super::record::now_ms() as i64);
                     self.processor.process_record(r.payload, r.line);
                     self.bytes += r.payload.len() as u64;
                     self.next = Some(r.end);
