@@ -13,7 +13,8 @@ use crate::sink::Sink;
 use crate::sink::file::FileSink;
 use crate::sink::s3::S3Sink;
 use crate::source::Message;
-use crate::source::replay::{self, BarrierPolicy, Input, Recognised, ReplaySource};
+use crate::source::replay::archive::Window;
+use crate::source::replay::{self, BarrierPolicy, Framing, Input, Recognised, ReplaySource};
 use crate::state::rocksdb::MemoryBudget;
 use crate::state::rocksdb::RocksDbStore;
 use crate::state::{Counters, Meta, StateStore};
@@ -47,6 +48,10 @@ pub struct ReplaySettings {
     pub follow: bool,
     /// Names the stream on stdin, so a replay of it can be resumed (`--stdin-id`).
     pub stdin_id: Option<String>,
+    /// How inputs are cut into records (`--framing`; None: by input, see [`replay::Options`]).
+    pub framing: Option<Framing>,
+    /// Which objects of an archive are read (`--from`, `--to`).
+    pub window: Window,
     /// Session rows as Parquet (S3 output only).
     pub parquet: bool,
     /// Bytes state may hold in memory (`state.memory_budget`).
@@ -122,11 +127,12 @@ enum Resume {
 fn resume_point(
     meta: Option<&Meta>,
     base: &MetaBase,
-    inputs: &[Input],
+    inputs: &replay::Resolved,
     state: &std::path::Path,
 ) -> Result<Resume> {
     let Some(m) = meta else { return Ok(Resume::Fresh) };
-    let recognised = replay::recognise(&m.inputs, inputs, &base.inputs)
+    let recognised = inputs
+        .recognise(&m.inputs, state)
         .with_context(|| format!("state {} holds a checkpoint", state.display()))?;
     if let Recognised::Unfingerprinted(names) = &recognised {
         warn!(inputs = %names.join(", "), state = %state.display(), "The checkpoint predates content fingerprints: these inputs are recognised by name and size only.");
@@ -175,13 +181,23 @@ pub fn replay(s: &ReplaySettings, cancel: &CancellationToken, logs: &LogWriter) 
     if s.stdin_id.is_some() && !s.inputs.iter().any(|i| i == "-") {
         bail!("--stdin-id names the stream on stdin, but no input is - (stdin)");
     }
-    let inputs: Vec<Input> = s
-        .inputs
-        .iter()
-        .map(|i| Ok(Input::new(i)?.with_stdin_id(s.stdin_id.as_deref())))
-        .collect::<Result<_>>()?;
-    if s.follow && inputs.last().is_some_and(Input::is_gzip) {
-        bail!("--follow reads a growing file: the last input cannot be gzip-compressed");
+    let inputs = replay::resolve(
+        &s.inputs,
+        &replay::Options {
+            framing: s.framing,
+            window: s.window,
+            stdin_id: s.stdin_id.as_deref(),
+            follow: s.follow,
+            force_path_style: s.services.force_path_style,
+        },
+    )?;
+    if s.follow && s.framing.is_some_and(|f| f != Framing::Lines) {
+        bail!("--follow reads a growing file line by line: --framing must be lines");
+    }
+    if s.follow && inputs.inputs.last().is_some_and(|i| i.is_gzip() || i.is_object()) {
+        bail!(
+            "--follow reads a growing file: the last input cannot be gzip-compressed or an archive"
+        );
     }
     // Stops the registry watcher and the admin API when the replay ends, however it ends.
     let services = CancellationToken::new();
@@ -211,7 +227,7 @@ struct Schemas {
 
 fn replay_into<K: Sink + Send + 'static>(
     s: &ReplaySettings,
-    inputs: Vec<Input>,
+    resolved: replay::Resolved,
     schemas: Schemas,
     sink: K,
     cancel: &CancellationToken,
@@ -226,12 +242,12 @@ fn replay_into<K: Sink + Send + 'static>(
     let meta = store.meta()?;
     info!(state = %s.state.display(), ms = opened.elapsed().as_millis() as u64, open_sessions = meta.as_ref().map_or(0, |m| m.open.0), "State opened (read on demand, not loaded).");
 
+    resolved.keep_listings(&s.state)?;
     let base = MetaBase {
-        // A followed input grows: its size and content are no identity.
-        inputs: inputs.iter().map(|i| i.identity(s.follow)).collect::<Result<_, _>>()?,
+        inputs: resolved.identities.clone(),
         settings: settings_fingerprint(&s.rules, (!with_registry).then_some(&*extractor)),
     };
-    let (start, last) = match resume_point(meta.as_ref(), &base, &inputs, &s.state)? {
+    let (start, last) = match resume_point(meta.as_ref(), &base, &resolved, &s.state)? {
         Resume::Fresh => (SourcePosition::default(), 0),
         Resume::From(pos, last) => (pos, last),
         Resume::Done(counters) => {
@@ -259,6 +275,7 @@ fn replay_into<K: Sink + Send + 'static>(
         );
     }
 
+    let inputs = resolved.inputs;
     let names = inputs.iter().map(|i| Arc::clone(&i.name)).collect();
     let mut processor = Processor::new(Arc::clone(&extractor), s.rules, names);
     processor.restore(meta.as_ref(), store.backing(), budget.sessions(1));

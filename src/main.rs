@@ -39,7 +39,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Replay recorded JSON Lines files through the pipeline into a local directory.
+    /// Replay recorded events (JSON Lines files, stdin, or archives in a directory or S3)
+    /// through the pipeline into a local directory or S3.
     ///
     /// Resumable: killed at any point, the same command with the same --state and --output
     /// continues from the last checkpoint and ends with output identical to an uninterrupted run.
@@ -145,7 +146,22 @@ struct ReplayArgs {
     /// [default: one per core this process may use].
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
-    /// Input files (.jsonl or .jsonl.gz), read in order; - reads stdin.
+    /// How inputs are cut into records: `lines` (JSON Lines), `concatenated` (JSON values back
+    /// to back, any whitespace or none between them, as Kinesis Data Firehose writes them) or
+    /// `auto` (decided per input from its first bytes) [default: lines for files, and for an
+    /// archive's objects named .jsonl or .ndjson; auto for its other objects].
+    #[arg(long, value_name = "FRAMING")]
+    framing: Option<clickstream::source::replay::Framing>,
+    /// Read only the objects of an archive from this time on: by the hour their key names
+    /// (`…/YYYY/MM/DD/HH/…`, kept when it overlaps), else by when they were last written. E.g.
+    /// 2026-11-30T13, 2026-11-30T13:05:00Z, 2026/11/30/13.
+    #[arg(long, value_name = "TIME", value_parser = clickstream::source::replay::archive::parse_time)]
+    from: Option<i64>,
+    /// Read only the objects of an archive before this time (see --from).
+    #[arg(long, value_name = "TIME", value_parser = clickstream::source::replay::archive::parse_time)]
+    to: Option<i64>,
+    /// Inputs, read in order: files (.jsonl, gzip-compressed or not), - for stdin, or archives:
+    /// a directory or `s3://bucket/prefix`, whose objects are read in key order (recursively).
     #[arg(value_name = "INPUT", required = true)]
     inputs: Vec<String>,
 }
@@ -393,6 +409,8 @@ fn replay_settings(config: Option<&std::path::Path>, a: ReplayArgs) -> Result<Re
         },
         follow: a.follow,
         stdin_id: a.stdin_id,
+        framing: a.framing,
+        window: clickstream::source::replay::archive::Window { from: a.from, to: a.to },
         parquet: c.sink.format == clickstream::config::SinkFormat::Parquet,
         workers: c.replay.workers,
         state,

@@ -304,17 +304,27 @@ impl Processor {
         let _ = std::thread::Builder::new().name("free-caches".into()).spawn(move || drop(self));
     }
 
-    /// Counts a line the source could not hold, as too large.
+    /// Counts a line the source could not hold, as too large, or bytes that frame no value.
     pub fn process_oversized(&mut self, o: &Oversized) -> SourcePosition {
         self.counters.lines += 1;
         let pos = LinePosition { input: o.input, line: o.lines_before + 1, offset: o.offset };
-        let detail = format!(
-            "the line is {} bytes long; the record keeps its first {}",
-            o.len,
-            o.prefix.len()
-        );
-        self.dead_letter(Arc::from("too_large"), detail, pos, &o.prefix);
-        if let Some(d) = self.dead.last_mut() {
+        let cut = (o.prefix.len() as u64) < o.len;
+        let (reason, mut detail) = match o.bad_framing {
+            Some(why) => {
+                ("bad_framing", format!("{why}: {} bytes that frame no JSON value", o.len))
+            }
+            None => ("too_large", format!("the line is {} bytes long", o.len)),
+        };
+        if cut {
+            let _ = std::fmt::Write::write_fmt(
+                &mut detail,
+                format_args!("; the record keeps its first {}", o.prefix.len()),
+            );
+        }
+        self.dead_letter(Arc::from(reason), detail, pos, &o.prefix);
+        if let Some(d) = self.dead.last_mut()
+            && cut
+        {
             d.truncated_from = Some(o.len);
         }
         SourcePosition { input: o.input, line: o.lines_before + 1, offset: o.offset + o.len + 1 }

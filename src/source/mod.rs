@@ -25,7 +25,7 @@ pub enum Message {
     Barrier(SourcePosition),
     /// Every input was read to its end; the final position.
     End(SourcePosition),
-    /// A line too long to hold in memory, skipped by the source.
+    /// A line too long to hold in memory, or bytes that frame no value, skipped by the source.
     Oversized(Oversized),
 }
 
@@ -42,6 +42,8 @@ pub struct Oversized {
     pub len: u64,
     /// Its first bytes.
     pub prefix: Vec<u8>,
+    /// Not a line too long but bytes that frame no JSON value (`bad_framing`), and why.
+    pub bad_framing: Option<&'static str>,
 }
 
 /// A run of complete lines of one input. Each line ends in `\n`, except that the input's last

@@ -2,6 +2,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 mod admin_limits;
+mod archive;
 mod broker;
 mod cli;
 mod conformance;

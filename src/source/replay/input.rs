@@ -1,6 +1,8 @@
 //! One input of a replay, and how a resume recognises it.
 
 use super::SourceError;
+use super::archive::Object;
+use super::framing::Framing;
 use flate2::read::MultiGzDecoder;
 use indicatif::ProgressBar;
 use std::fs::File;
@@ -14,14 +16,24 @@ pub const FINGERPRINT_SPAN: u64 = 64 << 10;
 /// One input of a replay.
 #[derive(Debug, Clone)]
 pub struct Input {
-    /// As given on the command line.
+    /// As given on the command line; for an archive's object `s3://bucket/key` or its path.
     pub name: Arc<str>,
-    path: Option<PathBuf>,
+    origin: Origin,
+    /// Named `.gz` (an object's compression is told by its first bytes, not its name).
     gzip: bool,
     size: Option<u64>,
     /// For stdin: the name the operator gave the stream (`--stdin-id`), which a resume must
     /// repeat.
     stdin_id: Option<Arc<str>>,
+    framing: Framing,
+}
+
+/// Where an input's bytes come from.
+#[derive(Debug, Clone)]
+enum Origin {
+    Stdin,
+    File(PathBuf),
+    Object(Arc<Object>),
 }
 
 /// Which file an open handle reads: a path whose file changes identity was rotated.
@@ -47,10 +59,15 @@ impl FileId {
 
 /// An input opened for reading.
 pub(super) struct Opened {
-    /// Its bytes from the requested offset, decompressed.
+    /// Its bytes, decompressed: from the requested offset when `framing` is lines, from its
+    /// start when it is concatenated (offsets then count framed bytes, which only the framer
+    /// can skip).
     pub(super) reader: Box<dyn Read + Send>,
-    /// The file the handle reads (None for stdin, or where the platform cannot tell).
+    /// The file the handle reads (None for stdin, an object, or where the platform cannot
+    /// tell).
     pub(super) file: Option<FileId>,
+    /// How its bytes are cut into records: never `Auto`.
+    pub(super) framing: Framing,
 }
 
 /// What a checkpoint's record of the inputs says about the inputs given now.
@@ -74,10 +91,11 @@ impl Input {
         if arg == "-" {
             return Ok(Input {
                 name: Arc::from("-"),
-                path: None,
+                origin: Origin::Stdin,
                 gzip: false,
                 size: None,
                 stdin_id: None,
+                framing: Framing::Lines,
             });
         }
         let path = PathBuf::from(arg);
@@ -91,15 +109,55 @@ impl Input {
             name: Arc::from(arg),
             gzip: path.extension().is_some_and(|x| x.eq_ignore_ascii_case("gz")),
             size: Some(meta.len()),
-            path: Some(path),
+            origin: Origin::File(path),
             stdin_id: None,
+            framing: Framing::Lines,
         })
+    }
+
+    /// Stands for an archive (`arg`) where a checkpoint's record of the inputs is checked:
+    /// neither stdin nor a file, so no record of an older format can match it.
+    pub(super) fn stand_in(arg: &str) -> Input {
+        Input {
+            name: Arc::from(arg),
+            origin: Origin::File(PathBuf::new()),
+            gzip: false,
+            size: None,
+            stdin_id: None,
+            framing: Framing::Auto,
+        }
+    }
+
+    /// An object of an archive in S3, as listed.
+    pub(super) fn object(object: Object) -> Input {
+        Input {
+            name: Arc::from(format!("s3://{}/{}", object.bucket(), object.key).as_str()),
+            gzip: false,
+            size: Some(object.size),
+            origin: Origin::Object(Arc::new(object)),
+            stdin_id: None,
+            framing: Framing::Lines,
+        }
+    }
+
+    /// How its bytes are cut into records (`--framing`); `Auto` decides when it is opened,
+    /// from its first bytes.
+    #[must_use]
+    pub fn with_framing(mut self, framing: Framing) -> Self {
+        self.framing = framing;
+        self
+    }
+
+    /// The framing asked for (`Auto` until opened).
+    #[must_use]
+    pub fn framing(&self) -> Framing {
+        self.framing
     }
 
     /// Names the stream on stdin (`--stdin-id`); no effect on a file.
     #[must_use]
     pub fn with_stdin_id(mut self, id: Option<&str>) -> Self {
-        if self.path.is_none() {
+        if self.is_stdin() {
             self.stdin_id = id.map(Arc::from);
         }
         self
@@ -108,7 +166,13 @@ impl Input {
     /// Whether it is stdin.
     #[must_use]
     pub fn is_stdin(&self) -> bool {
-        self.path.is_none()
+        matches!(self.origin, Origin::Stdin)
+    }
+
+    /// Whether it is an object in S3 (its identity is its archive's listing).
+    #[must_use]
+    pub fn is_object(&self) -> bool {
+        matches!(self.origin, Origin::Object(_))
     }
 
     /// The identity a checkpoint records, to refuse resuming on other data: for a file its name,
@@ -119,18 +183,26 @@ impl Input {
     /// # Errors
     /// The file cannot be read.
     pub fn identity(&self, follow: bool) -> Result<String, SourceError> {
-        match (&self.path, self.size) {
-            (None, _) => Ok(match &self.stdin_id {
-                Some(id) => format!("-:stdin-id={id}"),
+        let framing = match self.framing {
+            // What checkpoints recorded before framings existed.
+            Framing::Lines => String::new(),
+            f => format!(":framing={f}"),
+        };
+        match (&self.origin, self.size) {
+            (Origin::Stdin, _) => Ok(match &self.stdin_id {
+                Some(id) => format!("-:stdin-id={id}{framing}"),
                 None => "-".to_owned(),
             }),
-            (Some(_), _) if follow => Ok(self.name.to_string()),
-            (Some(p), Some(size)) => {
+            (Origin::Object(o), _) => {
+                Ok(format!("{}:etag={}{framing}", self.legacy_identity(), o.etag))
+            }
+            (Origin::File(_), _) if follow => Ok(format!("{}{framing}", self.name)),
+            (Origin::File(p), Some(size)) => {
                 let hash = content_hash(p, size)
                     .map_err(|source| SourceError::Read { path: self.name.to_string(), source })?;
-                Ok(format!("{}:md5={hash}", self.legacy_identity()))
+                Ok(format!("{}:md5={hash}{framing}", self.legacy_identity()))
             }
-            (Some(_), None) => Ok(self.legacy_identity()),
+            (Origin::File(_), None) => Ok(self.legacy_identity()),
         }
     }
 
@@ -164,45 +236,115 @@ impl Input {
 
     /// The file now at the input's path, if it is a file that can be told apart.
     pub(super) fn path_now(&self) -> Option<(Option<FileId>, u64)> {
-        let meta = std::fs::metadata(self.path.as_ref()?).ok()?;
+        let Origin::File(path) = &self.origin else { return None };
+        let meta = std::fs::metadata(path).ok()?;
         Some((FileId::of(&meta), meta.len()))
     }
 
     pub(super) fn open(&self, offset: u64, progress: &ProgressBar) -> Result<Opened, SourceError> {
         let name = self.name.to_string();
         let open_err = |source| SourceError::Open { path: name.clone(), source };
+        let read_err = |source| SourceError::Read { path: name.clone(), source };
         let mut file = None;
-        let raw: Box<dyn Read + Send> = match &self.path {
-            None => Box::new(io::stdin()),
-            Some(p) => {
+        // Compression is told by the first bytes, not the name: archives hold gzip objects
+        // named `.json` and plain ones named `.gz`.
+        let (gzip, raw): (bool, Box<dyn Read + Send>) = match &self.origin {
+            Origin::Stdin => sniff(Box::new(io::stdin())).map_err(read_err)?,
+            Origin::File(p) => {
                 let mut f = File::open(p).map_err(open_err)?;
                 file = f.metadata().ok().as_ref().and_then(FileId::of);
-                if !self.gzip && offset > 0 {
+                let gzip = is_gzip_file(&mut f).map_err(open_err)?;
+                if !gzip && self.framing == Framing::Lines && offset > 0 {
+                    if self.size.is_some_and(|s| s < offset) {
+                        return Err(SourceError::Shorter { path: name, offset });
+                    }
                     f.seek(SeekFrom::Start(offset)).map_err(open_err)?;
                     progress.inc(offset);
+                    return Ok(Opened {
+                        reader: Box::new(Counted {
+                            inner: Box::new(f),
+                            progress: progress.clone(),
+                        }),
+                        file,
+                        framing: Framing::Lines,
+                    });
                 }
-                Box::new(f)
+                (gzip, Box::new(f))
             }
+            Origin::Object(o) => sniff(Box::new(o.reader())).map_err(read_err)?,
         };
         let counted = Counted { inner: raw, progress: progress.clone() };
-        let mut r: Box<dyn Read + Send> = if self.gzip {
+        let r: Box<dyn Read + Send> = if gzip {
             Box::new(MultiGzDecoder::new(io::BufReader::with_capacity(1 << 20, counted)))
         } else {
             Box::new(counted)
         };
-        if offset > 0 && (self.gzip || self.path.is_none()) {
-            // No seeking in a compressed stream or a pipe: read past what was consumed. For
-            // stdin this assumes the stream is fed again from its start (`--stdin-id`).
-            let skipped = io::copy(&mut (&mut r).take(offset), &mut io::sink())
-                .map_err(|source| SourceError::Read { path: name.clone(), source })?;
+        let (framing, mut r) = match self.framing {
+            Framing::Auto => {
+                let (head, rest) = head_of(r, DETECT_SPAN).map_err(read_err)?;
+                let complete = head.len() < DETECT_SPAN;
+                let framing = super::framing::detect(&head, complete);
+                let r: Box<dyn Read + Send> = Box::new(io::Cursor::new(head).chain(rest));
+                (framing, r)
+            }
+            f => (f, r),
+        };
+        if framing == Framing::Lines && offset > 0 {
+            // No seeking in a compressed stream, a pipe or an object read once: read past what
+            // was consumed. For stdin this assumes the stream is fed again from its start
+            // (`--stdin-id`).
+            let skipped =
+                io::copy(&mut (&mut r).take(offset), &mut io::sink()).map_err(read_err)?;
             if skipped < offset {
                 return Err(SourceError::Shorter { path: name, offset });
             }
-        } else if offset > 0 && self.size.is_some_and(|s| s < offset) {
-            return Err(SourceError::Shorter { path: name, offset });
         }
-        Ok(Opened { reader: r, file })
+        Ok(Opened { reader: r, file, framing })
     }
+}
+
+/// Whether a file starts with gzip's magic bytes; leaves it at its start.
+fn is_gzip_file(f: &mut File) -> io::Result<bool> {
+    let mut magic = [0u8; 2];
+    let n = read_full(f, &mut magic)?;
+    f.seek(SeekFrom::Start(0))?;
+    Ok(n == 2 && magic == GZIP_MAGIC)
+}
+
+const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
+/// How much of an input `--framing auto` looks at to decide.
+const DETECT_SPAN: usize = 64 << 10;
+
+/// Whether a stream starts with gzip's magic bytes, and the whole stream again.
+fn sniff(mut r: Box<dyn Read + Send>) -> io::Result<(bool, Box<dyn Read + Send>)> {
+    let mut magic = [0u8; 2];
+    let n = read_full(&mut r, &mut magic)?;
+    Ok((n == 2 && magic == GZIP_MAGIC, Box::new(io::Cursor::new(magic[..n].to_vec()).chain(r))))
+}
+
+/// Up to `span` first bytes of a stream, and the rest of it.
+fn head_of(
+    mut r: Box<dyn Read + Send>,
+    span: usize,
+) -> io::Result<(Vec<u8>, Box<dyn Read + Send>)> {
+    let mut head = vec![0u8; span];
+    let n = read_full(&mut r, &mut head)?;
+    head.truncate(n);
+    Ok((head, r))
+}
+
+/// Reads until `buf` is full or the stream ends; the number of bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
 }
 
 /// MD5 (an identity, not a defence against forgery) of a file's first and last

@@ -1,14 +1,23 @@
-//! Replay of recorded JSON Lines files (`.jsonl`, `.jsonl.gz`, or `-` for stdin), in the order
-//! given, resuming at a checkpointed position.
+//! Replay of recorded events, in the order given, resuming at a checkpointed position: JSON
+//! Lines files (`-` for stdin), and archives (a directory or an S3 prefix) of objects with
+//! JSON Lines or JSON values back to back, gzip-compressed or not.
 //!
 //! Layout: `input` opens an input and says what identifies it to a resume (name, size, a hash of
-//! its ends; `--stdin-id` for stdin); `follow` notices a followed file being truncated or
-//! replaced; this module reads lines and decides where barriers fall.
+//! its ends; `--stdin-id` for stdin); `archive` lists an archive into inputs and pins the
+//! listing; `framing` cuts values written back to back into records and `concat` reads such an
+//! input; `follow` notices a followed file being truncated or replaced; this module reads
+//! lines and decides where barriers fall.
 
+pub mod archive;
+mod concat;
 mod follow;
+mod framing;
 mod input;
+mod resolve;
 
+pub use framing::{Framed, Framer, Framing, PREFIX, detect};
 pub use input::{FINGERPRINT_SPAN, Input, Recognised, recognise};
+pub use resolve::{Options, Resolved, resolve};
 
 use super::{Chunk, Message, Oversized};
 use crate::event::SourcePosition;
@@ -79,6 +88,9 @@ pub enum SourceError {
         /// The id given now ("" for none).
         given: String,
     },
+    /// An archive cannot be read as asked, or changed since a checkpoint.
+    #[error("{0}")]
+    Archive(String),
     /// A file has the recorded name and size but other content.
     #[error(
         "input {path} is not the file the checkpoint read: same name and size, but its first or last 64 KiB differ"
@@ -174,12 +186,25 @@ impl Emitter<'_> {
     }
 
     fn send_oversized(&mut self, prefix: Vec<u8>, len: u64, newline: bool) -> bool {
+        self.send_skipped(prefix, len, newline, None)
+    }
+
+    /// Sends a record the source skipped (too long, or bytes that frame no value), which takes
+    /// `len` bytes and a newline (`newline`) of the input.
+    fn send_skipped(
+        &mut self,
+        prefix: Vec<u8>,
+        len: u64,
+        newline: bool,
+        bad_framing: Option<&'static str>,
+    ) -> bool {
         let o = Oversized {
             input: self.pos.input,
             lines_before: self.pos.line,
             offset: self.pos.offset,
             len,
             prefix,
+            bad_framing,
         };
         self.pos.line += 1;
         self.pos.offset += len + u64::from(newline);
@@ -282,6 +307,9 @@ fn read_input(
     progress: &ProgressBar,
 ) -> Result<Flow, SourceError> {
     let opened = input.open(em.pos.offset, progress)?;
+    if opened.framing == Framing::Concatenated {
+        return concat::read(opened.reader, em, cancel, &input.name);
+    }
     let mut r = opened.reader;
     let mut watch = Follow { input, file: opened.file, cancel };
     // The start of a line whose `\n` has not been read yet.

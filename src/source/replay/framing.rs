@@ -1,0 +1,1006 @@
+//! Cuts concatenated JSON (`{…}{…}`, as Kinesis Data Firehose writes it, compact or pretty) into
+//! the newline-ended records the line-based replay expects.
+//!
+//! The framer tracks strings, escapes and bracket depth instead of matching `}{`, so a `}{` inside
+//! a string never splits a record. It is pure and streaming: its output does not depend on how the
+//! object is cut into `feed` calls, and it holds at most `max_record` bytes of a value. Bytes that
+//! cannot be framed never stop the replay: they become `Framed::Bad` (dead-lettered as
+//! `bad_framing`) and framing resumes at the next recoverable boundary.
+
+use memchr::{memchr, memchr2, memchr3};
+use std::fmt;
+use std::str::FromStr;
+
+/// How an input's bytes are cut into records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// One record per line (JSON Lines).
+    Lines,
+    /// JSON values back to back, with or without whitespace between them.
+    Concatenated,
+    /// Decided per object from its first bytes by [`detect`].
+    Auto,
+}
+
+impl FromStr for Framing {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Framing, String> {
+        match s {
+            "lines" => Ok(Framing::Lines),
+            "concatenated" => Ok(Framing::Concatenated),
+            "auto" => Ok(Framing::Auto),
+            other => Err(format!(
+                "unknown framing `{other}`: expected `lines`, `concatenated` or `auto`"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Framing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Framing::Lines => "lines",
+            Framing::Concatenated => "concatenated",
+            Framing::Auto => "auto",
+        })
+    }
+}
+
+/// What the framer hands on, in input order.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Framed {
+    /// One or more whole values, each followed by exactly one `\n`. A value's bytes are kept as in
+    /// the input except that `\n` and `\r` between its tokens (outside strings) become spaces, so
+    /// a record never holds a `\n` of its own.
+    Records(Vec<u8>),
+    /// Bytes that are not a value (dead-lettered `bad_framing`): where they start in the
+    /// object (`raw_offset`, bytes of the decompressed object), how many (`len`), the first
+    /// [`PREFIX`] of them, and why, in words for a dead letter.
+    Bad {
+        /// Offset of the first byte in the decompressed object.
+        raw_offset: u64,
+        /// Number of bytes.
+        len: u64,
+        /// The first [`PREFIX`] bytes, as in the input.
+        prefix: Vec<u8>,
+        /// Why they are not a value.
+        why: &'static str,
+    },
+    /// A value longer than the framer's `max_record`: where it starts, its length, its first
+    /// [`PREFIX`] bytes.
+    Oversized {
+        /// Offset of the value's first byte in the decompressed object.
+        raw_offset: u64,
+        /// The value's length in bytes.
+        len: u64,
+        /// The value's first [`PREFIX`] bytes, as in the input.
+        prefix: Vec<u8>,
+    },
+}
+
+/// How much of a bad run or an oversized value is kept for its dead letter.
+pub const PREFIX: usize = 64 << 10;
+
+const BOM: [u8; 3] = [0xEF, 0xBB, 0xBF];
+
+const WHY_BETWEEN: &str = "bytes between values that start none";
+const WHY_CUT_SHORT: &str = "a value cut short: another starts inside it";
+const WHY_LINE_BREAK: &str = "a line break inside a string";
+const WHY_ENDS_INSIDE: &str = "the object ends inside a value";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// At the object's start, having matched this many bytes of a BOM.
+    Start(u8),
+    /// Between values, skipping whitespace.
+    Between,
+    /// In a run of bytes between values that start none.
+    Garbage,
+    /// Inside a value.
+    Value,
+}
+
+/// A streaming framer of one object.
+#[derive(Debug)]
+pub struct Framer {
+    max_record: usize,
+    consumed: u64,
+    mode: Mode,
+    /// A bad run between values starts at `bad_start`; `bad_end` is just past its last
+    /// non-whitespace byte, so the run excludes whitespace at both edges (leading whitespace is
+    /// skipped before the run starts, trailing whitespace is cut off when it is emitted).
+    bad_start: u64,
+    bad_end: u64,
+    /// The run's first bytes (up to `PREFIX`, possibly with trailing whitespace cut later).
+    bad_prefix: Vec<u8>,
+    /// Where the current value starts in the object.
+    v_start: u64,
+    depth: usize,
+    /// The previous non-whitespace byte of the value outside strings (`"` after a string).
+    prev: u8,
+    in_string: bool,
+    escaped: bool,
+    /// The value's raw bytes from earlier feeds: all of them while the value is within
+    /// `max_record`, then only the first `PREFIX`.
+    held: Vec<u8>,
+    /// During a `feed`, where the current value's bytes not yet in `held` start in its input.
+    seg: usize,
+}
+
+impl Framer {
+    /// A framer for one object whose values longer than `max_record` bytes are `Oversized`.
+    #[must_use]
+    pub fn new(max_record: usize) -> Framer {
+        Framer {
+            max_record,
+            consumed: 0,
+            mode: Mode::Start(0),
+            bad_start: 0,
+            bad_end: 0,
+            bad_prefix: Vec::new(),
+            v_start: 0,
+            depth: 0,
+            prev: 0,
+            in_string: false,
+            escaped: false,
+            held: Vec::new(),
+            seg: 0,
+        }
+    }
+
+    /// Raw bytes fed so far.
+    #[must_use]
+    pub fn consumed(&self) -> u64 {
+        self.consumed
+    }
+
+    /// Frames the next bytes of the object, appending to `out` what is complete. The output does
+    /// not depend on how the object is cut into `feed` calls. Consecutive complete values are
+    /// merged into one `Records` (appended to the last element of `out` when it is `Records`).
+    pub fn feed(&mut self, raw: &[u8], out: &mut Vec<Framed>) {
+        self.seg = 0;
+        let mut i = 0;
+        while i < raw.len() {
+            i = match self.mode {
+                Mode::Start(matched) => self.step_start(matched, raw[i], i),
+                Mode::Between => self.step_between(raw[i], i),
+                Mode::Garbage => self.step_garbage(raw, i, out),
+                Mode::Value if self.in_string => self.step_string(raw, i, out),
+                Mode::Value => self.step_token(raw, i, out),
+            };
+        }
+        self.consumed += raw.len() as u64;
+        if self.mode == Mode::Value {
+            self.hold(&raw[self.seg..]);
+        }
+    }
+
+    /// The object ended: a value cut short becomes `Bad` ("the object ends inside a value").
+    pub fn finish(&mut self, out: &mut Vec<Framed>) {
+        match self.mode {
+            Mode::Start(0) | Mode::Between => {}
+            Mode::Start(m) => {
+                out.push(Framed::Bad {
+                    raw_offset: 0,
+                    len: u64::from(m),
+                    prefix: BOM[..usize::from(m)].to_vec(),
+                    why: WHY_BETWEEN,
+                });
+            }
+            Mode::Garbage => self.emit_garbage(out),
+            Mode::Value => {
+                let prefix = self.value_prefix(&[]);
+                out.push(Framed::Bad {
+                    raw_offset: self.v_start,
+                    len: self.consumed - self.v_start,
+                    prefix,
+                    why: WHY_ENDS_INSIDE,
+                });
+                self.held.clear();
+            }
+        }
+        self.mode = Mode::Between;
+    }
+
+    /// Offset in the object of `raw[i]` during a `feed`.
+    fn at(&self, i: usize) -> u64 {
+        self.consumed + i as u64
+    }
+
+    fn step_start(&mut self, matched: u8, b: u8, i: usize) -> usize {
+        let m = usize::from(matched);
+        if b == BOM[m] {
+            self.mode = if m + 1 == BOM.len() { Mode::Between } else { Mode::Start(matched + 1) };
+            i + 1
+        } else {
+            if m == 0 {
+                self.mode = Mode::Between;
+            } else {
+                // A partial BOM is not whitespace: it starts a bad run at offset 0.
+                self.bad_start = 0;
+                self.bad_end = m as u64;
+                self.bad_prefix.clear();
+                self.bad_prefix.extend_from_slice(&BOM[..m]);
+                self.mode = Mode::Garbage;
+            }
+            i
+        }
+    }
+
+    fn step_between(&mut self, b: u8, i: usize) -> usize {
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            b'{' | b'[' => {
+                self.open_value(self.at(i), b);
+                self.seg = i;
+            }
+            _ => {
+                self.bad_start = self.at(i);
+                self.bad_end = self.bad_start;
+                self.bad_prefix.clear();
+                self.mode = Mode::Garbage;
+                return i;
+            }
+        }
+        i + 1
+    }
+
+    fn step_garbage(&mut self, raw: &[u8], i: usize, out: &mut Vec<Framed>) -> usize {
+        let rest = &raw[i..];
+        let found = memchr2(b'{', b'[', rest);
+        let run = &rest[..found.unwrap_or(rest.len())];
+        if let Some(last) = run.iter().rposition(|b| !is_ws(*b)) {
+            self.bad_end = self.at(i + last + 1);
+        }
+        let room = PREFIX.saturating_sub(self.bad_prefix.len()).min(run.len());
+        self.bad_prefix.extend_from_slice(&run[..room]);
+        if found.is_some() {
+            self.emit_garbage(out);
+        }
+        i + run.len()
+    }
+
+    /// Inside a string: jumps to the next quote, backslash or line break.
+    fn step_string(&mut self, raw: &[u8], i: usize, out: &mut Vec<Framed>) -> usize {
+        if self.escaped {
+            self.escaped = false;
+            if matches!(raw[i], b'\n' | b'\r') {
+                self.break_in_string(raw, i, out);
+                return i;
+            }
+            return i + 1;
+        }
+        let rest = &raw[i..];
+        let stop = memchr3(b'"', b'\\', b'\n', rest);
+        let scanned = &rest[..stop.unwrap_or(rest.len())];
+        if let Some(cr) = memchr(b'\r', scanned) {
+            self.break_in_string(raw, i + cr, out);
+            return i + cr;
+        }
+        let Some(p) = stop else { return raw.len() };
+        match rest[p] {
+            b'"' => {
+                self.in_string = false;
+                self.prev = b'"';
+            }
+            b'\\' => self.escaped = true,
+            _ => {
+                self.break_in_string(raw, i + p, out);
+                return i + p;
+            }
+        }
+        i + p + 1
+    }
+
+    /// Inside a value, outside strings: one byte.
+    fn step_token(&mut self, raw: &[u8], i: usize, out: &mut Vec<Framed>) -> usize {
+        let b = raw[i];
+        match b {
+            b' ' | b'\t' | b'\n' | b'\r' => {}
+            b'"' => self.in_string = true,
+            b'{' | b'[' if matches!(self.prev, b':' | b',' | b'[') => {
+                self.depth += 1;
+                self.prev = b;
+            }
+            b'{' | b'[' => {
+                let at = self.at(i);
+                let prefix = self.value_prefix(&raw[self.seg..i]);
+                out.push(Framed::Bad {
+                    raw_offset: self.v_start,
+                    len: at - self.v_start,
+                    prefix,
+                    why: WHY_CUT_SHORT,
+                });
+                self.open_value(at, b);
+                self.seg = i;
+            }
+            b'}' | b']' => {
+                self.depth -= 1;
+                self.prev = b;
+                if self.depth == 0 {
+                    self.close_value(&raw[self.seg..=i], self.at(i + 1), out);
+                }
+            }
+            _ => self.prev = b,
+        }
+        i + 1
+    }
+
+    fn open_value(&mut self, at: u64, open: u8) {
+        self.mode = Mode::Value;
+        self.v_start = at;
+        self.depth = 1;
+        self.prev = open;
+        self.in_string = false;
+        self.escaped = false;
+        self.held.clear();
+    }
+
+    /// The value ends with `tail` (its bytes in this feed), just before `end`.
+    fn close_value(&mut self, tail: &[u8], end: u64, out: &mut Vec<Framed>) {
+        self.mode = Mode::Between;
+        let len = end - self.v_start;
+        if len > self.max_record as u64 {
+            let prefix = self.value_prefix(tail);
+            out.push(Framed::Oversized { raw_offset: self.v_start, len, prefix });
+        } else if self.held.is_empty() {
+            push_record(out, tail);
+        } else {
+            self.held.extend_from_slice(tail);
+            push_record(out, &self.held);
+        }
+        self.held.clear();
+    }
+
+    /// A raw `\n`/`\r` at `raw[at]` inside a string: the value so far is bad, and the line break
+    /// is left to be skipped as whitespace between values.
+    fn break_in_string(&mut self, raw: &[u8], at: usize, out: &mut Vec<Framed>) {
+        let prefix = self.value_prefix(&raw[self.seg..at]);
+        out.push(Framed::Bad {
+            raw_offset: self.v_start,
+            len: self.consumed + at as u64 - self.v_start,
+            prefix,
+            why: WHY_LINE_BREAK,
+        });
+        self.held.clear();
+        self.in_string = false;
+        self.escaped = false;
+        self.mode = Mode::Between;
+    }
+
+    /// The first `PREFIX` bytes of the value: `held` followed by `tail`.
+    fn value_prefix(&self, tail: &[u8]) -> Vec<u8> {
+        let from_held = self.held.len().min(PREFIX);
+        let from_tail = (PREFIX - from_held).min(tail.len());
+        let mut prefix = Vec::with_capacity(from_held + from_tail);
+        prefix.extend_from_slice(&self.held[..from_held]);
+        prefix.extend_from_slice(&tail[..from_tail]);
+        prefix
+    }
+
+    /// Keeps the value's bytes of this feed for the next one, up to `max_record` in all; past
+    /// that only the first `PREFIX` bytes are kept, the rest is only counted (by offsets).
+    fn hold(&mut self, part: &[u8]) {
+        let total = self.consumed - self.v_start;
+        if total > self.max_record as u64 {
+            if self.held.len() >= PREFIX {
+                self.held.truncate(PREFIX);
+                self.held.shrink_to(PREFIX);
+            } else {
+                // `held` still holds every earlier byte, so `part` continues it.
+                let room = (PREFIX - self.held.len()).min(part.len());
+                self.held.extend_from_slice(&part[..room]);
+            }
+        } else {
+            self.held.extend_from_slice(part);
+        }
+    }
+
+    fn emit_garbage(&mut self, out: &mut Vec<Framed>) {
+        let len = self.bad_end - self.bad_start;
+        let mut prefix = std::mem::take(&mut self.bad_prefix);
+        prefix.truncate(usize::try_from(len).unwrap_or(usize::MAX).min(PREFIX));
+        out.push(Framed::Bad { raw_offset: self.bad_start, len, prefix, why: WHY_BETWEEN });
+        self.mode = Mode::Between;
+    }
+}
+
+fn is_ws(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r')
+}
+
+/// Appends one whole value and its `\n`, merging into a trailing `Records`. A value that closed
+/// holds no raw line break inside a string (that is a framing error), so every `\n`/`\r` in it is
+/// between tokens and becomes a space.
+fn push_record(out: &mut Vec<Framed>, value: &[u8]) {
+    if !matches!(out.last(), Some(Framed::Records(_))) {
+        out.push(Framed::Records(Vec::with_capacity(value.len() + 1)));
+    }
+    let Some(Framed::Records(records)) = out.last_mut() else { return };
+    let from = records.len();
+    records.extend_from_slice(value);
+    let mut k = from;
+    while let Some(p) = memchr2(b'\n', b'\r', &records[k..]) {
+        records[k + p] = b' ';
+        k += p + 1;
+    }
+    records.push(b'\n');
+}
+
+/// Decides an object's framing from its first bytes (`head`, up to 64 KiB; `complete` when head is
+/// the whole object): `Lines` or `Concatenated` (never `Auto`).
+///
+/// The first value is scanned with the framer's rules. It is `Concatenated` when another value
+/// starts on the line where the first one ends, or when the first value, ending within `head`,
+/// has a line break between its tokens (pretty-printed). Anything that is not clearly
+/// concatenated (a scalar first, a line break inside a string, a framing error, a first value
+/// that does not end within `head`) reads as `Lines`, the historical format.
+#[must_use]
+pub fn detect(head: &[u8], complete: bool) -> Framing {
+    let _ = complete; // A value not ending within `head` reads by what it showed so far.
+    let body = head.strip_prefix(&BOM[..]).unwrap_or(head);
+    let Some(start) = body.iter().position(|b| !is_ws(*b)) else { return Framing::Lines };
+    if !matches!(body[start], b'{' | b'[') {
+        return Framing::Lines;
+    }
+    let first = scan_value(body, start);
+    if first.spans_lines && !first.broken {
+        // Pretty-printed: a line break between tokens, whether or not the value ends in `head`.
+        return Framing::Concatenated;
+    }
+    let Some(end) = first.end else { return Framing::Lines };
+    if second_on_line(body, end) {
+        return Framing::Concatenated;
+    }
+    // The first value has its line to itself; so may the next few and not the rest (a writer
+    // that added newlines for a while): any line of `head` holding two values decides.
+    let mut at = end;
+    while let Some(nl) = memchr::memchr(b'\n', &body[at..]) {
+        at += nl + 1;
+        let Some(s) = body[at..].iter().position(|b| !is_ws(*b)).map(|p| at + p) else { break };
+        if !matches!(body[s], b'{' | b'[') {
+            continue;
+        }
+        let v = scan_value(body, s);
+        match v.end {
+            Some(e) if !v.spans_lines && second_on_line(body, e) => return Framing::Concatenated,
+            Some(_) => {}
+            None => break,
+        }
+    }
+    Framing::Lines
+}
+
+/// What scanning one value from `start` found.
+struct Scan {
+    /// Just past its last byte, if it ends in the bytes given.
+    end: Option<usize>,
+    /// A line break between its tokens.
+    spans_lines: bool,
+    /// It cannot be one value: a line break in a string, or a value starting where none can.
+    broken: bool,
+}
+
+fn scan_value(body: &[u8], start: usize) -> Scan {
+    let mut scan = Scan { end: None, spans_lines: false, broken: false };
+    let mut depth = 0usize;
+    let mut prev = 0u8;
+    let mut in_string = false;
+    let mut escaped = false;
+    for (i, &b) in body.iter().enumerate().skip(start) {
+        if in_string {
+            match b {
+                b'\n' | b'\r' => {
+                    scan.broken = true;
+                    return scan;
+                }
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => {
+                    in_string = false;
+                    prev = b'"';
+                }
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'\n' | b'\r' => scan.spans_lines = true,
+            b' ' | b'\t' => {}
+            b'"' => in_string = true,
+            b'{' | b'[' => {
+                if depth > 0 && !matches!(prev, b':' | b',' | b'[') {
+                    scan.broken = true;
+                    return scan;
+                }
+                depth += 1;
+                prev = b;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                prev = b;
+                if depth == 0 {
+                    scan.end = Some(i + 1);
+                    return scan;
+                }
+            }
+            _ => prev = b,
+        }
+    }
+    scan
+}
+
+/// Whether another value starts on the line where one ended (`end`).
+fn second_on_line(body: &[u8], end: usize) -> bool {
+    matches!(body[end..].iter().find(|b| !matches!(b, b' ' | b'\t')), Some(b'{' | b'['))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    fn frame_chunks(input: &[u8], max_record: usize, chunk: usize) -> Vec<Framed> {
+        let mut f = Framer::new(max_record);
+        let mut out = Vec::new();
+        for part in input.chunks(chunk.max(1)) {
+            f.feed(part, &mut out);
+        }
+        f.finish(&mut out);
+        assert_eq!(f.consumed(), input.len() as u64);
+        out
+    }
+
+    /// Frames `input` whole and in every chunk size up to 9, checking they agree.
+    fn frame(input: &[u8], max_record: usize) -> Vec<Framed> {
+        let whole = frame_chunks(input, max_record, input.len());
+        for chunk in 1..10 {
+            assert_eq!(frame_chunks(input, max_record, chunk), whole, "chunk {chunk}");
+        }
+        whole
+    }
+
+    fn recs(s: &str) -> Framed {
+        Framed::Records(s.as_bytes().to_vec())
+    }
+
+    fn bad(raw_offset: u64, s: &str, why: &'static str) -> Framed {
+        Framed::Bad { raw_offset, len: s.len() as u64, prefix: s.as_bytes().to_vec(), why }
+    }
+
+    #[test]
+    fn framing_parses_and_prints_its_words() {
+        for f in [Framing::Lines, Framing::Concatenated, Framing::Auto] {
+            assert_eq!(f.to_string().parse::<Framing>(), Ok(f));
+        }
+        let err = "jsonl".parse::<Framing>().unwrap_err();
+        assert!(err.contains("lines") && err.contains("concatenated") && err.contains("auto"));
+    }
+
+    #[test]
+    fn concatenated_values_become_lines_respecting_strings() {
+        let input = br#"{"a":"}{"}{"b":"\"}{\\"}[1,{"c":[]}]"#;
+        assert_eq!(
+            frame(input, 1 << 20),
+            vec![recs("{\"a\":\"}{\"}\n{\"b\":\"\\\"}{\\\\\"}\n[1,{\"c\":[]}]\n")]
+        );
+    }
+
+    #[test]
+    fn whitespace_between_is_skipped_and_line_breaks_inside_become_spaces() {
+        let input = b" \n{\n  \"a\": [\r\n 1,\t2\n ]\n}\r\n\t {\"b\":\"x y\"}  \n";
+        assert_eq!(
+            frame(input, 1 << 20),
+            vec![recs("{   \"a\": [   1,\t2  ] }\n{\"b\":\"x y\"}\n")]
+        );
+    }
+
+    #[test]
+    fn records_merge_into_the_last_records_of_out() {
+        let mut f = Framer::new(100);
+        let mut out = vec![recs("{}\n")];
+        f.feed(b"{\"a\":1}[]", &mut out);
+        assert_eq!(out, vec![recs("{}\n{\"a\":1}\n[]\n")]);
+        out.push(bad(0, "x", WHY_BETWEEN));
+        f.feed(b"{}", &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(out[2], recs("{}\n"));
+    }
+
+    #[test]
+    fn bytes_between_values_are_one_bad_run_without_edge_whitespace() {
+        // Rule 1: the run starts at its first non-whitespace byte and ends after its last.
+        let input = b"{} , 12 null\xff}] \n{\"a\":1}\n\x01x\"}";
+        assert_eq!(
+            frame(input, 1 << 20),
+            vec![
+                recs("{}\n"),
+                Framed::Bad {
+                    raw_offset: 3,
+                    len: 12,
+                    prefix: b", 12 null\xff}]".to_vec(),
+                    why: WHY_BETWEEN
+                },
+                recs("{\"a\":1}\n"),
+                bad(25, "\x01x\"}", WHY_BETWEEN),
+            ]
+        );
+    }
+
+    #[test]
+    fn only_bad_bytes() {
+        assert_eq!(frame(b"  abc  ", 10), vec![bad(2, "abc", WHY_BETWEEN)]);
+        assert_eq!(frame(b"", 10), vec![]);
+        assert_eq!(frame(b" \r\n\t", 10), vec![]);
+    }
+
+    #[test]
+    fn depth_counts_either_bracket_kind() {
+        // Rule 2: a mismatched bracket is the parser's business, not the framer's.
+        assert_eq!(frame(b"{\"a\":[1}]{}", 100), vec![recs("{\"a\":[1}]\n{}\n")]);
+    }
+
+    #[test]
+    fn a_value_starting_inside_another_cuts_it_short() {
+        // Rule 3: a truncated record followed by good ones.
+        let input = br#"{"a":{"b":1}{"c":2}  {"d":"e"{"f":3}[[4],{"g":5}]"#;
+        assert_eq!(
+            frame(input, 100),
+            vec![
+                bad(0, r#"{"a":{"b":1}"#, WHY_CUT_SHORT),
+                recs("{\"c\":2}\n"),
+                bad(21, r#"{"d":"e""#, WHY_CUT_SHORT),
+                recs("{\"f\":3}\n[[4],{\"g\":5}]\n"),
+            ]
+        );
+        assert_eq!(frame(b"{ {}", 100), vec![bad(0, "{ ", WHY_CUT_SHORT), recs("{}\n")]);
+    }
+
+    #[test]
+    fn a_line_break_inside_a_string_ends_the_value_as_bad() {
+        // Rule 4: the bad bytes stop before the line break, which is whitespace between values.
+        let input = b"{\"a\":\"x\ny\"}\n{\"b\":1}{\"c\":\"\\\r\"}[]";
+        assert_eq!(
+            frame(input, 100),
+            vec![
+                bad(0, "{\"a\":\"x", WHY_LINE_BREAK),
+                bad(8, "y\"}", WHY_BETWEEN),
+                recs("{\"b\":1}\n"),
+                bad(19, "{\"c\":\"\\", WHY_LINE_BREAK),
+                bad(27, "\"}", WHY_BETWEEN),
+                recs("[]\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn the_object_ending_inside_a_value_is_bad() {
+        // Rule 5, also inside a string and right after an escape.
+        assert_eq!(
+            frame(b"{}\n{\"a\":[1,2", 100),
+            vec![recs("{}\n"), bad(3, "{\"a\":[1,2", WHY_ENDS_INSIDE)]
+        );
+        assert_eq!(frame(b"[\"ab\\", 100), vec![bad(0, "[\"ab\\", WHY_ENDS_INSIDE)]);
+    }
+
+    #[test]
+    fn a_value_longer_than_max_record_is_oversized_and_skipped() {
+        // Rule 6: exactly max_record fits; one more byte does not.
+        let input = b"{\"a\":1} {\"a\":12}{\"b\":2}";
+        assert_eq!(
+            frame(input, 7),
+            vec![
+                recs("{\"a\":1}\n"),
+                Framed::Oversized { raw_offset: 8, len: 8, prefix: b"{\"a\":12}".to_vec() },
+                recs("{\"b\":2}\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn oversized_values_keep_only_a_prefix() {
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(3 * PREFIX));
+        let input = format!("{big}{{}}");
+        for chunk in [1000, 7919, input.len()] {
+            let out = frame_chunks(input.as_bytes(), 100, chunk);
+            assert_eq!(
+                out,
+                vec![
+                    Framed::Oversized {
+                        raw_offset: 0,
+                        len: big.len() as u64,
+                        prefix: big.as_bytes()[..PREFIX].to_vec()
+                    },
+                    recs("{}\n"),
+                ]
+            );
+        }
+        // The framer held no more than PREFIX bytes of it.
+        let mut f = Framer::new(100);
+        let mut out = Vec::new();
+        for part in big.as_bytes()[..big.len() - 1].chunks(4096) {
+            f.feed(part, &mut out);
+            assert!(f.held.len() <= PREFIX);
+        }
+        // Within max_record, everything is held, and no more.
+        let mut g = Framer::new(PREFIX * 2);
+        for part in big.as_bytes()[..big.len() - 1].chunks(PREFIX / 2) {
+            g.feed(part, &mut Vec::new());
+            let consumed = g.consumed() as usize;
+            let want = if consumed <= 2 * PREFIX { consumed } else { PREFIX };
+            assert_eq!(g.held.len(), want);
+        }
+        // Cut short, it is bad, with the same prefix.
+        f.finish(&mut out);
+        assert_eq!(
+            out,
+            vec![Framed::Bad {
+                raw_offset: 0,
+                len: big.len() as u64 - 1,
+                prefix: big.as_bytes()[..PREFIX].to_vec(),
+                why: WHY_ENDS_INSIDE,
+            }]
+        );
+    }
+
+    #[test]
+    fn long_bad_runs_keep_only_a_prefix() {
+        let run = "x".repeat(PREFIX + 10);
+        let out = frame_chunks(format!("{run}  {{}}").as_bytes(), 100, 999);
+        assert_eq!(
+            out,
+            vec![
+                Framed::Bad {
+                    raw_offset: 0,
+                    len: run.len() as u64,
+                    prefix: run.as_bytes()[..PREFIX].to_vec(),
+                    why: WHY_BETWEEN
+                },
+                recs("{}\n"),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_leading_bom_is_whitespace() {
+        // Rule 7: only at the very start; a partial BOM is bad.
+        assert_eq!(frame(b"\xEF\xBB\xBF{}", 10), vec![recs("{}\n")]);
+        assert_eq!(frame(b"\xEF\xBB\xBF \n[]", 10), vec![recs("[]\n")]);
+        assert_eq!(
+            frame(b"{}\xEF\xBB\xBF{}", 10),
+            vec![recs("{}\n"), bad(2, "\u{FEFF}", WHY_BETWEEN), recs("{}\n")]
+        );
+        assert_eq!(
+            frame(b"\xEF\xBB{}", 10),
+            vec![
+                Framed::Bad {
+                    raw_offset: 0,
+                    len: 2,
+                    prefix: b"\xEF\xBB".to_vec(),
+                    why: WHY_BETWEEN
+                },
+                recs("{}\n")
+            ]
+        );
+        assert_eq!(
+            frame(b"\xEF", 10),
+            vec![Framed::Bad { raw_offset: 0, len: 1, prefix: b"\xEF".to_vec(), why: WHY_BETWEEN }]
+        );
+    }
+
+    #[test]
+    fn detect_decides_lines_or_concatenated() {
+        use Framing::{Concatenated, Lines};
+        let cases: &[(&[u8], bool, Framing)] = &[
+            (b"{\"a\":1}\n{\"a\":2}\n", true, Lines),
+            (b"{\"a\":1}  \r\n{\"a\":2}", false, Lines),
+            (b"{\"a\":1}", true, Lines),
+            (b"\xEF\xBB\xBF  {\"a\":\"}{\"}\n", false, Lines),
+            (b"{\"a\":1}{\"a\":2}", false, Concatenated),
+            (b"{\"a\":1} \t[1]", true, Concatenated),
+            (b"\xEF\xBB\xBF\n{\n  \"a\": 1\n}\n{\n", false, Concatenated),
+            (b"{\n  \"a\": 1\n}", true, Concatenated),
+            (b"[1,\r\n2]", true, Concatenated),
+            // Not clearly concatenated: Lines.
+            (b"", true, Lines),
+            (b"  \n", true, Lines),
+            (b"123 {}", true, Lines),
+            (b"x{}{}", true, Lines),
+            (b"{\"a\":\"x\ny\"}{}", true, Lines),
+            (b"{\"a\":{\"b\":1}{\"c\":2}", true, Lines),
+            (b"{\"a\":[1,", false, Lines),
+            (b"{\"a\":[1,", true, Lines),
+            // Pretty-printed, the value longer than what was looked at.
+            (b"{\n\"a\":[1,", false, Concatenated),
+            // Lines for a while, then back to back.
+            (b"{\"a\":1}\n{\"a\":2}\n{\"a\":3}{\"a\":4}", true, Concatenated),
+            // A line that is cut short does not make a file of lines concatenated.
+            (b"{\"a\":1}\n{\"b\":\n{\"a\":2}\n", true, Lines),
+            (b"{\"a\":1} x {}", true, Lines),
+        ];
+        for (head, complete, want) in cases {
+            assert_eq!(detect(head, *complete), *want, "{}", String::from_utf8_lossy(head));
+        }
+    }
+
+    // --- property test ---
+
+    fn json_string() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just('{'),
+                Just('}'),
+                Just('['),
+                Just(']'),
+                Just('"'),
+                Just('\\'),
+                Just(':'),
+                Just(','),
+                Just('\n'),
+                Just('é'),
+                Just('😀'),
+                Just('a'),
+                Just(' '),
+            ],
+            0..8,
+        )
+        .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    fn json_value() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            json_string().prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
+                prop::collection::vec((json_string(), inner), 0..5)
+                    .prop_map(|kv| Value::Object(kv.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn top_value() -> impl Strategy<Value = Value> {
+        json_value().prop_map(|v| match v {
+            Value::Array(_) | Value::Object(_) => v,
+            scalar => Value::Array(vec![scalar]),
+        })
+    }
+
+    fn whitespace() -> impl Strategy<Value = Vec<u8>> {
+        prop::collection::vec(prop::sample::select(&b" \t\r\n"[..]), 0..4)
+    }
+
+    /// Garbage: no `{`/`[`, no whitespace at its edges, never starting with a BOM byte.
+    fn garbage() -> impl Strategy<Value = Vec<u8>> {
+        let byte = prop::sample::select(&b"x1,}]\"\\:n \n\x00\x7f\x80\xff"[..]);
+        prop::collection::vec(byte, 1..12).prop_map(|mut g| {
+            while g.last().is_some_and(|b| is_ws(*b)) {
+                g.pop();
+            }
+            while g.first().is_some_and(|b| is_ws(*b)) {
+                g.remove(0);
+            }
+            if g.is_empty() {
+                g.push(b'z');
+            }
+            g
+        })
+    }
+
+    #[derive(Debug, Clone)]
+    struct Item {
+        garbage: Option<Vec<u8>>,
+        ws_before: Vec<u8>,
+        value: Value,
+        pretty: bool,
+        ws_after: Vec<u8>,
+    }
+
+    fn item() -> impl Strategy<Value = Item> {
+        (
+            prop::option::weighted(0.2, garbage()),
+            whitespace(),
+            top_value(),
+            any::<bool>(),
+            whitespace(),
+        )
+            .prop_map(|(garbage, ws_before, value, pretty, ws_after)| Item {
+                garbage,
+                ws_before,
+                value,
+                pretty,
+                ws_after,
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn frames_generated_values_whatever_the_chunks(
+            items in prop::collection::vec(item(), 0..8),
+            tail in prop::option::weighted(0.2, garbage()),
+            chunks in prop::collection::vec(1usize..50, 1..64),
+        ) {
+            let mut input = Vec::new();
+            let mut want_bad = Vec::new();
+            let mut whitespace = 0u64;
+            for it in &items {
+                if let Some(g) = &it.garbage {
+                    want_bad.push((input.len() as u64, g.clone()));
+                    input.extend_from_slice(g);
+                }
+                input.extend_from_slice(&it.ws_before);
+                whitespace += it.ws_before.len() as u64;
+                let text = if it.pretty {
+                    serde_json::to_vec_pretty(&it.value).unwrap()
+                } else {
+                    serde_json::to_vec(&it.value).unwrap()
+                };
+                input.extend_from_slice(&text);
+                input.extend_from_slice(&it.ws_after);
+                whitespace += it.ws_after.len() as u64;
+            }
+            if let Some(g) = &tail {
+                want_bad.push((input.len() as u64, g.clone()));
+                input.extend_from_slice(g);
+            }
+
+            let mut f = Framer::new(1 << 20);
+            let mut out = Vec::new();
+            let mut at = 0;
+            for n in chunks.iter().cycle() {
+                if at >= input.len() {
+                    break;
+                }
+                let end = (at + n).min(input.len());
+                f.feed(&input[at..end], &mut out);
+                at = end;
+            }
+            f.finish(&mut out);
+            prop_assert_eq!(&out, &frame_chunks(&input, 1 << 20, input.len()));
+
+            let mut values = Vec::new();
+            let mut bads = Vec::new();
+            let mut accounted = whitespace;
+            for framed in &out {
+                match framed {
+                    Framed::Records(r) => {
+                        prop_assert_eq!(r.last(), Some(&b'\n'));
+                        for line in r[..r.len() - 1].split(|b| *b == b'\n') {
+                            accounted += line.len() as u64;
+                            values.push(serde_json::from_slice::<Value>(line).unwrap());
+                        }
+                    }
+                    Framed::Bad { raw_offset, len, prefix, why } => {
+                        prop_assert_eq!(*why, WHY_BETWEEN);
+                        prop_assert_eq!(*len, prefix.len() as u64);
+                        accounted += len;
+                        bads.push((*raw_offset, prefix.clone()));
+                    }
+                    Framed::Oversized { .. } => prop_assert!(false, "oversized"),
+                }
+            }
+            let want_values: Vec<Value> = items.iter().map(|it| it.value.clone()).collect();
+            prop_assert_eq!(values, want_values);
+            prop_assert_eq!(bads, want_bad);
+            prop_assert_eq!(accounted, input.len() as u64);
+        }
+
+        #[test]
+        fn any_bytes_frame_the_same_whatever_the_chunks(
+            input in prop::collection::vec(
+                prop::sample::select(&b"{}[]\"\\:, \n\rax\xEF\xBB\xBF"[..]), 0..200),
+            chunk in 1usize..20,
+            max_record in 1usize..40,
+        ) {
+            let whole = frame_chunks(&input, max_record, input.len());
+            prop_assert_eq!(frame_chunks(&input, max_record, chunk), whole);
+        }
+    }
+}
