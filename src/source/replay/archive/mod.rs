@@ -119,6 +119,14 @@ fn hour_parts(y: &str, m: &str, d: &str, h: &str) -> Option<i64> {
     Some(at.to_zoned(jiff::tz::TimeZone::UTC).ok()?.timestamp().as_millisecond())
 }
 
+/// Whether a name below an archive is left out: `.` or `_` first, as Hadoop, Spark and Hive
+/// leave out `_SUCCESS`, `_temporary/` or `.part` files. `clickstream record` keeps its
+/// position sidecars under `_positions/` so that an archive of its files replays only events.
+#[must_use]
+pub fn hidden(name: &str) -> bool {
+    name.starts_with('.') || name.starts_with('_')
+}
+
 /// Whether an input argument names an archive: `s3://…`, or a directory.
 #[must_use]
 pub fn is_archive(arg: &str) -> bool {
@@ -229,7 +237,8 @@ fn md5_hex(bytes: &[u8]) -> String {
     })
 }
 
-/// Lists a directory archive: every file below it (names starting with `.` left out), by its
+/// Lists a directory archive: every file below it (names starting with `.` or `_` left out,
+/// see [`hidden`]), by its
 /// path relative to the directory, in byte order as S3 lists keys.
 ///
 /// # Errors
@@ -265,7 +274,7 @@ fn walk(root: &Path, dir: &Path, out: &mut Vec<Listed>) -> io::Result<()> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let name = entry.file_name();
-        if name.to_string_lossy().starts_with('.') {
+        if hidden(&name.to_string_lossy()) {
             continue;
         }
         let path = entry.path();

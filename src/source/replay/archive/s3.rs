@@ -98,7 +98,8 @@ pub fn list_s3(
     let mut objects = Vec::with_capacity(listed.len());
     let mut listing = String::new();
     for (key, size, etag, modified) in listed {
-        if !window.keeps(&key, modified) {
+        let below = key.strip_prefix(folder.as_str()).unwrap_or(&key);
+        if !window.keeps(&key, modified) || below.split('/').any(super::hidden) {
             continue;
         }
         let _ = writeln!(listing, "{key}\t{size}\t{etag}");

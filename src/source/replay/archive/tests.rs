@@ -48,6 +48,8 @@ fn a_directory_lists_in_key_order_and_a_change_is_named() {
     put("2026/11/30/13/a", "{}\n");
     put("2026/11/30/12/z", "{}\n");
     put(".hidden", "x");
+    put("_positions/2026/11/30/13/a", "{\"offset\":1}\n");
+    put("_SUCCESS", "");
     let arg = dir.path().to_str().unwrap();
     let mut a = list_dir(arg, Window::default()).unwrap();
     let keys: Vec<&str> = a.listing.lines().map(|l| l.split('\t').next().unwrap()).collect();
