@@ -1,8 +1,8 @@
 //! The admin API's guards, through curl against the real binary: one rule for schema names
 //! (HTTP paths and the CLI), body and sample caps, the concurrency gate, a sample judged off the
-//! runtime's worker, and the token's length and failure count.
+//! runtime's worker while checkpoints to S3 commit, and the token's length and failure count.
 
-use integration_tests::{Running, curl, run};
+use integration_tests::{Running, curl, run, services};
 use std::path::Path;
 
 const TOKEN: &str = "admin-limits-test-token-0123456789abcdef";
@@ -42,25 +42,20 @@ fn registry_with_app(dir: &Path) -> String {
 
 /// `replay --follow` on an empty input, serving the admin API with `env` over the token.
 fn serve(dir: &Path, reg: &str, env: &[(&str, &str)]) -> (Running, String) {
+    let out = dir.join("out");
+    serve_to(dir, reg, env, &["--output", out.to_str().unwrap()])
+}
+
+/// The same, with `args` saying where the output goes.
+fn serve_to(dir: &Path, reg: &str, env: &[(&str, &str)], args: &[&str]) -> (Running, String) {
     let input = dir.join("events.jsonl");
     std::fs::write(&input, "").unwrap();
-    let out = dir.join("out");
     let mut all = vec![("CLICKSTREAM__ADMIN__TOKEN", TOKEN)];
     all.extend_from_slice(env);
-    let p = Running::start(
-        &[
-            "replay",
-            "--follow",
-            "--registry",
-            reg,
-            "--admin-listen",
-            "127.0.0.1:0",
-            "--output",
-            out.to_str().unwrap(),
-            input.to_str().unwrap(),
-        ],
-        &all,
-    );
+    let mut a = vec!["replay", "--follow", "--registry", reg, "--admin-listen", "127.0.0.1:0"];
+    a.extend_from_slice(args);
+    a.push(input.to_str().unwrap());
+    let p = Running::start(&a, &all);
     let base = format!("http://{}", p.admin_addr());
     (p, base)
 }
@@ -177,7 +172,35 @@ fn bodies_and_samples_over_their_caps_are_refused_with_413_naming_the_setting() 
 fn a_large_sample_is_judged_off_the_runtime_while_probes_answer_and_the_gate_holds() {
     let dir = tempfile::tempdir().unwrap();
     let reg = registry_with_app(dir.path());
-    let (p, base) = serve(dir.path(), &reg, &[("CLICKSTREAM__ADMIN__MAX_CONCURRENCY", "1")]);
+    // Checkpoints to S3, whose requests run on the runtime that also serves the admin API.
+    let bucket = services::fresh_bucket("admin-judge");
+    let (output, state) = (format!("s3://{bucket}/out"), dir.path().join("state"));
+    let s3 = services::s3_env();
+    let mut env: Vec<(&str, &str)> = s3.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    env.push(("CLICKSTREAM__ADMIN__MAX_CONCURRENCY", "1"));
+    let (p, base) = serve_to(
+        dir.path(),
+        &reg,
+        &env,
+        &[
+            "--output",
+            &output,
+            "--state",
+            state.to_str().unwrap(),
+            "--checkpoint-interval",
+            "200ms",
+        ],
+    );
+    let input = dir.path().join("events.jsonl");
+    let feed = |from: u64| {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&input).unwrap();
+        for i in from..from + 1000 {
+            std::io::Write::write_all(&mut f, event_line(i).as_bytes()).unwrap();
+        }
+    };
+    let commits = || p.log().iter().filter(|l| l.contains("Committed checkpoint")).count();
+    feed(1);
+    p.wait_log("Committed checkpoint", 60);
     let a = auth();
     // A rule change is judged on the sample, by both sets: seconds of CPU for 60 MiB.
     let v2 = dir.path().join("app-v2.toml");
@@ -205,6 +228,23 @@ fn a_large_sample_is_judged_off_the_runtime_while_probes_answer_and_the_gate_hol
     p.wait_log("Judging a sample (register)", 120);
     // The runtime's single worker is free: the probe answers while the sample is judged…
     assert_eq!(curl(&[&format!("{base}/healthz")]).0, 200);
+    // …and a checkpoint's S3 writes go through: new lines are committed to S3 while the
+    // registration still holds its slot (below). Judged on the runtime, they would wait for it.
+    let before = commits();
+    feed(1_000_000);
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while commits() == before {
+        assert!(std::time::Instant::now() < until, "no checkpoint while the sample was judged");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let took: Vec<String> = p
+        .log()
+        .iter()
+        .filter(|l| l.contains("Committed checkpoint"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .map(|v| v["took_ms"].to_string())
+        .collect();
+    eprintln!("checkpoint took_ms, the last while judging: {}", took.join(" "));
     // …which the server itself orders: after that answer, the registration still holds the one
     // slot, so another schema request is turned away at once. Had the probe waited for the
     // registration, the slot would be free by now.
