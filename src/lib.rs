@@ -38,6 +38,8 @@ pub mod event;
 pub mod explain;
 pub mod parallel;
 pub mod processor;
+pub mod produce;
+pub mod record;
 pub mod registry;
 pub mod runtime;
 pub mod s3;

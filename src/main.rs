@@ -45,6 +45,20 @@ enum Command {
     /// Resumable: killed at any point, the same command with the same --state and --output
     /// continues from the last checkpoint and ends with output identical to an uninterrupted run.
     Replay(ReplayArgs),
+    /// Push recorded events (files, stdin, archives) into a Kafka topic or a Kinesis stream,
+    /// keyed by customer id, at a fixed rate or as fast as it goes.
+    ///
+    /// Prints one summary JSON line at the end:
+    /// `{"records","bytes","skipped","fallback_keyed","failed","too_large","seconds","rate"}`;
+    /// exits non-zero if any record was not delivered.
+    Produce(ProduceArgs),
+    /// Capture a slice of a Kafka topic or a Kinesis stream to `.jsonl.gz` files (a directory
+    /// or `s3://bucket/prefix`) that `replay` reads back, each beside a sidecar with every
+    /// record's source position. Joins no consumer group and commits nothing.
+    ///
+    /// Prints one summary JSON line at the end:
+    /// `{"records","bytes","files","splits":{split:{"first","last","records"}},"seconds"}`.
+    Record(RecordArgs),
     /// Run as a service: consume raw events from Kafka, write session rows to S3.
     ///
     /// Settings come from --config (see config/default.toml: [kafka], [sink], [run],
@@ -164,6 +178,138 @@ struct ReplayArgs {
     /// a directory or `s3://bucket/prefix`, whose objects are read in key order (recursively).
     #[arg(value_name = "INPUT", required = true)]
     inputs: Vec<String>,
+}
+
+/// A Kafka topic or a Kinesis stream: what `produce` feeds and `record` captures.
+#[derive(Debug, clap::Args)]
+struct StreamArgs {
+    /// The Kafka topic.
+    #[arg(
+        long,
+        value_name = "TOPIC",
+        required_unless_present = "kinesis_stream",
+        conflicts_with = "kinesis_stream"
+    )]
+    kafka_topic: Option<String>,
+    /// Kafka bootstrap servers [default: kafka.brokers of the config]; librdkafka properties
+    /// come from [kafka.properties].
+    #[arg(long, value_name = "BROKERS")]
+    brokers: Option<String>,
+    /// The Kinesis stream (client from the AWS environment, e.g. `AWS_ENDPOINT_URL_KINESIS`).
+    #[arg(long, value_name = "STREAM")]
+    kinesis_stream: Option<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct ProduceArgs {
+    /// The topic or stream to produce into.
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// The record key (Kafka) or partition key (Kinesis): `customer` (the customer id as the
+    /// schemas extract it), a `JSONPath` such as `$.user.id`, or `none`. A line where the key is
+    /// not found is sent under a stable fallback key: the lowercase hex MD5 of its bytes
+    /// (counted as `fallback_keyed`).
+    #[arg(long, value_name = "customer|none|JSONPATH", default_value = "customer")]
+    key: clickstream::produce::Key,
+    /// Records per second (`5000/s`), minute (`300/m`) or hour [default: as fast as it goes].
+    #[arg(long, value_name = "N/s")]
+    rate: Option<clickstream::produce::Rate>,
+    /// KPL-aggregate the records of one partition key into one Kinesis record (Kinesis only).
+    #[arg(long, requires = "kinesis_stream")]
+    aggregate: bool,
+    /// How inputs are cut into records, as for replay: `lines`, `concatenated` or `auto`.
+    #[arg(long, value_name = "FRAMING")]
+    framing: Option<clickstream::source::replay::Framing>,
+    /// Schema directory or file, for --key customer [default: schemas].
+    #[arg(long, value_name = "DIR")]
+    schemas: Option<PathBuf>,
+    /// Inputs, as replay reads them: files, - for stdin, a directory or `s3://bucket/prefix`.
+    #[arg(value_name = "INPUT", required = true)]
+    inputs: Vec<String>,
+}
+
+#[derive(Debug, clap::Args)]
+struct RecordArgs {
+    /// The topic or stream to capture.
+    #[command(flatten)]
+    stream: StreamArgs,
+    /// Where the files go: a directory or `s3://bucket/prefix`.
+    #[arg(long, value_name = "DIR|S3")]
+    output: String,
+    /// Kafka partitions to capture, e.g. 0,3 [default: all].
+    #[arg(long, value_name = "N,N", value_delimiter = ',', conflicts_with = "kinesis_stream")]
+    partitions: Vec<i32>,
+    /// Kinesis shards to capture [default: all].
+    #[arg(long, value_name = "ID,ID", value_delimiter = ',', conflicts_with = "kafka_topic")]
+    shards: Vec<String>,
+    /// Start each partition at this offset [default: the earliest kept].
+    #[arg(long, value_name = "N", conflicts_with_all = ["kinesis_stream", "from_time"])]
+    from_offset: Option<i64>,
+    /// End each partition before this offset [default: the high watermark at start].
+    #[arg(long, value_name = "N", conflicts_with_all = ["kinesis_stream", "to_time"])]
+    to_offset: Option<i64>,
+    /// Start shards at these sequence numbers (`AT_SEQUENCE_NUMBER`): SHARD=SEQUENCE entries, or
+    /// one bare sequence with one shard; other shards start at the trim horizon.
+    #[arg(
+        long,
+        value_name = "SHARD=SEQ",
+        value_delimiter = ',',
+        conflicts_with_all = ["kafka_topic", "from_time"]
+    )]
+    from_sequence: Vec<String>,
+    /// Start at the first record stamped (Kafka) or arrived (Kinesis) at or after this time
+    /// (2026-11-30T13:05:00Z, 2026-11-30T13, 2026-11-30; UTC unless an offset is given).
+    #[arg(long, value_name = "TIME", value_parser = clickstream::source::replay::archive::parse_time)]
+    from_time: Option<i64>,
+    /// End before the first record stamped or arrived at or after this time (see --from-time)
+    /// [Kinesis default: when a shard is closed or caught up with].
+    #[arg(long, value_name = "TIME", value_parser = clickstream::source::replay::archive::parse_time)]
+    to_time: Option<i64>,
+    /// Input bytes per file before the next file starts.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = clickstream::config::parse_size)]
+    roll: u64,
+}
+
+impl RecordArgs {
+    /// The capture these arguments and the config (`[kafka]`, `[s3]`) ask for.
+    fn settings(self, c: &RawConfig) -> clickstream::record::Settings {
+        use clickstream::record::{KafkaFrom, KafkaTo, KinesisFrom, Settings, Source};
+        let StreamArgs { kafka_topic, brokers, kinesis_stream } = self.stream;
+        let source = match kinesis_stream {
+            Some(stream) => Source::Kinesis {
+                stream,
+                shards: self.shards,
+                from: match (self.from_time, self.from_sequence.is_empty()) {
+                    (Some(t), _) => KinesisFrom::Time(t),
+                    (None, false) => KinesisFrom::Sequences(self.from_sequence),
+                    (None, true) => KinesisFrom::TrimHorizon,
+                },
+                to_time: self.to_time,
+            },
+            None => Source::Kafka {
+                brokers: brokers.unwrap_or_else(|| c.kafka.brokers.clone()),
+                topic: kafka_topic.unwrap_or_default(),
+                properties: c.kafka.properties.clone(),
+                partitions: self.partitions,
+                from: match (self.from_offset, self.from_time) {
+                    (Some(o), _) => KafkaFrom::Offset(o),
+                    (None, Some(t)) => KafkaFrom::Time(t),
+                    (None, None) => KafkaFrom::Earliest,
+                },
+                to: match (self.to_offset, self.to_time) {
+                    (Some(o), _) => KafkaTo::Offset(o),
+                    (None, Some(t)) => KafkaTo::Time(t),
+                    (None, None) => KafkaTo::HighWatermark,
+                },
+            },
+        };
+        Settings {
+            source,
+            output: self.output,
+            roll: self.roll,
+            force_path_style: c.s3.force_path_style,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -440,6 +586,42 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
                     Ok(ExitCode::from(EXIT_INTERRUPTED))
                 }
             }
+        }
+        Command::Produce(a) => {
+            use clickstream::produce::{Settings, Target};
+            let c = RawConfig::load(cli.config.as_deref())?;
+            let target = match a.stream.kinesis_stream {
+                Some(stream) => Target::Kinesis { stream, aggregate: a.aggregate },
+                None => Target::Kafka {
+                    brokers: a.stream.brokers.unwrap_or_else(|| c.kafka.brokers.clone()),
+                    topic: a.stream.kafka_topic.unwrap_or_default(),
+                    properties: c.kafka.properties.clone(),
+                },
+            };
+            let settings = Settings {
+                inputs: a.inputs,
+                framing: a.framing,
+                force_path_style: c.s3.force_path_style,
+                key: a.key,
+                schemas: a.schemas.unwrap_or_else(|| c.replay.schemas.clone()),
+                rate: a.rate,
+                target,
+            };
+            let sum = tokio::task::spawn_blocking(move || clickstream::produce::produce(&settings))
+                .await??;
+            println!("{}", sum.to_json());
+            if sum.failed > 0 {
+                eprintln!("clickstream: {} records were not delivered", sum.failed);
+                return Ok(ExitCode::FAILURE);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Record(a) => {
+            let settings = a.settings(&RawConfig::load(cli.config.as_deref())?);
+            let sum = tokio::task::spawn_blocking(move || clickstream::record::record(&settings))
+                .await??;
+            println!("{}", sum.to_json());
+            Ok(ExitCode::SUCCESS)
         }
         Command::Schema(cmd) => schema(cli.config.as_deref(), cmd).await,
         Command::Run => {

@@ -15,6 +15,8 @@ mod kinds;
 mod kinesis;
 mod kinesis_proxy;
 mod leases;
+mod produce;
+mod record;
 mod recovery;
 mod registry;
 mod replay_inputs;

@@ -19,6 +19,7 @@ fn times_parse_in_every_form_given() {
     assert_eq!(parse_time("2026-11-30T14:00:00+01:00").unwrap(), h);
     assert_eq!(parse_time("2026-11-30").unwrap(), h - 13 * HOUR_MS);
     assert_eq!(parse_time("2026-11-30T13:30").unwrap(), h + HOUR_MS / 2);
+    assert_eq!(parse_time("1970-01-01T00:00:01.5Z"), Ok(1500));
     assert!(parse_time("yesterday").is_err());
     assert!(parse_time("2026-02-30").is_err());
 }
