@@ -20,6 +20,7 @@ mod record;
 mod recovery;
 mod registry;
 mod replay_inputs;
+mod roundtrip;
 mod schema_tools;
 mod schemas;
 mod snapshots;
