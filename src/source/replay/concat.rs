@@ -28,12 +28,19 @@ pub(super) fn read(
         }
         raw.clear();
         let eof = fill(&mut r, &mut raw, name)?;
+        // Records go into a buffer the processor gave back, which the framer appends to: the
+        // buffers circulate instead of one being allocated per chunk. Buffers beyond that one
+        // (a chunk that held bytes framing no value yields two runs of records) are let go, so
+        // the pool never holds more than it did.
+        pieces.push(Framed::Records(em.buffer()));
+        while em.pool.try_recv().is_ok() {}
         framer.feed(&raw, &mut pieces);
         if eof {
             framer.finish(&mut pieces);
         }
         for piece in pieces.drain(..) {
             let sent = match piece {
+                Framed::Records(data) if data.is_empty() => true,
                 Framed::Records(mut data) => {
                     if skip > 0 {
                         let len = data.len() as u64;
