@@ -36,6 +36,7 @@ pub mod app;
 pub mod config;
 pub mod event;
 pub mod explain;
+pub mod hash;
 pub mod parallel;
 pub mod processor;
 pub mod produce;

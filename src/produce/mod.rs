@@ -23,9 +23,7 @@ use crate::extract::schema::SchemaErrors;
 use crate::extract::walk::Slot;
 use crate::source::replay::{self, Framed, Framer, Framing, Input, SourceError};
 use indicatif::ProgressBar;
-use md5::{Digest as _, Md5};
 use std::borrow::Cow;
-use std::fmt::Write as _;
 use std::io::{self, Read};
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -84,11 +82,7 @@ impl FromStr for Key {
 /// The stable key of a line that has none: the lowercase hex MD5 of its bytes (32 characters).
 #[must_use]
 pub fn fallback_key(line: &[u8]) -> String {
-    let mut s = String::with_capacity(32);
-    for b in Md5::digest(line) {
-        let _ = write!(s, "{b:02x}");
-    }
-    s
+    crate::hash::md5_hex(line)
 }
 
 /// A line's key.

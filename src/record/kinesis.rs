@@ -156,15 +156,7 @@ pub(super) fn capture(
     let Source::Kinesis { stream, shards, from, to_time } = s else {
         return Err(RecordError::Usage("not a Kinesis source".into()));
     };
-    let conf = rt.block_on(
-        aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .timeout_config(
-                aws_config::timeout::TimeoutConfig::builder()
-                    .operation_attempt_timeout(Duration::from_secs(30))
-                    .build(),
-            )
-            .load(),
-    );
+    let conf = rt.block_on(crate::source::kinesis::sdk_config());
     let client = Client::new(&conf);
     let st = Stream(stream);
     // In file names, an ARN's last part (the name).

@@ -101,15 +101,6 @@ impl From<ObjectError> for PublishError {
     }
 }
 
-fn md5_hex(b: &[u8]) -> String {
-    use md5::Digest as _;
-    use std::fmt::Write as _;
-    md5::Md5::digest(b).iter().fold(String::with_capacity(32), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
-}
-
 /// Publishes a committed checkpoint's output under its final keys, from `bundle` if given
 /// (the committer holds it) or from the staged object; returns how many objects it wrote.
 /// Idempotent: an object already there with the same checkpoint and MD5 is left as it is.
@@ -404,7 +395,7 @@ impl Committer {
                 key,
                 offset: bundle.len() as u64,
                 len: body.len() as u64,
-                md5: md5_hex(&body),
+                md5: crate::hash::md5_hex(&body),
             });
             bundle.extend_from_slice(&body);
         }

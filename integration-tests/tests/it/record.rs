@@ -329,25 +329,8 @@ fn aggregates(groups: &[Vec<Keyed>]) -> Vec<(String, Vec<u8>)> {
             serde_json::json!({"records": records})
         })
         .collect();
-    let python = var(
-        "CLICKSTREAM_KPL_PYTHON",
-        &format!("{}/.cache/clickstream/services/kpl/venv/bin/python", var("HOME", "/root")),
-    );
-    let mut child = Command::new(python)
-        .arg(integration_tests::root().join("integration-tests/fixtures/kpl_aggregate.py"))
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("the KPL fixture Python (scripts/services up kpl)");
-    {
-        use std::io::Write as _;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(serde_json::json!({"batch": batch}).to_string().as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "kpl_aggregate.py failed");
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    list.iter()
+    crate::kinesis::kpl_fixture(&batch)
+        .iter()
         .map(|v| {
             (
                 v["pk"].as_str().unwrap().to_owned(),

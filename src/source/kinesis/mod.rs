@@ -201,6 +201,19 @@ pub struct KinesisSource {
     rt: tokio::runtime::Handle,
 }
 
+/// The AWS settings Kinesis clients are made from: the environment's (endpoint, region,
+/// credentials), each attempt cut at 30 s so that a hung request is retried, not waited on.
+pub async fn sdk_config() -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .operation_attempt_timeout(Duration::from_secs(30))
+                .build(),
+        )
+        .load()
+        .await
+}
+
 impl KinesisSource {
     /// Finds the stream, makes sure the lease table exists, and starts coordinating.
     ///
@@ -212,15 +225,7 @@ impl KinesisSource {
         health: Arc<Health>,
     ) -> Result<KinesisSource, String> {
         let rt = tokio::runtime::Handle::current();
-        let conf = rt.block_on(
-            aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .timeout_config(
-                    aws_config::timeout::TimeoutConfig::builder()
-                        .operation_attempt_timeout(Duration::from_secs(30))
-                        .build(),
-                )
-                .load(),
-        );
+        let conf = rt.block_on(sdk_config());
         // Throttling is retried per shard, paced and counted (`reader.rs`), not hidden inside
         // the SDK's retries.
         let kconf = aws_sdk_kinesis::config::Builder::from(&conf)

@@ -351,7 +351,6 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
 /// [`FINGERPRINT_SPAN`] bytes, as far as `size` (the whole file when it is at most twice that).
 fn content_hash(path: &Path, size: u64) -> io::Result<String> {
     use md5::{Digest as _, Md5};
-    use std::fmt::Write as _;
     let mut f = File::open(path)?;
     let mut h = Md5::new();
     let mut buf = Vec::with_capacity(FINGERPRINT_SPAN as usize);
@@ -364,10 +363,7 @@ fn content_hash(path: &Path, size: u64) -> io::Result<String> {
         f.take(size - tail_from).read_to_end(&mut buf)?;
         h.update(&buf);
     }
-    Ok(h.finalize().iter().fold(String::with_capacity(32), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    }))
+    Ok(crate::hash::hex(&h.finalize()))
 }
 
 /// Checks a checkpoint's record of the inputs (`recorded`) against `inputs` and their

@@ -393,19 +393,9 @@ impl Stream {
 
 /// KPL aggregates of `groups` (each a list of `(partition key, explicit hash key, data)`), built
 /// by the reference library aws-kinesis-agg; `corrupt` flips a bit of the MD5 trailer.
-fn aggregate(groups: &[(Vec<Entry>, bool)]) -> Vec<Entry> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD;
-    let batch: Vec<serde_json::Value> = groups
-        .iter()
-        .map(|(records, corrupt)| {
-            let records: Vec<serde_json::Value> = records
-                .iter()
-                .map(|(pk, ehk, data)| serde_json::json!({"pk": pk, "ehk": ehk, "data_b64": b64.encode(data)}))
-                .collect();
-            serde_json::json!({"records": records, "corrupt_md5": corrupt})
-        })
-        .collect();
+/// Runs `integration-tests/fixtures/kpl_aggregate.py` (the Python KPL library) on `batch`: its
+/// aggregates, as JSON (`pk`, `ehk`, `data_b64`).
+pub(crate) fn kpl_fixture(batch: &[serde_json::Value]) -> Vec<serde_json::Value> {
     let python = std::env::var("CLICKSTREAM_KPL_PYTHON").unwrap_or_else(|_| {
         format!("{}/.cache/clickstream/services/kpl/venv/bin/python", var("HOME", "/root"))
     });
@@ -422,8 +412,24 @@ fn aggregate(groups: &[(Vec<Entry>, bool)]) -> Vec<Entry> {
     }
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "kpl_aggregate.py failed");
-    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
-    list.into_iter()
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn aggregate(groups: &[(Vec<Entry>, bool)]) -> Vec<Entry> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let batch: Vec<serde_json::Value> = groups
+        .iter()
+        .map(|(records, corrupt)| {
+            let records: Vec<serde_json::Value> = records
+                .iter()
+                .map(|(pk, ehk, data)| serde_json::json!({"pk": pk, "ehk": ehk, "data_b64": b64.encode(data)}))
+                .collect();
+            serde_json::json!({"records": records, "corrupt_md5": corrupt})
+        })
+        .collect();
+    kpl_fixture(&batch)
+        .into_iter()
         .map(|v| {
             (
                 v["pk"].as_str().unwrap().to_owned(),

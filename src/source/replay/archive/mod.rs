@@ -156,7 +156,7 @@ impl Archive {
             self.arg,
             // Not `objects`, which the replay takes over.
             self.listing.lines().count(),
-            md5_hex(self.listing.as_bytes()),
+            crate::hash::md5_hex(self.listing.as_bytes()),
             self.window.describe()
         )
     }
@@ -169,7 +169,7 @@ impl Archive {
     pub fn keep_listing(&self, dir: &Path) -> io::Result<()> {
         let dir = dir.join("listings");
         std::fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}.tsv", md5_hex(self.listing.as_bytes())));
+        let path = dir.join(format!("{}.tsv", crate::hash::md5_hex(self.listing.as_bytes())));
         if !path.exists() {
             let tmp = path.with_extension("tmp");
             std::fs::write(&tmp, &self.listing)?;
@@ -226,15 +226,6 @@ fn first_difference(old: &str, new: &str) -> String {
             (None | Some(_), Some(y)) => return format!("{} is new", key(y)),
         }
     }
-}
-
-fn md5_hex(bytes: &[u8]) -> String {
-    use md5::{Digest as _, Md5};
-    use std::fmt::Write as _;
-    Md5::digest(bytes).iter().fold(String::with_capacity(32), |mut s, x| {
-        let _ = write!(s, "{x:02x}");
-        s
-    })
 }
 
 /// Lists a directory archive: every file below it (names starting with `.` or `_` left out,
