@@ -1,6 +1,8 @@
 //! A TCP fault proxy in front of a real HTTP server (the S3 API server): the link can be cut,
 //! every request answered `403 AccessDenied`, responses delayed (latency per request, or held
-//! for requests whose request line matches a pattern, e.g. LIST), and uploads throttled.
+//! for requests whose request line matches a pattern, e.g. LIST), uploads throttled, and
+//! responses cut short (the connection closed mid-body, as a reset link or a dying load
+//! balancer does).
 //! Fault injection in front of the real server, never a stand-in for it.
 //!
 //! It understands just enough HTTP/1.1 for that: the SDK does not pipeline, so a request's
@@ -23,6 +25,10 @@ struct Faults {
     open: Mutex<Vec<TcpStream>>,
     requests: Mutex<Vec<String>>,
     held: AtomicU64,
+    /// Responses to requests matching the pattern are cut after this many bytes, this many
+    /// times more.
+    cut: Mutex<Option<(String, u64, u64)>>,
+    cuts: AtomicU64,
 }
 
 /// The proxy; connect to `addr` instead of the server.
@@ -102,6 +108,18 @@ impl FaultProxy {
         self.faults.bytes_per_sec.store(bytes_per_sec, Ordering::SeqCst);
     }
 
+    /// Cuts the next `times` responses to requests whose request line contains `pattern`
+    /// after their first `after` bytes (head included): the connection is closed there.
+    pub fn cut_responses(&self, pattern: &str, after: u64, times: u64) {
+        *self.faults.cut.lock().unwrap() = Some((pattern.to_owned(), after, times));
+    }
+
+    /// Responses cut so far.
+    #[must_use]
+    pub fn cuts(&self) -> u64 {
+        self.faults.cuts.load(Ordering::SeqCst)
+    }
+
     /// Request lines seen so far (`PUT /bucket/key HTTP/1.1`).
     #[must_use]
     pub fn requests(&self) -> Vec<String> {
@@ -118,6 +136,19 @@ impl FaultProxy {
 /// What the response of one request gets.
 struct Tag {
     delay: Duration,
+    /// Bytes of the response to forward before the connection is closed.
+    cut: Option<u64>,
+}
+
+/// Whether the response to `line` is to be cut, and after how many bytes.
+fn cut_for(f: &Faults, line: &str) -> Option<u64> {
+    let mut cut = f.cut.lock().unwrap();
+    let (pattern, after, times) = cut.as_mut()?;
+    if *times == 0 || !line.contains(pattern.as_str()) {
+        return None;
+    }
+    *times -= 1;
+    Some(*after)
 }
 
 fn connection(f: &Arc<Faults>, client: TcpStream, server: TcpStream) {
@@ -146,7 +177,8 @@ fn connection(f: &Arc<Faults>, client: TcpStream, server: TcpStream) {
                     }
                     hold(&f, &line);
                     let delay = Duration::from_millis(f.latency_ms.load(Ordering::SeqCst));
-                    tags.lock().unwrap().push_back(Tag { delay });
+                    let cut = cut_for(&f, &line);
+                    tags.lock().unwrap().push_back(Tag { delay, cut });
                 }
                 while !chunk.is_empty() {
                     let bps = f.bytes_per_sec.load(Ordering::SeqCst);
@@ -164,8 +196,11 @@ fn connection(f: &Arc<Faults>, client: TcpStream, server: TcpStream) {
         });
     }
     let (mut from, mut to) = (server, client);
+    let f = Arc::clone(f);
     std::thread::spawn(move || {
         let mut buf = vec![0u8; 64 * 1024];
+        // Bytes of the current response left before it is cut.
+        let mut left: Option<u64> = None;
         loop {
             let n = match from.read(&mut buf) {
                 Ok(0) | Err(_) => break,
@@ -175,8 +210,18 @@ fn connection(f: &Arc<Faults>, client: TcpStream, server: TcpStream) {
             if let Some(t) = tag {
                 // The first bytes of a response: the client sends its next request after it.
                 std::thread::sleep(t.delay);
+                left = t.cut;
                 expect_head.store(true, Ordering::SeqCst);
             }
+            if let Some(l) = left
+                && n as u64 >= l
+            {
+                let _ = to.write_all(&buf[..l as usize]);
+                f.cuts.fetch_add(1, Ordering::SeqCst);
+                let _ = from.shutdown(Shutdown::Both);
+                break;
+            }
+            left = left.map(|l| l - n as u64);
             if to.write_all(&buf[..n]).is_err() {
                 break;
             }

@@ -412,12 +412,11 @@ fn read_input(
     let read_err = |source| SourceError::Read { path: name.clone(), source };
     let mut r = input.reader(progress)?;
     let framing = match input.framing() {
+        // As replay decides.
         Framing::Auto => {
-            // As replay decides, from the first 64 KiB.
-            let mut head = Vec::new();
-            (&mut r).take(64 << 10).read_to_end(&mut head).map_err(read_err)?;
-            let framing = replay::detect(&head, head.len() < 64 << 10);
-            r = Box::new(io::Cursor::new(head).chain(r));
+            let (framing, again) =
+                replay::detect_stream(r, replay::MAX_BUFFERED_LINE).map_err(read_err)?;
+            r = again;
             framing
         }
         f => f,

@@ -281,11 +281,7 @@ impl Input {
         };
         let (framing, mut r) = match self.framing {
             Framing::Auto => {
-                let (head, rest) = head_of(r, DETECT_SPAN).map_err(read_err)?;
-                let complete = head.len() < DETECT_SPAN;
-                let framing = super::framing::detect(&head, complete);
-                let r: Box<dyn Read + Send> = Box::new(io::Cursor::new(head).chain(rest));
-                (framing, r)
+                super::framing::detect_stream(r, super::MAX_BUFFERED_LINE).map_err(read_err)?
             }
             f => (f, r),
         };
@@ -312,25 +308,12 @@ fn is_gzip_file(f: &mut File) -> io::Result<bool> {
 }
 
 const GZIP_MAGIC: [u8; 2] = [0x1f, 0x8b];
-/// How much of an input `--framing auto` looks at to decide.
-const DETECT_SPAN: usize = 64 << 10;
 
 /// Whether a stream starts with gzip's magic bytes, and the whole stream again.
 fn sniff(mut r: Box<dyn Read + Send>) -> io::Result<(bool, Box<dyn Read + Send>)> {
     let mut magic = [0u8; 2];
     let n = read_full(&mut r, &mut magic)?;
     Ok((n == 2 && magic == GZIP_MAGIC, Box::new(io::Cursor::new(magic[..n].to_vec()).chain(r))))
-}
-
-/// Up to `span` first bytes of a stream, and the rest of it.
-fn head_of(
-    mut r: Box<dyn Read + Send>,
-    span: usize,
-) -> io::Result<(Vec<u8>, Box<dyn Read + Send>)> {
-    let mut head = vec![0u8; span];
-    let n = read_full(&mut r, &mut head)?;
-    head.truncate(n);
-    Ok((head, r))
 }
 
 /// Reads until `buf` is full or the stream ends; the number of bytes read.

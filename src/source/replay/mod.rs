@@ -15,7 +15,7 @@ mod framing;
 mod input;
 mod resolve;
 
-pub use framing::{Framed, Framer, Framing, PREFIX, detect};
+pub use framing::{Framed, Framer, Framing, PREFIX, detect, detect_stream};
 pub use input::{FINGERPRINT_SPAN, Input, Recognised, recognise};
 pub use resolve::{Options, Resolved, resolve};
 

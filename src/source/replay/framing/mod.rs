@@ -9,6 +9,7 @@
 
 use memchr::{memchr, memchr2, memchr3};
 use std::fmt;
+use std::io::{self, Read};
 use std::str::FromStr;
 
 /// How an input's bytes are cut into records.
@@ -428,30 +429,66 @@ fn push_record(out: &mut Vec<Framed>, value: &[u8]) {
     records.push(b'\n');
 }
 
-/// Decides an object's framing from its first bytes (`head`, up to 64 KiB; `complete` when head is
-/// the whole object): `Lines` or `Concatenated` (never `Auto`).
+/// Bytes [`detect_stream`] reads first.
+const DETECT_SPAN: usize = 64 << 10;
+
+/// The framing of a stream by [`detect`], and the stream again from its start. It reads
+/// [`DETECT_SPAN`] bytes, and more (four times as many each time, up to `max`) while the first
+/// value is one line that has not ended: a first record of megabytes (a debug dump) must not
+/// hide that values follow it on its line.
+///
+/// # Errors
+/// Reading the stream fails.
+pub fn detect_stream(
+    mut r: Box<dyn Read + Send>,
+    max: usize,
+) -> io::Result<(Framing, Box<dyn Read + Send>)> {
+    let mut head = Vec::new();
+    let mut span = DETECT_SPAN.min(max);
+    loop {
+        (&mut r).take((span - head.len()) as u64).read_to_end(&mut head)?;
+        let complete = head.len() < span;
+        let decided = decide(&head, complete);
+        if decided.is_some() || complete || span >= max {
+            let framing = decided.unwrap_or(Framing::Lines);
+            return Ok((framing, Box::new(io::Cursor::new(head).chain(r))));
+        }
+        span = span.saturating_mul(4).min(max);
+    }
+}
+
+/// Decides an object's framing from its first bytes (`head`; `complete` when head is the whole
+/// object): `Lines` or `Concatenated` (never `Auto`).
 ///
 /// The first value is scanned with the framer's rules. It is `Concatenated` when another value
 /// starts on the line where the first one ends, or when the first value, ending within `head`,
 /// has a line break between its tokens (pretty-printed). Anything that is not clearly
 /// concatenated (a scalar first, a line break inside a string, a framing error, a first value
-/// that does not end within `head`) reads as `Lines`, the historical format.
+/// that does not end within `head`) reads as `Lines`, the historical format; [`detect_stream`]
+/// reads on before it settles for that last one.
 #[must_use]
 pub fn detect(head: &[u8], complete: bool) -> Framing {
-    let _ = complete; // A value not ending within `head` reads by what it showed so far.
+    decide(head, complete).unwrap_or(Framing::Lines)
+}
+
+/// [`detect`], or `None` when `head` ends inside a first value that has no line break so far
+/// and more bytes could tell.
+fn decide(head: &[u8], complete: bool) -> Option<Framing> {
     let body = head.strip_prefix(&BOM[..]).unwrap_or(head);
-    let Some(start) = body.iter().position(|b| !is_ws(*b)) else { return Framing::Lines };
+    let Some(start) = body.iter().position(|b| !is_ws(*b)) else { return Some(Framing::Lines) };
     if !matches!(body[start], b'{' | b'[') {
-        return Framing::Lines;
+        return Some(Framing::Lines);
     }
     let first = scan_value(body, start);
     if first.spans_lines && !first.broken {
         // Pretty-printed: a line break between tokens, whether or not the value ends in `head`.
-        return Framing::Concatenated;
+        return Some(Framing::Concatenated);
     }
-    let Some(end) = first.end else { return Framing::Lines };
+    let Some(end) = first.end else {
+        return (complete || first.broken).then_some(Framing::Lines);
+    };
     if second_on_line(body, end) {
-        return Framing::Concatenated;
+        return Some(Framing::Concatenated);
     }
     // The first value has its line to itself; so may the next few and not the rest (a writer
     // that added newlines for a while): any line of `head` holding two values decides.
@@ -464,12 +501,14 @@ pub fn detect(head: &[u8], complete: bool) -> Framing {
         }
         let v = scan_value(body, s);
         match v.end {
-            Some(e) if !v.spans_lines && second_on_line(body, e) => return Framing::Concatenated,
+            Some(e) if !v.spans_lines && second_on_line(body, e) => {
+                return Some(Framing::Concatenated);
+            }
             Some(_) => {}
             None => break,
         }
     }
-    Framing::Lines
+    Some(Framing::Lines)
 }
 
 /// What scanning one value from `start` found.

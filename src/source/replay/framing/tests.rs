@@ -277,6 +277,27 @@ fn detect_decides_lines_or_concatenated() {
     }
 }
 
+#[test]
+fn a_first_value_longer_than_the_first_look_is_read_to_its_end() {
+    use Framing::{Concatenated, Lines};
+    // A 300 KiB first record on one line (a debug dump), then what decides.
+    let big = format!("{{\"dump\":\"{}\"}}", "ab".repeat(150 << 10));
+    let stream = |after: &str| -> Box<dyn std::io::Read + Send> {
+        Box::new(std::io::Cursor::new(format!("{big}{after}").into_bytes()))
+    };
+    for (after, want) in [("{\"a\":1}", Concatenated), ("\n{\"a\":1}\n", Lines), ("", Lines)] {
+        let (framing, mut again) = detect_stream(stream(after), 64 << 20).unwrap();
+        assert_eq!(framing, want, "followed by {after:?}");
+        let mut all = String::new();
+        std::io::Read::read_to_string(&mut again, &mut all).unwrap();
+        assert_eq!(all, format!("{big}{after}"), "the stream again from its start");
+    }
+    // Up to the bound only: past it, what was seen decides (Lines).
+    assert_eq!(detect_stream(stream("{}"), 128 << 10).unwrap().0, Lines);
+    // The first look alone could not tell.
+    assert_eq!(detect(&big.as_bytes()[..64 << 10], false), Lines);
+}
+
 // --- property test ---
 
 fn json_string() -> impl Strategy<Value = String> {
