@@ -75,10 +75,19 @@ struct State {
     injected: AtomicU64,
     throttle: Mutex<Throttle>,
     failures: Mutex<HashMap<String, (u16, String, String)>>,
+    /// Per operation: the calls (counted from when it was set, from 1) to fail, and how.
+    chosen: Mutex<HashMap<String, Chosen>>,
     hidden: Mutex<HashSet<String>>,
     iterators: Mutex<HashMap<String, Location>>,
     open: Mutex<HashMap<u64, TcpStream>>,
     ids: AtomicU64,
+}
+
+/// Calls of one operation picked to fail.
+struct Chosen {
+    seen: u64,
+    calls: Vec<u64>,
+    failure: (u16, String, String),
 }
 
 impl State {
@@ -97,7 +106,12 @@ impl State {
 
     /// The response injected for this call instead of forwarding it, if any.
     fn fault(&self, op: &str, body: &[u8]) -> Option<Vec<u8>> {
-        let failure = self.failures.lock().unwrap().get(op).cloned();
+        let failure = self.failures.lock().unwrap().get(op).cloned().or_else(|| {
+            let mut chosen = self.chosen.lock().unwrap();
+            let c = chosen.get_mut(op)?;
+            c.seen += 1;
+            c.calls.contains(&c.seen).then(|| c.failure.clone())
+        });
         let (status, code, message) = if let Some(f) = failure {
             f
         } else if op == "GetRecords" && self.throttle.lock().unwrap().next() {
@@ -245,6 +259,17 @@ impl KinesisProxy {
             Some(x) => f.insert(operation.to_owned(), x),
             None => f.remove(operation),
         };
+    }
+
+    /// Answers the `calls`-th calls of `operation` (counted from now, from 1) with HTTP
+    /// `status` and the body `{"__type": code, "message": message}`, without forwarding them;
+    /// other calls go through. A [`KinesisProxy::fail`] set for it takes precedence.
+    pub fn fail_calls(&self, operation: &str, calls: &[u64], failure: (u16, String, String)) {
+        self.state
+            .chosen
+            .lock()
+            .unwrap()
+            .insert(operation.to_owned(), Chosen { seen: 0, calls: calls.to_vec(), failure });
     }
 
     /// Removes these shard ids from `ListShards` responses from now on (replacing the set given

@@ -1,6 +1,9 @@
 //! Capturing Kinesis shards: `ListShards`, then per shard `GetShardIterator` and `GetRecords`
-//! until the shard is closed, caught up with, or past `--to-time`. KPL aggregates are split
-//! into user records by the de-aggregation `run` uses.
+//! until the shard is closed, caught up with, or past `--to-time`, up to [`READERS`] shards at
+//! once. KPL aggregates are split
+//! into user records by the de-aggregation `run` uses. An iterator that expires (held over
+//! five minutes, e.g. while a slow S3 upload of a finished file blocked the loop) is replaced
+//! by one after the last record read, so nothing is read twice or skipped.
 
 use super::sink::{SplitWriter, Target};
 use super::{KinesisFrom, RecordError, Source, Summary};
@@ -15,6 +18,9 @@ use std::time::Duration;
 /// Error codes that mean "slower": the same call again after a pause.
 const THROTTLES: [&str; 3] =
     ["ProvisionedThroughputExceededException", "LimitExceededException", "KMSThrottlingException"];
+/// Shards read at once, each by a thread of its own (a shard serves 5 reads a second, so one
+/// reader per shard is what makes a capture of many shards as fast as of one).
+const READERS: usize = 8;
 /// Attempts of one call before the capture fails.
 const ATTEMPTS: u32 = 20;
 
@@ -28,6 +34,17 @@ struct Position<'a> {
     subsequence: Option<u32>,
     arrival_ms: Option<i64>,
     partition_key: &'a str,
+}
+
+/// The error of a `GetRecords` whose iterator is older than five minutes.
+const EXPIRED: &str = "ExpiredIteratorException";
+
+/// Where an iterator starts.
+#[derive(Clone)]
+struct Start {
+    ty: ShardIteratorType,
+    sequence: Option<String>,
+    at: Option<DateTime>,
 }
 
 /// A shard to read: id and hash-key range.
@@ -172,45 +189,68 @@ pub(super) fn capture(
         KinesisFrom::Sequences(e) => sequences(e, &listed)?,
         _ => BTreeMap::new(),
     };
-    let mut r = Reader {
-        rt,
-        client: &client,
-        stream: st,
-        name,
-        target,
-        to_time: *to_time,
-        bar: super::progress(None),
-        summary: Summary::default(),
-    };
-    for shard in &listed {
-        r.summary.splits.entry(shard.id.clone()).or_default();
-        let (ty, seq, ts) = match (starts.get(&shard.id), from) {
-            (Some(seq), _) => (ShardIteratorType::AtSequenceNumber, Some(seq.clone()), None),
-            (None, KinesisFrom::Time(ms)) => {
-                (ShardIteratorType::AtTimestamp, None, Some(DateTime::from_millis(*ms)))
-            }
-            (None, _) => (ShardIteratorType::TrimHorizon, None, None),
+    let bar = super::progress(None);
+    let queue = std::sync::Mutex::new(listed.iter());
+    // Each reader takes the next shard when it is done with one.
+    let read = || -> Result<Summary, RecordError> {
+        let mut r = Reader {
+            rt,
+            client: &client,
+            stream: st,
+            name,
+            target,
+            to_time: *to_time,
+            bar: bar.clone(),
+            summary: Summary::default(),
         };
-        let mut writer = SplitWriter::new(name, &shard.id, roll);
-        let it = retrying(rt, "GetShardIterator", || {
-            client
-                .get_shard_iterator()
-                .set_stream_name(st.name())
-                .set_stream_arn(st.arn())
-                .shard_id(&shard.id)
-                .shard_iterator_type(ty.clone())
-                .set_starting_sequence_number(seq.clone())
-                .set_timestamp(ts)
-                .send()
-        })?
-        .shard_iterator()
-        .map(str::to_owned);
-        r.shard(shard, it, &mut writer)?;
-        writer.finish(target)?;
-        r.summary.files += writer.files;
+        loop {
+            let next = queue.lock().unwrap_or_else(std::sync::PoisonError::into_inner).next();
+            let Some(shard) = next else { return Ok(r.summary) };
+            r.summary.splits.entry(shard.id.clone()).or_default();
+            let start = start_of(shard, &starts, from);
+            let mut writer = SplitWriter::new(name, &shard.id, roll);
+            r.shard(shard, &start, &mut writer)?;
+            writer.finish(target)?;
+            r.summary.files += writer.files;
+        }
+    };
+    let results: Vec<Result<Summary, RecordError>> = std::thread::scope(|scope| {
+        let readers: Vec<_> =
+            (0..listed.len().clamp(1, READERS)).map(|_| scope.spawn(read)).collect();
+        readers
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(RecordError::Kinesis("a shard reader panicked".into())))
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    let mut total = Summary::default();
+    for r in results {
+        let r = r?;
+        total.records += r.records;
+        total.bytes += r.bytes;
+        total.files += r.files;
+        total.splits.extend(r.splits);
     }
-    r.bar.finish_and_clear();
-    Ok(r.summary)
+    Ok(total)
+}
+
+/// Where the iterator of `shard` starts: its `--from-sequence`, else `--from-time`, else the
+/// oldest record kept.
+fn start_of(shard: &Shard, starts: &BTreeMap<String, String>, from: &KinesisFrom) -> Start {
+    match (starts.get(&shard.id), from) {
+        (Some(seq), _) => {
+            Start { ty: ShardIteratorType::AtSequenceNumber, sequence: Some(seq.clone()), at: None }
+        }
+        (None, KinesisFrom::Time(ms)) => Start {
+            ty: ShardIteratorType::AtTimestamp,
+            sequence: None,
+            at: Some(DateTime::from_millis(*ms)),
+        },
+        (None, _) => Start { ty: ShardIteratorType::TrimHorizon, sequence: None, at: None },
+    }
 }
 
 /// What reading a shard needs.
@@ -227,23 +267,61 @@ struct Reader<'a> {
 }
 
 impl Reader<'_> {
-    /// Reads a shard from `iterator` to its end, the stream's tip, or `to_time`.
+    /// An iterator of `shard` from `start`.
+    fn iterator(&self, shard: &Shard, start: &Start) -> Result<Option<String>, RecordError> {
+        let out = retrying(self.rt, "GetShardIterator", || {
+            self.client
+                .get_shard_iterator()
+                .set_stream_name(self.stream.name())
+                .set_stream_arn(self.stream.arn())
+                .shard_id(&shard.id)
+                .shard_iterator_type(start.ty.clone())
+                .set_starting_sequence_number(start.sequence.clone())
+                .set_timestamp(start.at)
+                .send()
+        })?;
+        Ok(out.shard_iterator().map(str::to_owned))
+    }
+
+    /// Reads a shard from `start` to its end, the stream's tip, or `to_time`.
     fn shard(
         &mut self,
         shard: &Shard,
-        mut iterator: Option<String>,
+        start: &Start,
         writer: &mut SplitWriter,
     ) -> Result<(), RecordError> {
+        let mut iterator = self.iterator(shard, start)?;
+        // The sequence number of the last Kinesis record read (all its user records written).
+        let mut last: Option<String> = None;
         let mut empty = 0u32;
         while let Some(it) = iterator.take() {
             let got = retrying(self.rt, "GetRecords", || {
-                self.client
+                let req = self
+                    .client
                     .get_records()
                     .set_stream_arn(self.stream.arn())
                     .shard_iterator(&it)
-                    .limit(10_000)
-                    .send()
+                    .limit(10_000);
+                async move {
+                    match req.send().await {
+                        Err(e) if e.code() == Some(EXPIRED) => Ok(None),
+                        r => r.map(Some),
+                    }
+                }
             })?;
+            let Some(got) = got else {
+                tracing::warn!(shard = %shard.id, after = last.as_deref().unwrap_or("the start"), "The shard iterator expired: reading on with a new one.");
+                let again = match &last {
+                    Some(seq) => Start {
+                        ty: ShardIteratorType::AfterSequenceNumber,
+                        sequence: Some(seq.clone()),
+                        at: None,
+                    },
+                    None => start.clone(),
+                };
+                iterator = self.iterator(shard, &again)?;
+                continue;
+            };
             for record in got.records() {
                 let arrival =
                     record.approximate_arrival_timestamp().and_then(|t| t.to_millis().ok());
@@ -270,6 +348,7 @@ impl Reader<'_> {
                         tracing::warn!(shard = %shard.id, sequence = seqno, records = n, "Dropped a KPL aggregate of another shard's records, as KCL does.");
                     }
                 }
+                last = Some(seqno.to_owned());
             }
             empty = if got.records().is_empty() { empty + 1 } else { 0 };
             // An endpoint that does not say how far behind it is: caught up after a few

@@ -21,9 +21,10 @@
 //! # Byte-exactness
 //! A record whose bytes hold no `\n` and no `\r` is written as it is, one line: bytes that are
 //! not UTF-8 too, so that `replay` dead-letters them as the stream would (replay reads bytes).
-//! A record holding `\n` or `\r` cannot be one line: its data line has each of them replaced
-//! by a space (which a JSON parser reads the same outside strings, so such a record usually
-//! still decodes to the same event), and its sidecar line carries `"raw_b64"`, the exact bytes
+//! A record holding `\n` or `\r` cannot be one line: in its data line each of them becomes a
+//! space between JSON tokens (whitespace as well) and U+0001 inside a string (a raw control
+//! character as well, which no string may hold), so the line gets its record's verdict: the
+//! same event, or the same dead letter. Its sidecar line carries `"raw_b64"`, the exact bytes
 //! in standard base64. The exact record is thus `raw_b64` when present, else the data line.
 //!
 //! # Side effects on the source

@@ -15,13 +15,36 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 /// The data line of a payload and, when the line is not the payload, the payload's exact bytes
-/// in base64 (for the sidecar's `raw_b64`): `\n` and `\r` become spaces, nothing else changes.
+/// in base64 (for the sidecar's `raw_b64`). A `\n` or `\r` between JSON tokens becomes a space
+/// (whitespace as well); one inside a string becomes U+0001, a raw control character as well,
+/// which a string may not hold either: either way the line gets its record's verdict (a space
+/// there would make an invalid record valid). Nothing else changes.
 #[must_use]
 pub fn data_line(payload: &[u8]) -> (Cow<'_, [u8]>, Option<String>) {
     if memchr::memchr2(b'\n', b'\r', payload).is_none() {
         return (Cow::Borrowed(payload), None);
     }
-    let line = payload.iter().map(|&b| if b == b'\n' || b == b'\r' { b' ' } else { b }).collect();
+    let (mut in_string, mut escaped) = (false, false);
+    let line = payload
+        .iter()
+        .map(|&b| {
+            let was_in_string = in_string;
+            if !in_string {
+                in_string = b == b'"';
+            } else if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+            match b {
+                b'\n' | b'\r' if was_in_string => 0x01,
+                b'\n' | b'\r' => b' ',
+                _ => b,
+            }
+        })
+        .collect();
     (Cow::Owned(line), Some(base64::engine::general_purpose::STANDARD.encode(payload)))
 }
 
@@ -241,6 +264,46 @@ mod tests {
             base64::engine::general_purpose::STANDARD.decode(raw).unwrap(),
             b"{\"a\":\n1}\r"
         );
+    }
+
+    #[test]
+    fn a_data_line_gets_the_verdict_of_its_record() {
+        let schemas = Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas");
+        let x = crate::extract::Extractor::load(&schemas).unwrap();
+        let verdict = |b: &[u8]| -> String {
+            match crate::decode::decode(b) {
+                Err(e) => e.reason().to_owned(),
+                Ok(text) => match x.extract(text, &mut Vec::new()) {
+                    Ok(ev) => format!("ok {}", ev.customer_id),
+                    Err(e) => e.reason().to_owned(),
+                },
+            }
+        };
+        let web = |id: &str| {
+            format!(
+                r#"{{"event_id":"e1","customer":{{"id":"{id}"}},"time":"2026-11-30T13:00:00Z","event_type":"pageview"}}"#
+            )
+        };
+        let cases: Vec<Vec<u8>> = vec![
+            // Between tokens: valid either way.
+            web("c-1").replace(",\"time\"", ",\n\"time\"").into_bytes(),
+            [web("c-1").replace(":{", ":\r\n{").as_bytes(), b"\r"].concat(),
+            // Inside strings: invalid, and must stay so (a space would make them valid).
+            web("c\n1").into_bytes(),
+            web("c\r\n1").into_bytes(),
+            web("c-1").replace("\"time\"", "\"ti\nme\"").into_bytes(),
+            // After an escaped quote the string goes on; after an escaped backslash it ends.
+            web("c\\\"\n1").into_bytes(),
+            web("c\\\\").replace(",\"time\"", ",\n\"time\"").into_bytes(),
+        ];
+        for p in &cases {
+            let (line, raw) = data_line(p);
+            assert!(raw.is_some() && !line.contains(&b'\n') && !line.contains(&b'\r'));
+            assert_eq!(verdict(&line), verdict(p), "{}", String::from_utf8_lossy(p));
+        }
+        assert!(verdict(&cases[0]).starts_with("ok"), "{}", verdict(&cases[0]));
+        assert!(!verdict(&cases[2]).starts_with("ok"), "{}", verdict(&cases[2]));
+        assert!(verdict(&cases[6]).starts_with("ok"), "{}", verdict(&cases[6]));
     }
 
     #[derive(serde::Serialize)]

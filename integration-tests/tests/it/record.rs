@@ -1,10 +1,12 @@
 //! `clickstream record` against real servers (`scripts/services up kafka kinesis s3`): every
 //! record captured once with its source position, byte-exact, and a replay of a recording
-//! equal to the oracle (which `run` equals on the same data, it/kafka.rs).
+//! equal to the oracle (which `run` equals on the same data, it/kafka.rs); an expired Kinesis
+//! iterator is replaced without a record read twice or missed.
 
 use crate::kafka::{keyed_lines, oracle};
 use crate::kinesis::Stream;
 use base64::Engine as _;
+use integration_tests::kinesis_proxy::KinesisProxy;
 use integration_tests::services::{self, brokers};
 use integration_tests::{bin, generate, python, rows, shared_data, summary};
 use std::collections::BTreeMap;
@@ -368,8 +370,14 @@ fn kinesis_record_has_every_user_record_once_with_its_shard_and_sequence() {
     }
     stream.put(&[(b"nl".to_vec(), b"{\"a\":\n1}".to_vec())]);
 
+    // The second and third GetRecords find their iterator expired (as after a stall of five
+    // minutes): the capture goes on after the last record it read, nothing twice or missing.
+    let target = var("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4570");
+    let proxy = KinesisProxy::start(target.trim_start_matches("http://"));
+    let expired = (400, "ExpiredIteratorException".to_owned(), "Iterator expired.".to_owned());
+    proxy.fail_calls("GetRecords", &[2, 3], expired);
     let env: Vec<(&str, String)> = vec![
-        ("AWS_ENDPOINT_URL_KINESIS", var("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:4570")),
+        ("AWS_ENDPOINT_URL_KINESIS", proxy.url()),
         ("AWS_ACCESS_KEY_ID", var("AWS_ACCESS_KEY_ID", "test")),
         ("AWS_SECRET_ACCESS_KEY", var("AWS_SECRET_ACCESS_KEY", "test")),
         ("AWS_REGION", var("AWS_REGION", "us-east-1")),
@@ -378,6 +386,8 @@ fn kinesis_record_has_every_user_record_once_with_its_shard_and_sequence() {
     let out = dir.path().join("rec");
     let run = record(&["--kinesis-stream", &stream.name, "--output", out.to_str().unwrap()], &env);
     let sum = summary(&run);
+    assert_eq!(proxy.injected(), 2);
+    assert_eq!(proxy.calls("GetShardIterator"), 2 + 2, "one a shard, one an expiry");
     let total = records.len() + 1;
     assert_eq!(sum["records"].as_u64(), Some(total as u64), "{sum}");
     let mut seen = std::collections::BTreeSet::new();
