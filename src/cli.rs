@@ -32,7 +32,8 @@ pub(crate) enum Command {
     /// keyed by customer id, at a fixed rate or as fast as it goes.
     ///
     /// Prints one summary JSON line at the end:
-    /// `{"records","bytes","skipped","fallback_keyed","failed","too_large","seconds","rate"}`;
+    /// `{"records","bytes","skipped","fallback_keyed","failed","too_large","seconds","rate"}`,
+    /// and for Kinesis `"shards":{ID:{"records","last"}}` (the highest sequence number per shard);
     /// exits non-zero if any record was not delivered.
     Produce(ProduceArgs),
     /// Capture a slice of a Kafka topic or a Kinesis stream to `.jsonl.gz` files (a directory
@@ -197,6 +198,10 @@ pub(crate) struct ProduceArgs {
     /// Records per second (`5000/s`), minute (`300/m`) or hour [default: as fast as it goes].
     #[arg(long, value_name = "N/s")]
     pub(crate) rate: Option<clickstream::produce::Rate>,
+    /// Skip empty lines (counted as `skipped`) instead of sending each as an empty record,
+    /// which the pipeline dead-letters `empty_line`.
+    #[arg(long)]
+    pub(crate) skip_empty: bool,
     /// KPL-aggregate the records of one partition key into one Kinesis record (Kinesis only).
     #[arg(long, requires = "kinesis_stream")]
     pub(crate) aggregate: bool,

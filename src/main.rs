@@ -172,6 +172,7 @@ async fn run(cli: Cli, logs: LogWriter) -> Result<ExitCode> {
                 key: a.key,
                 schemas: a.schemas.unwrap_or_else(|| c.replay.schemas.clone()),
                 rate: a.rate,
+                skip_empty: a.skip_empty,
                 target,
             };
             let sum = tokio::task::spawn_blocking(move || clickstream::produce::produce(&settings))

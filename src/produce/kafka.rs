@@ -123,6 +123,6 @@ impl Sink for KafkaSink {
             let first = ctx.first.lock().ok().and_then(|f| f.clone()).unwrap_or_default();
             error!(topic = %self.topic, failed, first_error = %first, "Records were not delivered.");
         }
-        Ok(Delivery { failed, too_large: 0 })
+        Ok(Delivery { failed, ..Delivery::default() })
     }
 }

@@ -66,7 +66,7 @@ impl KinesisSink {
     pub fn open(stream: &str, aggregate: bool) -> Result<KinesisSink, ProduceError> {
         let rt = tokio::runtime::Handle::try_current()
             .map_err(|e| ProduceError::Kinesis(format!("no runtime: {e}")))?;
-        let conf = rt.block_on(aws_config::defaults(aws_config::BehaviorVersion::latest()).load());
+        let conf = rt.block_on(crate::source::kinesis::sdk_config());
         Ok(KinesisSink {
             client: Client::new(&conf),
             rt,
@@ -115,6 +115,7 @@ impl KinesisSink {
             match self.rt.block_on(req.send()) {
                 Ok(out) => {
                     let mut first = None;
+                    let shards = &mut self.delivery.shards;
                     let refused = todo
                         .into_iter()
                         .zip(out.records())
@@ -122,6 +123,11 @@ impl KinesisSink {
                             let bad = r.error_code().is_some();
                             if bad && first.is_none() {
                                 first = r.error_code().map(str::to_owned);
+                            }
+                            if let (false, Some(shard), Some(seq)) =
+                                (bad, r.shard_id(), r.sequence_number())
+                            {
+                                shards.entry(shard.to_owned()).or_default().put(seq);
                             }
                             bad
                         })
@@ -189,7 +195,7 @@ impl Sink for KinesisSink {
     fn finish(&mut self) -> Result<Delivery, ProduceError> {
         self.drain_aggregates(true)?;
         self.put()?;
-        Ok(self.delivery)
+        Ok(std::mem::take(&mut self.delivery))
     }
 }
 

@@ -198,23 +198,45 @@ pub trait Sink {
 }
 
 /// What a sink's [`Sink::finish`] reports.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Delivery {
     /// Records that were not delivered (the target refused them, or retries ran out).
     pub failed: u64,
     /// Records larger than the target takes, not sent (Kinesis: 1 MiB with the key).
     pub too_large: u64,
+    /// Kinesis: where the records landed, per shard id.
+    pub shards: std::collections::BTreeMap<String, ShardTally>,
+}
+
+/// The records put into one Kinesis shard.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ShardTally {
+    /// Kinesis records put (an aggregate counts once).
+    pub records: u64,
+    /// The highest sequence number Kinesis gave them: `record --to-sequence` ends there, and a
+    /// reader that has passed it has read all of them.
+    pub last: String,
+}
+
+impl ShardTally {
+    /// Counts a record put at `sequence` (decimal digits, compared as numbers).
+    pub fn put(&mut self, sequence: &str) {
+        self.records += 1;
+        if (sequence.len(), sequence) > (self.last.len(), self.last.as_str()) {
+            sequence.clone_into(&mut self.last);
+        }
+    }
 }
 
 /// The summary line printed at the end.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Summary {
     /// Records delivered.
     pub records: u64,
     /// Their payload bytes.
     pub bytes: u64,
-    /// Pieces of input that are no record: empty lines, and with `--framing concatenated` bytes
-    /// that frame no value or a value over 64 MiB.
+    /// Pieces of input that are no record: with `--skip-empty`, empty lines; with `--framing
+    /// concatenated`, bytes that frame no value or a value over 64 MiB.
     pub skipped: u64,
     /// Records sent under the fallback key (the lowercase hex MD5 of the line) because the key
     /// was not found in them.
@@ -225,6 +247,8 @@ pub struct Summary {
     pub too_large: u64,
     /// Wall time from the first record to the last delivery.
     pub seconds: f64,
+    /// Kinesis: where the records landed, per shard id (empty for Kafka).
+    pub shards: std::collections::BTreeMap<String, ShardTally>,
 }
 
 impl Summary {
@@ -237,7 +261,14 @@ impl Summary {
     /// The summary as one JSON line.
     #[must_use]
     pub fn to_json(&self) -> String {
-        serde_json::json!({
+        let shards: serde_json::Map<String, serde_json::Value> = self
+            .shards
+            .iter()
+            .map(|(id, t)| {
+                (id.clone(), serde_json::json!({ "records": t.records, "last": t.last }))
+            })
+            .collect();
+        let mut v = serde_json::json!({
             "records": self.records,
             "bytes": self.bytes,
             "skipped": self.skipped,
@@ -246,8 +277,11 @@ impl Summary {
             "too_large": self.too_large,
             "seconds": (self.seconds * 1000.0).round() / 1000.0,
             "rate": self.rate().round(),
-        })
-        .to_string()
+        });
+        if !shards.is_empty() {
+            v["shards"] = serde_json::Value::Object(shards);
+        }
+        v.to_string()
     }
 }
 
@@ -287,6 +321,10 @@ pub struct Settings {
     pub schemas: PathBuf,
     /// None: as fast as the target takes them.
     pub rate: Option<Rate>,
+    /// Skip empty lines instead of sending them as empty records. Off by default: an empty
+    /// line of a recording is an empty record of the stream (`record` writes one so), and the
+    /// pipeline dead-letters it `empty_line`; sending it keeps every line accounted for.
+    pub skip_empty: bool,
     /// Where to.
     pub target: Target,
 }
@@ -323,6 +361,7 @@ pub fn produce(s: &Settings) -> Result<Summary, ProduceError> {
     let mut d = Driver {
         keyer: &keyer,
         rate: s.rate,
+        skip_empty: s.skip_empty,
         start: Instant::now(),
         sink: sink.as_mut(),
         sum: Summary::default(),
@@ -338,6 +377,7 @@ pub fn produce(s: &Settings) -> Result<Summary, ProduceError> {
     sum.failed = delivery.failed;
     sum.too_large = delivery.too_large;
     sum.records = d.sent - delivery.failed - delivery.too_large;
+    sum.shards = delivery.shards;
     Ok(sum)
 }
 
@@ -361,6 +401,7 @@ fn progress_bar(inputs: &[Input]) -> ProgressBar {
 struct Driver<'a> {
     keyer: &'a Keyer,
     rate: Option<Rate>,
+    skip_empty: bool,
     start: Instant,
     sink: &'a mut dyn Sink,
     sum: Summary,
@@ -369,11 +410,17 @@ struct Driver<'a> {
 }
 
 impl Driver<'_> {
-    /// Sends every record of `block` (records each ended by `\n`, the last one maybe not).
+    /// Sends every record of `block`: lines each ended by `\n`, the last one maybe not (a block
+    /// ending in `\n` holds no record after it).
     fn block(&mut self, block: &[u8]) -> Result<(), ProduceError> {
         let mut slots = Vec::new();
-        for line in block.split(|&b| b == b'\n') {
-            if line.is_empty() {
+        let body = block.strip_suffix(b"\n").unwrap_or(block);
+        if block.is_empty() {
+            return Ok(());
+        }
+        for line in body.split(|&b| b == b'\n') {
+            if line.is_empty() && self.skip_empty {
+                self.sum.skipped += 1;
                 continue;
             }
             let keyed = self.keyer.key(line, &mut slots);
@@ -427,13 +474,11 @@ fn read_input(
             let have = buf.len();
             let n = (&mut r).take(CHUNK as u64).read_to_end(&mut buf).map_err(read_err)?;
             if n == 0 {
-                d.sum.skipped += count_empty(&buf);
                 return d.block(&buf);
             }
             // Whole lines go now; the start of the last one waits for its end.
             if let Some(p) = memchr::memrchr(b'\n', &buf[have..]) {
                 let cut = have + p + 1;
-                d.sum.skipped += count_empty(&buf[..cut]);
                 d.block(&buf[..cut])?;
                 buf.drain(..cut);
             }
@@ -459,17 +504,6 @@ fn read_input(
             return Ok(());
         }
     }
-}
-
-/// Empty lines in `block`, which starts at a line's start.
-fn count_empty(block: &[u8]) -> u64 {
-    let mut n = 0;
-    let mut prev = b'\n';
-    for &b in block {
-        n += u64::from(b == b'\n' && prev == b'\n');
-        prev = b;
-    }
-    n
 }
 
 #[cfg(test)]

@@ -86,11 +86,69 @@ fn the_schedule_spaces_records_evenly_from_the_start() {
     assert_eq!(slow.due(2), Duration::from_mins(2));
 }
 
+/// Keeps what it is sent, to test the driver without a broker.
+#[derive(Default)]
+struct Kept(Vec<Vec<u8>>);
+
+impl Sink for Kept {
+    fn send(&mut self, _key: Option<&str>, payload: &[u8]) -> Result<(), ProduceError> {
+        self.0.push(payload.to_vec());
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<Delivery, ProduceError> {
+        Ok(Delivery::default())
+    }
+}
+
+/// The records the driver sends for `blocks`, and what it skipped.
+fn driven(blocks: &[&[u8]], skip_empty: bool) -> (Vec<Vec<u8>>, u64) {
+    let keyer = Keyer::new(Key::None, None).unwrap();
+    let mut sink = Kept::default();
+    let mut d = Driver {
+        keyer: &keyer,
+        rate: None,
+        skip_empty,
+        start: Instant::now(),
+        sink: &mut sink,
+        sum: Summary::default(),
+        sent: 0,
+    };
+    for b in blocks {
+        d.block(b).unwrap();
+    }
+    let skipped = d.sum.skipped;
+    (sink.0, skipped)
+}
+
 #[test]
-fn empty_lines_are_counted() {
-    assert_eq!(count_empty(b"a\n\nb\n"), 1);
-    assert_eq!(count_empty(b"\n\n"), 2);
-    assert_eq!(count_empty(b"a\nb"), 0);
+fn every_line_is_a_record_empty_ones_too() {
+    let v = |xs: &[&[u8]]| xs.iter().map(|x| x.to_vec()).collect::<Vec<_>>();
+    assert_eq!(driven(&[b"a\n\nb\n"], false), (v(&[b"a", b"", b"b"]), 0));
+    assert_eq!(driven(&[b"a\nb"], false), (v(&[b"a", b"b"]), 0));
+    assert_eq!(driven(&[b"\n", b"\n"], false), (v(&[b"", b""]), 0));
+    assert_eq!(driven(&[b"", b"a\n"], false), (v(&[b"a"]), 0));
+    // A whitespace-only line is a record as it is: the pipeline judges it.
+    assert_eq!(driven(&[b" \r\n"], false), (v(&[b" \r"]), 0));
+    assert_eq!(driven(&[b"a\n\nb\n", b"\n"], true), (v(&[b"a", b"b"]), 2));
+}
+
+#[test]
+fn a_shard_keeps_its_highest_sequence_number_as_a_number() {
+    let mut t = ShardTally::default();
+    for s in [
+        "49590338271490256608559692538361571095921575989136588898",
+        "9",
+        "4959033827149025660855969253836157109592157598913658889",
+    ] {
+        t.put(s);
+    }
+    assert_eq!(t.records, 3);
+    assert_eq!(t.last, "49590338271490256608559692538361571095921575989136588898");
+    let mut t = ShardTally::default();
+    t.put("10");
+    t.put("9");
+    assert_eq!(t.last, "10");
 }
 
 #[test]
@@ -104,4 +162,12 @@ fn the_summary_names_its_fields() {
     for f in ["bytes", "skipped", "seconds", "failed"] {
         assert!(v.get(f).is_some(), "{f}");
     }
+    assert!(v.get("shards").is_none(), "Kafka has no shards: {v}");
+    let mut s = s;
+    s.shards.entry("shardId-000000000001".into()).or_default().put("42");
+    let v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
+    assert_eq!(
+        v["shards"]["shardId-000000000001"],
+        serde_json::json!({"records": 1, "last": "42"})
+    );
 }

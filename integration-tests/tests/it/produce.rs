@@ -13,14 +13,12 @@ fn var(k: &str, d: &str) -> String {
     std::env::var(k).unwrap_or_else(|_| d.to_owned())
 }
 
-/// The non-empty lines of a file, sorted: what produce must deliver.
+/// The lines of a file, empty ones too, sorted: what produce must deliver, so that every line
+/// is accounted for downstream (an empty one as an `empty_line` dead letter).
 fn lines_of(p: &Path) -> Vec<Vec<u8>> {
-    let mut v: Vec<Vec<u8>> = std::fs::read(p)
-        .unwrap()
-        .split(|&b| b == b'\n')
-        .filter(|l| !l.is_empty())
-        .map(<[u8]>::to_vec)
-        .collect();
+    let data = std::fs::read(p).unwrap();
+    let body = data.strip_suffix(b"\n").unwrap_or(&data);
+    let mut v: Vec<Vec<u8>> = body.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect();
     v.sort();
     v
 }
@@ -88,6 +86,7 @@ fn produce_into_kafka_at_a_fixed_rate() {
     let input = dir.path().join("events.jsonl");
     generate(&input, 20_000, 13, "0.01");
     let want = lines_of(&input);
+    assert!(want.iter().any(Vec::is_empty), "the input has empty lines");
     let topic = format!("produce-rate-{}", std::process::id());
     services::create_topic(&topic, 4);
     let began = Instant::now();
@@ -246,6 +245,14 @@ fn produce_into_kinesis_with_and_without_aggregation() {
         let out = produce(&args, &kinesis_env());
         let s = summary(&out);
         assert_eq!(s["records"].as_u64(), Some(want.len() as u64), "{s}");
+        // Where they landed: both shards, and (unaggregated) a record each.
+        let shards = s["shards"].as_object().unwrap();
+        assert_eq!(shards.len(), 2, "{s}");
+        assert!(shards.values().all(|t| !t["last"].as_str().unwrap().is_empty()), "{s}");
+        let put: u64 = shards.values().map(|t| t["records"].as_u64().unwrap()).sum();
+        if !aggregate {
+            assert_eq!(put, want.len() as u64, "{s}");
+        }
         let got = read_stream(&stream.name);
         assert_eq!(got.len(), want.len(), "aggregate={aggregate}: not every line exactly once");
         assert!(got == want, "aggregate={aggregate}: the records differ from the lines");
