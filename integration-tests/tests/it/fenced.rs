@@ -4,8 +4,7 @@
 //! from SIGSTOP, a failpoint, a fault proxy in front of the real server, or the server itself.
 
 use crate::kafka::{
-    Expected, assert_rows_equal, expected_rows, keyed_lines, latest, oracle, rows_in, terminate,
-    wait_for,
+    Expected, assert_rows_equal, expected_rows, latest, lines, oracle, rows_in, terminate, wait_for,
 };
 use integration_tests::proxy::FaultProxy;
 use integration_tests::services::{self, brokers};
@@ -24,7 +23,7 @@ pub(crate) struct Scenario {
     pub(crate) topic: String,
     pub(crate) group: String,
     pub(crate) bucket: String,
-    pub(crate) records: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) records: Vec<Vec<u8>>,
     pub(crate) config: PathBuf,
     pub(crate) partitions: i32,
     /// The Kafka cluster.
@@ -67,7 +66,7 @@ impl Scenario {
         let config = dir.path().join("run.toml");
         std::fs::write(&config, CONFIG).unwrap();
         Scenario {
-            records: keyed_lines(input),
+            records: lines(input),
             group: format!("{topic}-g"),
             dir,
             expected,
@@ -90,7 +89,7 @@ impl Scenario {
     }
 
     pub(crate) fn produce(&self, range: std::ops::Range<usize>) {
-        services::produce_to(&self.brokers, &self.topic, &self.records[range]);
+        services::produce_lines_to(&self.brokers, &self.topic, &self.records[range]);
     }
 
     /// Starts an instance named `name` (its own state directory) with the test defaults,
@@ -539,11 +538,12 @@ fn two_thousand_checkpoints_keep_the_state_objects_bounded() {
         let (stop, topic, records) = (Arc::clone(&stop), sc.topic.clone(), sc.records.clone());
         let trickle = services::Trickle::new(&sc.brokers);
         std::thread::spawn(move || {
-            for (k, v) in records.iter().cycle() {
+            for v in records.iter().cycle() {
                 if stop.load(Ordering::Acquire) {
                     break;
                 }
-                trickle.send(&topic, k, v);
+                // One partition: any key will do; produce's stable one.
+                trickle.send(&topic, clickstream::produce::fallback_key(v).as_bytes(), v);
                 std::thread::sleep(Duration::from_millis(4));
             }
         })

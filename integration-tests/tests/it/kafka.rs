@@ -9,6 +9,13 @@ use std::time::{Duration, Instant};
 
 const PARTITIONS: i32 = 4;
 
+/// Every line of `file`, as `clickstream produce` sends them (an empty last line is none).
+pub(crate) fn lines(file: &Path) -> Vec<Vec<u8>> {
+    let data = std::fs::read(file).unwrap();
+    let body = data.strip_suffix(b"\n").unwrap_or(&data);
+    body.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
+}
+
 /// Every line of `file` keyed by its customer id (what producers are asked to do), read with
 /// the shipped schemas; lines without one get their line number as key.
 pub(crate) fn keyed_lines(file: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -135,8 +142,8 @@ fn kafka_to_s3_equals_the_oracle() {
     let expected = oracle(&input, dir.path());
     let topic = format!("raw-e2e-{}", std::process::id());
     services::create_topic(&topic, PARTITIONS);
-    let records = keyed_lines(&input);
-    services::produce(&topic, &records);
+    let records = lines(&input);
+    services::produce_lines(&topic, &records);
     let bucket = services::fresh_bucket("e2e");
     let sink = format!("s3://{bucket}/v1");
     let state = dir.path().join("state");
@@ -229,7 +236,7 @@ fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
     let expected = oracle(&input, dir.path());
     let topic = format!("raw-group-{}", std::process::id());
     services::create_topic(&topic, PARTITIONS);
-    let records = keyed_lines(&input);
+    let records = lines(&input);
     let third = records.len() / 3;
     let bucket = services::fresh_bucket("group");
     let sink = format!("s3://{bucket}/v1");
@@ -247,7 +254,7 @@ fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
         Running::start(&["run"], &env)
     };
 
-    services::produce(&topic, &records[..third]);
+    services::produce_lines(&topic, &records[..third]);
     let first = start("a");
     let _ = first.admin_addr();
     let second = start("b");
@@ -259,12 +266,12 @@ fn instances_join_and_die_mid_stream_and_the_output_still_equals_the_oracle() {
     // published in S3 (which the output objects precede).
     drop(first);
     assert_offsets_behind_s3(&topic, &group, &bucket, PARTITIONS);
-    services::produce(&topic, &records[third..2 * third]);
+    services::produce_lines(&topic, &records[third..2 * third]);
     let first = start("a");
     first.wait_log("Split assigned", 60);
     let third_instance = start("c");
     third_instance.wait_log("Consuming", 60);
-    services::produce(&topic, &records[2 * third..]);
+    services::produce_lines(&topic, &records[2 * third..]);
     // Kill the newcomer again at a random moment while the last third is consumed, and check
     // the offsets once more.
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
@@ -297,7 +304,7 @@ fn thirty_seconds_without_s3_lose_nothing_and_memory_stays_bounded() {
     let expected = oracle(&input, dir.path());
     let topic = format!("raw-outage-{}", std::process::id());
     services::create_topic(&topic, PARTITIONS);
-    let records = keyed_lines(&input);
+    let records = lines(&input);
     let half = records.len() / 2;
     let bucket = services::fresh_bucket("outage");
     let sink = format!("s3://{bucket}/v1");
@@ -313,12 +320,12 @@ fn thirty_seconds_without_s3_lose_nothing_and_memory_stays_bounded() {
     let schemas = root().join("schemas");
     env.push(("CLICKSTREAM__REPLAY__SCHEMAS", schemas.to_str().unwrap()));
     env.push(("CLICKSTREAM__RUN__IDLE_TIMEOUT", "20s"));
-    services::produce(&topic, &records[..half]);
+    services::produce_lines(&topic, &records[..half]);
     let p = Running::start(&["run"], &env);
     wait_for("first output", 60, || !services::objects(&bucket, "v1/sessions/").is_empty());
 
     cut.set_down(true);
-    services::produce(&topic, &records[half..]);
+    services::produce_lines(&topic, &records[half..]);
     let mut peak = 0;
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
@@ -509,9 +516,9 @@ fn the_image_layout_runs_as_uid_10001_outside_docker() {
 
     let topic = format!("raw-image-{}", std::process::id());
     services::create_topic(&topic, 2);
-    services::produce(
+    services::produce_lines(
         &topic,
-        &keyed_lines(&root().join("integration-tests/fixtures/events/edge_cases.jsonl")),
+        &lines(&root().join("integration-tests/fixtures/events/edge_cases.jsonl")),
     );
     let bucket = services::fresh_bucket("image");
     let mut env: Vec<(String, String)> =

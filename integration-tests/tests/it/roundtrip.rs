@@ -1,9 +1,10 @@
 //! Record → replay round trips: `run` consumes a stream into S3; `record` captures the same
 //! stream into files; `replay` of the recording's directory gives exactly the rows `run` wrote.
-//! One partition or shard: sessions are kept per split, and a replay is one split.
+//! Sessions are kept per split and a replay is one split: a recording of several partitions
+//! is replayed a partition at a time (its files), and the rows of all together are `run`'s.
 
 use crate::kafka::{
-    assert_rows_equal, expected_rows, kafka_env, keyed_lines, oracle, rows_in, run_env, terminate,
+    assert_rows_equal, expected_rows, kafka_env, lines, oracle, rows_in, run_env, terminate,
     wait_for,
 };
 use crate::kinesis::Scenario;
@@ -22,18 +23,12 @@ fn record(args: &[&str], out: &Path, env: &[(&str, String)]) {
     assert!(o.status.success(), "record failed: {}", String::from_utf8_lossy(&o.stderr));
 }
 
-/// The rows of a replay of `recording` (as `run` is configured: 7h lateness), sorted.
-fn replayed_rows(recording: &Path, out: &Path) -> Vec<String> {
-    let o = integration_tests::replay(
-        out,
-        &[
-            "--allowed-lateness",
-            "7h",
-            "--state",
-            out.join("st").to_str().unwrap(),
-            recording.to_str().unwrap(),
-        ],
-    );
+/// The rows of a replay of `inputs` (as `run` is configured: 7h lateness).
+fn replayed_rows(inputs: &[&Path], out: &Path) -> Vec<String> {
+    let state = out.join("st");
+    let mut args = vec!["--allowed-lateness", "7h", "--state", state.to_str().unwrap()];
+    args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+    let o = integration_tests::replay(out, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     rows(out, "sessions/")
 }
@@ -43,6 +38,9 @@ fn sorted(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// Partitions of the Kafka round trip's topic.
+const PARTITIONS: i32 = 3;
+
 #[test]
 fn kafka_recorded_and_replayed_gives_the_rows_run_wrote() {
     let dir = tempfile::tempdir().unwrap();
@@ -50,8 +48,8 @@ fn kafka_recorded_and_replayed_gives_the_rows_run_wrote() {
     integration_tests::generate(&input, 20_000, 21, "0.02");
     let expected = oracle(&input, dir.path());
     let topic = format!("roundtrip-{}", std::process::id());
-    services::create_topic(&topic, 1);
-    services::produce(&topic, &keyed_lines(&input));
+    services::create_topic(&topic, PARTITIONS);
+    services::produce_lines(&topic, &lines(&input));
 
     let bucket = services::fresh_bucket("roundtrip");
     let (sink, state) = (format!("s3://{bucket}/v1"), dir.path().join("state"));
@@ -71,7 +69,22 @@ fn kafka_recorded_and_replayed_gives_the_rows_run_wrote() {
 
     let recording = dir.path().join("recording");
     record(&["--kafka-topic", &topic, "--brokers", &services::brokers()], &recording, &[]);
-    let replayed = replayed_rows(&recording, &dir.path().join("replayed"));
+    let mut replayed = Vec::new();
+    for p in 0..PARTITIONS {
+        // The partition's data files, `{topic}-{p}-{first offset}.jsonl.gz`.
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&recording)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|f| {
+                f.file_name().unwrap().to_str().unwrap().starts_with(&format!("{topic}-{p}-"))
+            })
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "partition {p} recorded nothing");
+        let inputs: Vec<&Path> = files.iter().map(std::path::PathBuf::as_path).collect();
+        replayed.extend(replayed_rows(&inputs, &dir.path().join(format!("replayed-{p}"))));
+    }
+    let replayed = sorted(replayed);
     assert_eq!(replayed.len(), by_run.len(), "rows: replayed recording vs run");
     assert!(replayed == by_run, "the replayed recording's rows differ from run's");
 }
@@ -92,7 +105,7 @@ fn kinesis_recorded_and_replayed_gives_the_rows_run_wrote() {
     let mut env: Vec<(&str, String)> = services::s3_env();
     env.push(("AWS_ENDPOINT_URL_KINESIS", endpoint));
     record(&["--kinesis-stream", &sc.stream.name], &recording, &env);
-    let replayed = replayed_rows(&recording, &sc.dir.path().join("replayed"));
+    let replayed = replayed_rows(&[&recording], &sc.dir.path().join("replayed"));
     assert_eq!(replayed.len(), by_run.len(), "rows: replayed recording vs run");
     assert!(replayed == by_run, "the replayed recording's rows differ from run's");
 }

@@ -3,7 +3,7 @@
 //! torn while the process was down is downloaded again with no change to the output.
 
 use crate::kafka::{
-    assert_rows_equal, expected_rows, kafka_env, keyed_lines, oracle, published_offsets, rows_in,
+    assert_rows_equal, expected_rows, kafka_env, lines, oracle, published_offsets, rows_in,
     run_env, terminate, wait_for,
 };
 use integration_tests::{Running, root, services};
@@ -73,11 +73,11 @@ fn torn_local_state_is_downloaded_again_and_the_output_is_unchanged() {
     let input = dir.path().join("events.jsonl");
     integration_tests::generate(&input, 20_000, 5, "0.02");
     let expected = oracle(&input, dir.path());
-    let records = keyed_lines(&input);
+    let records = lines(&input);
     let half = records.len() / 2;
     let topic = format!("snapshot-torn-{}", std::process::id());
     services::create_topic(&topic, 1);
-    services::produce(&topic, &records[..half]);
+    services::produce_lines(&topic, &records[..half]);
     let bucket = services::fresh_bucket("torn");
     let sink = format!("s3://{bucket}/v1");
     let state = dir.path().join("state");
@@ -110,7 +110,7 @@ fn torn_local_state_is_downloaded_again_and_the_output_is_unchanged() {
 
     let b = Running::start(&["run"], &env);
     b.wait_log("Restoring split state from its S3 snapshot", 60);
-    services::produce(&topic, &records[half..]);
+    services::produce_lines(&topic, &records[half..]);
     let want = expected_rows(&expected);
     wait_for("every row", 180, || rows_in(&bucket, "v1") >= want);
     terminate(b);

@@ -3,7 +3,7 @@
 //! and the output still equals the oracle's.
 
 use crate::kafka::{
-    assert_rows_equal, expected_rows, kafka_env, keyed_lines, oracle, published_offsets, rows_in,
+    assert_rows_equal, expected_rows, kafka_env, lines, oracle, published_offsets, rows_in,
     run_env, terminate, wait_for,
 };
 use integration_tests::services;
@@ -21,12 +21,12 @@ fn a_partition_with_a_large_state_is_assigned_without_loading_it() {
     assert!(data.status.success(), "{} (build it with --all-targets)", generator.display());
     std::fs::write(&input, &data.stdout).unwrap();
     let expected = oracle(&input, dir.path());
-    let records = keyed_lines(&input);
+    let records = lines(&input);
     let half = records.len() / 2;
 
     let topic = format!("large-state-{}", std::process::id());
     services::create_topic(&topic, 1);
-    services::produce(&topic, &records[..half]);
+    services::produce_lines(&topic, &records[..half]);
     let bucket = services::fresh_bucket("large");
     let sink = format!("s3://{bucket}/v1");
     let s3 = services::s3_env();
@@ -65,7 +65,7 @@ fn a_partition_with_a_large_state_is_assigned_without_loading_it() {
     let open = opened["open_sessions"].as_u64().unwrap();
     println!("assigned a partition with {open} open sessions; store opened in {} ms", opened["ms"]);
     assert!(open > 30_000, "the state is not large: {opened}");
-    services::produce(&topic, &records[half..]);
+    services::produce_lines(&topic, &records[half..]);
     let want = expected_rows(&expected);
     wait_for("every row", 240, || rows_in(&bucket, "v1") >= want);
     terminate(b);

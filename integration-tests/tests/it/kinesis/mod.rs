@@ -27,6 +27,8 @@ fn runtime() -> tokio::runtime::Runtime {
 /// A stream on the emulator, and a client of it.
 pub(crate) struct Stream {
     pub(crate) name: String,
+    /// The emulator's endpoint.
+    endpoint: String,
     client: aws_sdk_kinesis::Client,
     rt: tokio::runtime::Runtime,
 }
@@ -57,7 +59,7 @@ impl Stream {
         let name = format!("{tag}-{}-{}", std::process::id(), now_ms() % 1_000_000);
         rt.block_on(client.create_stream().stream_name(&name).shard_count(shards).send())
             .unwrap_or_else(|e| panic!("create stream (scripts/services up kinesis): {e:?}"));
-        let s = Stream { name, client, rt };
+        let s = Stream { name, endpoint: endpoint.to_owned(), client, rt };
         s.wait_active();
         s
     }
@@ -305,8 +307,12 @@ impl Scenario {
         Running::start_overriding(&["run"], env, extra)
     }
 
+    /// Feeds records `range` with `clickstream produce --kinesis-stream`, as users do.
     pub(crate) fn put(&self, range: std::ops::Range<usize>) {
-        self.stream.put(&self.records[range]);
+        let lines: Vec<Vec<u8>> = self.records[range].iter().map(|(_, v)| v.clone()).collect();
+        let mut env = services::s3_env();
+        env.push(("AWS_ENDPOINT_URL_KINESIS", self.stream.endpoint.clone()));
+        services::produce_lines_with(&["--kinesis-stream", &self.stream.name], &env, &lines);
     }
 
     /// Waits until S3 holds as many rows as the oracle, then compares them.
