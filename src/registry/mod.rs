@@ -195,6 +195,14 @@ fn key(name: &str, version: u32) -> String {
     format!("{name}/v{version:06}.json")
 }
 
+/// Whether `key` is shaped `NAME/vNNNNNN.json` with a name [`valid_name`] refuses: a record
+/// that an older binary may have written, left out of every set (and said so once).
+fn refused_record(key: &str) -> bool {
+    let Some((name, file)) = key.split_once('/') else { return false };
+    let v = file.strip_prefix('v').and_then(|f| f.strip_suffix(".json")).unwrap_or_default();
+    !valid_name(name) && v.len() == 6 && v.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// `NAME/vNNNNNN.json` → (name, version); `None` for anything else, including a directory or
 /// key whose name [`valid_name`] refuses (so it is never read back as a schema).
 fn parse_key(key: &str) -> Option<(&str, u32)> {
@@ -235,6 +243,9 @@ enum Backend {
 #[derive(Debug, Clone)]
 pub struct Registry {
     backend: Backend,
+    /// Records left out for their names, already warned about (a poll lists every few
+    /// seconds: one warning a record, not one a poll).
+    refused: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 /// What a registration did.
@@ -304,7 +315,7 @@ impl Registry {
         match S3Location::parse(location) {
             Some(Ok(location)) => {
                 let client = s3::client(force_path_style).await;
-                Ok(Registry { backend: Backend::S3 { client, location } })
+                Ok(Registry::on(Backend::S3 { client, location }))
             }
             Some(Err(m)) => Err(RegistryError::Location(m)),
             None if location.is_empty() => Err(RegistryError::Location(
@@ -314,7 +325,25 @@ impl Registry {
                 let dir = PathBuf::from(location);
                 std::fs::create_dir_all(&dir)
                     .map_err(|source| RegistryError::Io { path: location.to_owned(), source })?;
-                Ok(Registry { backend: Backend::Dir(dir) })
+                Ok(Registry::on(Backend::Dir(dir)))
+            }
+        }
+    }
+
+    fn on(backend: Backend) -> Registry {
+        Registry { backend, refused: std::sync::Arc::default() }
+    }
+
+    /// Keeps `key` for [`Registry::keys`] if it names a version; warns once about a record
+    /// whose name breaks the rule.
+    fn keep(&self, key: &str, out: &mut Vec<String>) {
+        if parse_key(key).is_some() {
+            out.push(key.to_owned());
+        } else if refused_record(key) {
+            let mut refused =
+                self.refused.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if refused.insert(key.to_owned()) {
+                tracing::warn!(registry = %self.location(), key, "A schema record whose name breaks the rule [A-Za-z0-9_][A-Za-z0-9_-]{{0,63}} is left out of every set: register the schema again under a name that keeps it.");
             }
         }
     }
@@ -359,9 +388,7 @@ impl Registry {
                     for f in std::fs::read_dir(e.path()).map_err(io(&e.path()))? {
                         let f = f.map_err(io(&e.path()))?;
                         let k = format!("{name}/{}", f.file_name().to_string_lossy());
-                        if parse_key(&k).is_some() {
-                            out.push(k);
-                        }
+                        self.keep(&k, &mut out);
                     }
                 }
             }
@@ -376,10 +403,8 @@ impl Registry {
                 while let Some(page) = pages.next().await {
                     let page = page.map_err(|e| self.s3_err(s3::describe(&e)))?;
                     for o in page.contents() {
-                        if let Some(k) = o.key().and_then(|k| k.strip_prefix(&base))
-                            && parse_key(k).is_some()
-                        {
-                            out.push(k.to_owned());
+                        if let Some(k) = o.key().and_then(|k| k.strip_prefix(&base)) {
+                            self.keep(k, &mut out);
                         }
                     }
                 }

@@ -87,6 +87,28 @@ async fn get_refuses_a_name_that_climbs_out_of_the_registry() {
     assert!(matches!(e, RegistryError::BadName(_)), "{e}");
 }
 
+#[tokio::test]
+async fn a_record_whose_name_breaks_the_rule_is_left_out_and_named_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::open(dir.path().to_str().unwrap(), false).await.unwrap();
+    for name in ["web", "-old", "_sets"] {
+        std::fs::create_dir_all(dir.path().join(name)).unwrap();
+    }
+    std::fs::write(dir.path().join("web").join("v000001.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("-old").join("v000001.json"), "{}").unwrap();
+    std::fs::write(dir.path().join("_sets").join("c1.json"), "{}").unwrap();
+    for _ in 0..3 {
+        let v = reg.versions().await.unwrap();
+        assert_eq!(v.keys().collect::<Vec<_>>(), ["web"]);
+    }
+    let named = reg.refused.lock().unwrap().clone();
+    assert_eq!(named.into_iter().collect::<Vec<_>>(), ["-old/v000001.json"]);
+    assert!(refused_record("-old/v000001.json"));
+    assert!(!refused_record("web/v000001.json"));
+    assert!(!refused_record("_sets/c1.json"));
+    assert!(!refused_record("-old/notes.txt"));
+}
+
 #[test]
 fn first_version_must_be_one_and_versions_are_consecutive() {
     let e = plan(&[], candidate(&V1.replace("version = 1", "version = 2")), "now").unwrap_err();
