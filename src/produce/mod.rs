@@ -413,11 +413,11 @@ impl Driver<'_> {
     /// Sends every record of `block`: lines each ended by `\n`, the last one maybe not (a block
     /// ending in `\n` holds no record after it).
     fn block(&mut self, block: &[u8]) -> Result<(), ProduceError> {
-        let mut slots = Vec::new();
-        let body = block.strip_suffix(b"\n").unwrap_or(block);
         if block.is_empty() {
             return Ok(());
         }
+        let mut slots = Vec::new();
+        let body = block.strip_suffix(b"\n").unwrap_or(block);
         for line in body.split(|&b| b == b'\n') {
             if line.is_empty() && self.skip_empty {
                 self.sum.skipped += 1;
