@@ -1,9 +1,9 @@
 //! Capturing Kinesis shards: `ListShards`, then per shard `GetShardIterator` and `GetRecords`
 //! until the shard is closed, caught up with, or past `--to-time`, up to [`READERS`] shards at
-//! once. KPL aggregates are split
-//! into user records by the de-aggregation `run` uses. An iterator that expires (held over
-//! five minutes, e.g. while a slow S3 upload of a finished file blocked the loop) is replaced
-//! by one after the last record read, so nothing is read twice or skipped.
+//! once. KPL aggregates are split into user records by the de-aggregation `run` uses. An
+//! iterator that expires (held over five minutes, e.g. while a slow S3 upload of a finished
+//! file blocked the loop) is replaced by one after the last record read, so nothing is read
+//! twice or skipped.
 
 use super::sink::{SplitWriter, Target};
 use super::{KinesisFrom, RecordError, Source, Summary};
@@ -209,8 +209,16 @@ pub(super) fn capture(
             r.summary.splits.entry(shard.id.clone()).or_default();
             let start = start_of(shard, &starts, from);
             let mut writer = SplitWriter::new(name, &shard.id, roll);
-            r.shard(shard, &start, &mut writer)?;
-            writer.finish(target)?;
+            if let Err(e) = r.shard(shard, &start, &mut writer).and_then(|()| writer.finish(target))
+            {
+                // The capture fails: the other readers take no new shard.
+                queue
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .by_ref()
+                    .for_each(drop);
+                return Err(e);
+            }
             r.summary.files += writer.files;
         }
     };
