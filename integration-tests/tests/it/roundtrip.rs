@@ -1,7 +1,7 @@
 //! Record → replay round trips: `run` consumes a stream into S3; `record` captures the same
 //! stream into files; `replay` of the recording's directory gives exactly the rows `run` wrote.
-//! Sessions are kept per split and a replay is one split: a recording of several partitions
-//! is replayed a partition at a time (its files), and the rows of all together are `run`'s.
+//! Sessions are kept per split and a replay is one split: a recording of several partitions or
+//! shards is replayed a split at a time (its files), and the rows of all together are `run`'s.
 
 use crate::kafka::{
     assert_rows_equal, expected_rows, kafka_env, lines, oracle, rows_in, run_env, terminate,
@@ -31,6 +31,26 @@ fn replayed_rows(inputs: &[&Path], out: &Path) -> Vec<String> {
     let o = integration_tests::replay(out, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     rows(out, "sessions/")
+}
+
+/// The rows of replays of a recording a split at a time (its files,
+/// `{name}-{split}-{first position}.jsonl.gz`), together, sorted.
+fn replayed_per_split(recording: &Path, name: &str, splits: &[String], dir: &Path) -> Vec<String> {
+    let mut replayed = Vec::new();
+    for split in splits {
+        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(recording)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|f| {
+                f.file_name().unwrap().to_str().unwrap().starts_with(&format!("{name}-{split}-"))
+            })
+            .collect();
+        files.sort();
+        assert!(!files.is_empty(), "split {split} recorded nothing");
+        let inputs: Vec<&Path> = files.iter().map(std::path::PathBuf::as_path).collect();
+        replayed.extend(replayed_rows(&inputs, &dir.join(format!("replayed-{split}"))));
+    }
+    sorted(replayed)
 }
 
 fn sorted(mut v: Vec<String>) -> Vec<String> {
@@ -69,29 +89,15 @@ fn kafka_recorded_and_replayed_gives_the_rows_run_wrote() {
 
     let recording = dir.path().join("recording");
     record(&["--kafka-topic", &topic, "--brokers", &services::brokers()], &recording, &[]);
-    let mut replayed = Vec::new();
-    for p in 0..PARTITIONS {
-        // The partition's data files, `{topic}-{p}-{first offset}.jsonl.gz`.
-        let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&recording)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|f| {
-                f.file_name().unwrap().to_str().unwrap().starts_with(&format!("{topic}-{p}-"))
-            })
-            .collect();
-        files.sort();
-        assert!(!files.is_empty(), "partition {p} recorded nothing");
-        let inputs: Vec<&Path> = files.iter().map(std::path::PathBuf::as_path).collect();
-        replayed.extend(replayed_rows(&inputs, &dir.path().join(format!("replayed-{p}"))));
-    }
-    let replayed = sorted(replayed);
+    let splits: Vec<String> = (0..PARTITIONS).map(|p| p.to_string()).collect();
+    let replayed = replayed_per_split(&recording, &topic, &splits, dir.path());
     assert_eq!(replayed.len(), by_run.len(), "rows: replayed recording vs run");
     assert!(replayed == by_run, "the replayed recording's rows differ from run's");
 }
 
 #[test]
 fn kinesis_recorded_and_replayed_gives_the_rows_run_wrote() {
-    let sc = Scenario::new("roundtrip", 5_000, 1);
+    let sc = Scenario::new("roundtrip", 5_000, 2);
     sc.put(0..sc.records.len());
     let p = sc.start("w1", &[]);
     sc.assert_done(240);
@@ -105,7 +111,9 @@ fn kinesis_recorded_and_replayed_gives_the_rows_run_wrote() {
     let mut env: Vec<(&str, String)> = services::s3_env();
     env.push(("AWS_ENDPOINT_URL_KINESIS", endpoint));
     record(&["--kinesis-stream", &sc.stream.name], &recording, &env);
-    let replayed = replayed_rows(&[&recording], &sc.dir.path().join("replayed"));
+    let shards: Vec<String> = sc.stream.open_shards().into_iter().map(|s| s.id).collect();
+    assert_eq!(shards.len(), 2);
+    let replayed = replayed_per_split(&recording, &sc.stream.name, &shards, sc.dir.path());
     assert_eq!(replayed.len(), by_run.len(), "rows: replayed recording vs run");
     assert!(replayed == by_run, "the replayed recording's rows differ from run's");
 }
