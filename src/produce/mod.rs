@@ -213,8 +213,8 @@ pub struct Delivery {
 pub struct ShardTally {
     /// Kinesis records put (an aggregate counts once).
     pub records: u64,
-    /// The highest sequence number Kinesis gave them: `record --to-sequence` ends there, and a
-    /// reader that has passed it has read all of them.
+    /// The highest sequence number Kinesis gave them: a reader of the shard that has passed it
+    /// has read all of them (what `bench/run-kinesis` waits for).
     pub last: String,
 }
 
