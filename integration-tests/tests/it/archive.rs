@@ -5,8 +5,8 @@
 //! in a local directory gives the same rows. Read through connections cut mid-body, an
 //! archive still gives a local replay's rows, and `--to` reads nothing after it.
 
-use crate::kafka::oracle;
-use integration_tests::{bin, generate, python, root, rows, services, shared_data, summary};
+use crate::kafka::{assert_same_rows, oracle};
+use integration_tests::{bin, generate, root, rows, services, summary};
 use std::io::Write as _;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -190,19 +190,7 @@ fn kill_after_commits(args: &[String], n: usize) -> bool {
 
 /// Rows under `out/sessions/` against the oracle's, with the shared compare.py.
 fn assert_rows_equal_oracle(out: &Path, expected: &Path, dir: &Path) {
-    let actual = dir.join("actual.jsonl");
-    std::fs::write(&actual, rows(out, "sessions/").join("\n") + "\n").unwrap();
-    let o = Command::new(python())
-        .arg(shared_data().join("compare.py"))
-        .arg(expected)
-        .arg(&actual)
-        .output()
-        .unwrap();
-    assert!(
-        o.status.success(),
-        "rows differ from the oracle's: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
+    assert_same_rows(expected, &rows(out, "sessions/"), dir, "rows");
 }
 
 fn dead_letters(out: &Path) -> Vec<serde_json::Value> {

@@ -58,22 +58,28 @@ pub(crate) fn oracle(input: &Path, dir: &Path) -> Expected {
     Expected { rows, rejects }
 }
 
-/// Compares S3's rows with the oracle's using the shared `compare.py`; panics with its report.
-pub(crate) fn assert_rows_equal(bucket: &str, prefix: &str, expected: &Expected, dir: &Path) {
-    let got = services::lines(bucket, &format!("{prefix}/sessions/"));
+/// Compares `rows` with the oracle's rows file `expected` using the shared `compare.py` (the
+/// rows written to `dir/actual.jsonl`); panics with its report, naming the rows `what`.
+pub(crate) fn assert_same_rows(expected: &Path, rows: &[String], dir: &Path, what: &str) {
     let actual = dir.join("actual.jsonl");
-    std::fs::write(&actual, got.join("\n") + "\n").unwrap();
+    std::fs::write(&actual, rows.join("\n") + "\n").unwrap();
     let o = std::process::Command::new(python())
         .arg(shared_data().join("compare.py"))
-        .arg(&expected.rows)
+        .arg(expected)
         .arg(&actual)
         .output()
         .unwrap();
     assert!(
         o.status.success(),
-        "S3 rows differ from the oracle's: {}",
+        "{what} differ from the oracle's: {}",
         String::from_utf8_lossy(&o.stdout)
     );
+}
+
+/// Compares S3's rows with the oracle's using the shared `compare.py`; panics with its report.
+pub(crate) fn assert_rows_equal(bucket: &str, prefix: &str, expected: &Expected, dir: &Path) {
+    let got = services::lines(bucket, &format!("{prefix}/sessions/"));
+    assert_same_rows(&expected.rows, &got, dir, "S3 rows");
     let mut dead: BTreeMap<String, u64> = BTreeMap::new();
     for l in services::lines(bucket, &format!("{prefix}/dead-letter/")) {
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();

@@ -3,12 +3,12 @@
 //! equal to the oracle (which `run` equals on the same data, it/kafka.rs); an expired Kinesis
 //! iterator is replaced without a record read twice or missed.
 
-use crate::kafka::{keyed_lines, oracle};
+use crate::kafka::{assert_same_rows, keyed_lines, oracle};
 use crate::kinesis::Stream;
 use base64::Engine as _;
 use integration_tests::kinesis_proxy::KinesisProxy;
 use integration_tests::services::{self, brokers};
-use integration_tests::{bin, generate, python, rows, shared_data, summary};
+use integration_tests::{bin, generate, rows, summary};
 use std::collections::BTreeMap;
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -285,19 +285,7 @@ fn one_partition_replays_to_the_oracle(dir: &Path, input: &Path, records: &[Keye
     let replay = integration_tests::replay(&replayed, &[out1.to_str().unwrap()]);
     assert!(replay.status.success(), "{}", String::from_utf8_lossy(&replay.stderr));
     let expected = oracle(input, dir);
-    let actual = dir.join("actual.jsonl");
-    std::fs::write(&actual, rows(&replayed, "sessions/").join("\n") + "\n").unwrap();
-    let compare = Command::new(python())
-        .arg(shared_data().join("compare.py"))
-        .arg(&expected.rows)
-        .arg(&actual)
-        .output()
-        .unwrap();
-    assert!(
-        compare.status.success(),
-        "replayed rows differ from the oracle's: {}",
-        String::from_utf8_lossy(&compare.stdout)
-    );
+    assert_same_rows(&expected.rows, &rows(&replayed, "sessions/"), dir, "replayed rows");
     // And from a replay of the original file, dead letters included.
     let direct = dir.join("direct");
     assert!(integration_tests::replay(&direct, &[input.to_str().unwrap()]).status.success());
